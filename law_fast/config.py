@@ -1,0 +1,204 @@
+"""Hyper-parameters of a wash: one frozen dataclass, JSON round-trip, presets, reference importer."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+METHODS = ("law", "memit")
+LAMBDA_RULES = ("disruption", "reference", "fixed")
+
+
+@dataclass(frozen=True)
+class WashConfig:
+    """Everything that decides a wash.  Names follow the reference (law-reference §9) where one exists.
+
+    Targets z* (§2.3): ``v_*``, ``clamp_norm_factor``, ``kl_factor``, ``loss_threshold``.
+    MEMIT init (§4): ``mom2_update_weight`` (initial λ) and the λ rule:
+      * ``"disruption"`` (default): the smallest λ whose update changes this layer's outputs on
+        the corpus by at most ``disruption_budget`` in relative mean square,
+        tr(ΔCΔᵀ)/tr(WCWᵀ) ≤ budget. Sound for any number of facts m.
+      * ``"reference"``: the authors' search: λ += ``lambda_step`` while ‖Δ‖ > ``norm_bounds[1]``·‖W‖,
+        λ *= ``decay_factor`` while ‖Δ‖ < ``norm_bounds[0]``·‖W‖ (capped at ``max_lambda_trials``).
+      * ``"fixed"``: λ = ``mom2_update_weight``.
+    LaW (§5): Adam with ``learning_rate`` for ``total_iters`` steps, β = ``beta_ratio``·ρ(Δ₀),
+    lr ← ``lr_after_hitting_boundary`` on first contact.
+    Elimination (§6): ``prune_requests``, ``keep_original_requests``.
+    """
+
+    layers: tuple[int, ...]
+    method: str = "law"
+    target: str = "eos"                 # "eos": the EOS token alone; "space+eos": " " + EOS as the reference; else literal text
+    only_known: bool = True             # wash only facts the model produces before the wash
+    seed: int = 0
+    # context templates (§2.1)
+    template_length: int = 10
+    # targets z* (§2.3)
+    v_num_grad_steps: int = 20
+    v_lr: float = 0.5
+    v_loss_layer: int = -1              # -1: the last block
+    v_weight_decay: float = 0.5
+    clamp_norm_factor: float = 0.75
+    kl_factor: float = 0.0625
+    loss_threshold: float = 0.05
+    target_batch_facts: int = 64
+    # covariance statistics (§3)
+    corpus: str | None = None           # None: the embedded default corpus (text sampled from the model, seeded)
+    mom2_n_samples: int = 100_000       # documents sampled from the corpus
+    stats_max_length: int = 1024
+    stats_dtype: str = "float64"        # accumulator dtype
+    stats_batch_tokens: int = 4096
+    # MEMIT initialisation (§4)
+    mom2_update_weight: float = 20_000.0
+    lambda_rule: str = "disruption"
+    disruption_budget: float = 0.02
+    norm_bounds: tuple[float, float] = (1 / 3, 3 / 4)
+    lambda_step: float = 100_000.0
+    decay_factor: float = 0.75
+    max_lambda_trials: int = 200
+    # LaW (§5)
+    learning_rate: float = 1e-7
+    lr_after_hitting_boundary: float | None = None
+    total_iters: int = 1000
+    beta_ratio: float = 1.1
+    law_dtype: str = "float64"
+    # successive elimination (§6)
+    prune_requests: bool = True
+    keep_original_requests: bool = True
+    check_max_new_tokens: int = 10
+    check_batch_size: int = 32
+    key_batch_size: int = 64
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        object.__setattr__(self, "norm_bounds", tuple(float(x) for x in self.norm_bounds))
+        problems = []
+        if not self.layers:
+            problems.append("layers is empty")
+        if list(self.layers) != sorted(set(self.layers)):
+            problems.append(f"layers must be strictly ascending, got {list(self.layers)}")
+        if self.method not in METHODS:
+            problems.append(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.lambda_rule not in LAMBDA_RULES:
+            problems.append(f"lambda_rule must be one of {LAMBDA_RULES}, got {self.lambda_rule!r}")
+        if self.stats_dtype not in ("float32", "float64") or self.law_dtype not in ("float32", "float64"):
+            problems.append("stats_dtype and law_dtype must be 'float32' or 'float64'")
+        if not 0 < self.norm_bounds[0] < self.norm_bounds[1]:
+            problems.append(f"norm_bounds must satisfy 0 < low < high, got {self.norm_bounds}")
+        if not 0 < self.decay_factor < 1:
+            problems.append(f"decay_factor must be in (0, 1), got {self.decay_factor}")
+        if self.disruption_budget <= 0 or self.mom2_update_weight <= 0:
+            problems.append("disruption_budget and mom2_update_weight must be positive")
+        if min(self.v_num_grad_steps, self.total_iters, self.max_lambda_trials, self.target_batch_facts,
+               self.check_batch_size, self.key_batch_size, self.mom2_n_samples) < 1:
+            problems.append("step counts, batch sizes and sample counts must be >= 1")
+        if problems:
+            raise ValueError("invalid WashConfig: " + "; ".join(problems))
+
+    # -- JSON ----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["layers"] = list(self.layers)
+        d["norm_bounds"] = list(self.norm_bounds)
+        return d
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "WashConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown WashConfig field(s) {unknown}; known fields: {sorted(names)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, path_or_text: str | os.PathLike) -> "WashConfig":
+        text = str(path_or_text)
+        if not text.lstrip().startswith("{"):
+            path = Path(path_or_text)
+            try:
+                return cls.from_dict(json.loads(path.read_text()))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {e.lineno}: invalid JSON: {e.msg}") from None
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes) -> "WashConfig":
+        return dataclasses.replace(self, **changes)
+
+    # -- presets -------------------------------------------------------------------------
+    @classmethod
+    def preset(cls, model, **overrides) -> "WashConfig":
+        """Hyper-parameters for ``model`` (a HF model or its config).
+
+        GPT2-XL and GPT-J-6B get the reference's settings (law-reference §9, mcf files, with
+        ``lambda_rule="disruption"``; use :meth:`from_reference_hparams` for the exact files).
+        SmolLM2-135M gets settings tuned here (README).  Other models: five consecutive layers
+        starting at 15% depth (fewer for shallow models) and the GPT2-XL solver settings.
+        """
+        config = getattr(model, "config", model)
+        n_layers = int(getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer"))
+        model_type = getattr(config, "model_type", "")
+        hidden = int(getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0))
+        if model_type == "gpt2" and n_layers == 48 and hidden == 1600:          # gpt2-xl
+            base = dict(layers=(13, 14, 15, 16, 17), mom2_update_weight=20_000.0, learning_rate=1e-7)
+        elif model_type == "gptj" and n_layers == 28 and hidden == 4096:        # gpt-j-6B
+            base = dict(layers=(3, 4, 5, 6, 7, 8), v_num_grad_steps=25, mom2_update_weight=100_000.0,
+                        learning_rate=1e-8, lr_after_hitting_boundary=1e-10)
+        elif model_type == "llama" and n_layers == 30 and hidden == 576:        # SmolLM2-135M
+            base = dict(layers=(4, 5, 6, 7, 8), learning_rate=1e-6, lr_after_hitting_boundary=1e-8,
+                        law_dtype="float32", disruption_budget=0.02)
+        else:
+            count = max(1, min(5, n_layers // 4))
+            start = min(max(0, round(0.15 * n_layers)), n_layers - count)
+            base = dict(layers=tuple(range(start, start + count)))
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
+    def from_reference_hparams(cls, path: str | os.PathLike, **overrides) -> "WashConfig":
+        """Import a reference hparams JSON (``hparams/LAW/*.json`` or ``hparams/MEMIT/*.json``).
+
+        Reproduces the reference choices: λ search with its norm bounds, target " " + EOS.
+        """
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {e.lineno}: invalid JSON: {e.msg}") from None
+        mapped = {"layers", "v_num_grad_steps", "v_lr", "v_loss_layer", "v_weight_decay", "clamp_norm_factor",
+                  "kl_factor", "mom2_update_weight", "learning_rate", "lr_after_hitting_boundary", "total_iters",
+                  "beta_ratio", "decay_factor", "prune_requests", "keep_original_requests"}
+        ignored = {"fact_token", "rewrite_module_tmp", "layer_module_tmp", "mlp_module_tmp", "attn_module_tmp",
+                   "ln_f_module", "lm_head_module", "mom2_dataset", "mom2_n_samples", "mom2_dtype", "layer_selection",
+                   "mom2_adjustment", "noise_scale", "skip_search", "compute_initialization_at_once", "model",
+                   "ds_name", "scheduler", "alpha", "beta", "alphas", "betas", "random_initialize",
+                   "simply_combine_objective", "expand_prompt", "edit_to"}
+        unknown = sorted(set(data) - mapped - ignored)
+        if unknown:
+            raise ValueError(f"{path}: unknown reference hparams key(s) {unknown}")
+        if data.get("fact_token", "subject_last") != "subject_last":
+            raise NotImplementedError(f"{path}: fact_token={data['fact_token']!r}; only 'subject_last' is supported")
+        for dead in ("random_initialize", "simply_combine_objective"):
+            if data.get(dead):
+                raise NotImplementedError(f"{path}: {dead}=true is dead/buggy in the reference (law-reference §5.4-5.5) and not supported")
+        # the reference dataclass's defaults for absent keys (law-reference §9.3)
+        kwargs = dict(total_iters=200, decay_factor=0.8, beta_ratio=1.0, prune_requests=False, keep_original_requests=False)
+        kwargs.update({k: data[k] for k in mapped if k in data and data[k] is not None})
+        kwargs["prune_requests"] = bool(kwargs["prune_requests"])
+        if "mom2_n_samples" in data:
+            kwargs["mom2_n_samples"] = int(data["mom2_n_samples"])
+        if "mom2_dtype" in data:
+            kwargs["stats_dtype"] = "float64" if data["mom2_dtype"] == "float64" else "float32"
+        kwargs["lambda_rule"] = "fixed" if data.get("skip_search") else "reference"
+        kwargs["target"] = "space+eos"
+        kwargs["v_loss_layer"] = -1 if "v_loss_layer" not in data else int(data["v_loss_layer"])
+        kwargs.update(overrides)
+        return cls(**kwargs)

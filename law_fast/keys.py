@@ -1,0 +1,71 @@
+"""Keys (down-projection inputs) and block outputs at the subject's last token (law-reference §2.4-2.5).
+
+One forward pass per batch yields the keys of every requested layer and the block output of
+the z layer, and stops right after the deepest block that is needed.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .facts import Fact
+from .models import Adapter, capture, model_device, run_until
+from .tokens import encode_at, fill
+
+
+def fact_sentences(facts: Sequence[Fact], templates: Sequence[str]) -> tuple[list[str], list[int]]:
+    """Sentences in request-major order: for each fact, each context template filled with it."""
+    texts, ends = [], []
+    for fact in facts:
+        for context in templates:
+            text, end = fill(context.replace("{}", fact.template, 1), fact.subject)
+            texts.append(text)
+            ends.append(end)
+    return texts, ends
+
+
+@torch.no_grad()
+def states_at(model, adapter: Adapter, tokenizer, texts: Sequence[str], ends: Sequence[int], key_layers: Sequence[int] = (),
+              block_layer: int | None = None, batch_size: int = 64) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
+    """Keys of ``key_layers`` (each (n, f)) and the output of block ``block_layer`` ((n, d)) at the
+    token holding character ``ends[i]-1`` of ``texts[i]``.  float32, on the model's device."""
+    device = model_device(model)
+    deepest = max(list(key_layers) + ([block_layer] if block_layer is not None else []))
+    keys: dict[int, list[torch.Tensor]] = {layer: [] for layer in key_layers}
+    blocks: list[torch.Tensor] = []
+    for start in range(0, len(texts), batch_size):
+        enc = encode_at(tokenizer, list(texts[start:start + batch_size]), list(ends[start:start + batch_size])).to(device)
+        rows = torch.arange(enc.index.numel(), device=device)
+        with capture(model, adapter, key_layers=key_layers, block_layers=[block_layer] if block_layer is not None else [],
+                     stop_after=deepest) as store:
+            run_until(model, **enc.model_inputs)
+        for layer in key_layers:
+            keys[layer].append(store[("key", layer)][rows, enc.index].float())
+        if block_layer is not None:
+            blocks.append(store[("block", block_layer)][rows, enc.index].float())
+    return ({layer: torch.cat(v) for layer, v in keys.items()},
+            torch.cat(blocks) if block_layer is not None else None)
+
+
+def average_over_templates(states: torch.Tensor, n_templates: int) -> torch.Tensor:
+    """(m·T, f) request-major → (m, f): ½·plain + ½·mean(other templates) (the reference's weighting)."""
+    per_fact = states.reshape(-1, n_templates, states.shape[-1])
+    if n_templates == 1:
+        return per_fact[:, 0]
+    return 0.5 * per_fact[:, 0] + 0.5 * per_fact[:, 1:].mean(1)
+
+
+def compute_keys(model, adapter: Adapter, tokenizer, facts: Sequence[Fact], templates: Sequence[str], layers: Sequence[int],
+                 block_layer: int | None = None, batch_size: int = 64) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
+    """Averaged keys per fact for each of ``layers`` ((m, f) each) and, with ``block_layer``, the block
+    outputs at the plain prompt ((m, d)) — all from one set of forward passes."""
+    if templates[0] != "{}":
+        raise ValueError("templates[0] must be the plain template '{}'")
+    texts, ends = fact_sentences(facts, templates)
+    keys, blocks = states_at(model, adapter, tokenizer, texts, ends, layers, block_layer, batch_size)
+    keys = {layer: average_over_templates(k, len(templates)) for layer, k in keys.items()}
+    if blocks is not None:
+        blocks = blocks.reshape(len(facts), len(templates), -1)[:, 0]
+    return keys, blocks

@@ -1,0 +1,77 @@
+"""Tokenisation helpers: filling templates and finding the subject's last token.
+
+The reference counts tokens of the prefix, subject and suffix separately (law-reference §2.2),
+which is off by one with BOS-adding tokenizers and wrong when BPE merges across the subject
+boundary.  We locate the subject by character offsets in the tokenisation of the *whole*
+sentence instead (fast tokenizers), falling back to tokenising the text up to the end of the
+subject (slow tokenizers).  For GPT-2-style tokenizers both give the reference's index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+SLOT = "{}"
+
+
+def fill(template: str, subject: str, suffix: str = "") -> tuple[str, int]:
+    """Put ``subject`` into the single ``{}`` of ``template`` and append ``suffix``.
+
+    Returns ``(text, end)`` where ``end`` is the character index just past the subject.
+    """
+    if template.count(SLOT) != 1:
+        raise ValueError(f"template must contain exactly one '{{}}': {template!r}")
+    head, tail = template.split(SLOT)
+    return head + subject + tail + suffix, len(head) + len(subject)
+
+
+@contextlib.contextmanager
+def padding_side(tokenizer, side: str):
+    old = tokenizer.padding_side
+    tokenizer.padding_side = side
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.padding_side = old
+
+
+@dataclass
+class Encoded:
+    """A right-padded batch and, per row, the index of the token holding a marked character."""
+
+    input_ids: torch.Tensor       # (B, T) int64
+    attention_mask: torch.Tensor  # (B, T) int64
+    index: torch.Tensor           # (B,) int64: token index of the subject's last token
+    lengths: torch.Tensor         # (B,) int64: number of real tokens
+
+    def to(self, device) -> "Encoded":
+        return Encoded(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.index, self.lengths)))
+
+    @property
+    def model_inputs(self) -> dict:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+
+
+def encode_at(tokenizer, texts: list[str], char_ends: list[int]) -> Encoded:
+    """Tokenise ``texts`` (right padding, the tokenizer's own special tokens) and find, per row,
+    the token that contains character ``char_ends[i] - 1``."""
+    if len(texts) != len(char_ends):
+        raise ValueError("texts and char_ends differ in length")
+    with padding_side(tokenizer, "right"):
+        fast = getattr(tokenizer, "is_fast", False)
+        enc = tokenizer(list(texts), padding=True, return_tensors="pt", return_offsets_mapping=fast)
+    lengths = enc["attention_mask"].sum(1)
+    index = torch.empty(len(texts), dtype=torch.long)
+    for row, (text, end) in enumerate(zip(texts, char_ends)):
+        if fast:
+            offsets = enc["offset_mapping"][row].tolist()
+            hit = [i for i, (s, e) in enumerate(offsets[: int(lengths[row])]) if s <= end - 1 < e]
+            if not hit:
+                raise ValueError(f"no token covers character {end - 1} of {text!r}")
+            index[row] = hit[0]
+        else:
+            index[row] = len(tokenizer(text[:end])["input_ids"]) - 1
+    return Encoded(enc["input_ids"], enc["attention_mask"], index, lengths)

@@ -1,0 +1,101 @@
+"""Deliberately plain implementations of pipeline stages, written the reference's way, for equivalence tests."""
+
+from __future__ import annotations
+
+import torch
+
+from law_fast.models import block_output_tensor, frozen
+from law_fast.targets import KL_TEMPLATE
+from law_fast.tokens import encode_at, fill
+
+
+def plain_compute_z(model, adapter, tok, fact, templates, config, z_layer, target_ids):
+    """One fact at a time, torch.optim.Adam, full forward with the model's own logits (law-reference §2.3)."""
+    suffix = tok.decode(target_ids[:-1]) if len(target_ids) > 1 else ""
+    texts, ends = [], []
+    for context in templates:
+        t, e = fill(context.replace("{}", fact.template, 1), fact.subject, suffix)
+        texts.append(t)
+        ends.append(e)
+    t, e = fill(KL_TEMPLATE, fact.subject)
+    texts.append(t)
+    ends.append(e)
+    enc = encode_at(tok, texts, ends)
+    n_t = len(target_ids)
+    d = adapter.dims(model, z_layer)[0]
+    delta = torch.zeros(d, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=config.v_lr)
+    state = {}
+
+    def hook(module, args, output):
+        h = block_output_tensor(output)
+        if "z_init" not in state:
+            state["z_init"] = h[0, enc.index[0]].detach().clone()
+        h = h.clone()
+        for row in range(h.shape[0]):
+            h[row, enc.index[row]] = h[row, enc.index[row]] + delta
+        return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
+
+    handle = adapter.block(model, z_layer).register_forward_hook(hook)
+    try:
+        with frozen(model):
+            for it in range(config.v_num_grad_steps):
+                opt.zero_grad()
+                logits = model(**enc.model_inputs).logits
+                logp_all = torch.log_softmax(logits, -1)
+                nll = 0.0
+                for row in range(len(templates)):
+                    n = int(enc.lengths[row])
+                    for j, tid in enumerate(target_ids):
+                        nll = nll - logp_all[row, n - n_t + j, tid] / n_t
+                nll = nll / len(templates)
+                kl_row = len(templates)
+                log_p = logp_all[kl_row, enc.index[kl_row]]
+                if "log_p_init" not in state:
+                    state["log_p_init"] = log_p.detach().clone()
+                kl = torch.nn.functional.kl_div(state["log_p_init"][None], log_p[None], log_target=True, reduction="batchmean")
+                wd = config.v_weight_decay * delta.norm() / state["z_init"].norm() ** 2
+                loss = nll + config.kl_factor * kl + wd
+                if loss.item() < config.loss_threshold or it == config.v_num_grad_steps - 1:
+                    break
+                loss.backward()
+                opt.step()
+                max_norm = config.clamp_norm_factor * state["z_init"].norm()
+                if delta.norm() > max_norm:
+                    with torch.no_grad():
+                        delta[...] = delta * max_norm / delta.norm()
+    finally:
+        handle.remove()
+    return (state["z_init"] + delta).detach()
+
+
+def plain_memit_delta(keys, resid, cov, lam):
+    """Δ = Rᵀ K (λC + KᵀK)⁻¹ by a fresh float64 solve (keys m×f, resid m×d)."""
+    K, R, C = keys.double(), resid.double(), cov.double()
+    A = lam * C + K.T @ K
+    return torch.linalg.solve(A, K.T @ R).T
+
+
+def plain_law(delta0, keys, cov, config):
+    """The reference's update_upd_matrix: autograd through K in float64, returns the final iterate and first contact."""
+    U = delta0.T.double().clone().requires_grad_(True)
+    K = keys.double().T  # f×m
+    C = cov.double()
+    beta = config.beta_ratio * float(torch.trace(U.detach().T @ C @ U.detach()) / torch.trace(C))
+    opt = torch.optim.Adam([U], lr=config.learning_rate)
+    first = None
+    for t in range(config.total_iters):
+        opt.zero_grad()
+        loss = -((U.T @ K) ** 2).sum()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            rho = float(torch.trace(U.T @ C @ U) / torch.trace(C))
+            if rho > beta:
+                U.data = U.data * (beta / rho) ** 0.5
+                if first is None:
+                    first = t
+                    if config.lr_after_hitting_boundary is not None:
+                        for g in opt.param_groups:
+                            g["lr"] = config.lr_after_hitting_boundary
+    return U.detach().T, first

@@ -1,0 +1,117 @@
+"""MEMIT λ search and the LaW solver against plain float64 references."""
+
+import math
+
+import pytest
+import torch
+
+from law_fast.config import WashConfig
+from law_fast.law import law_optimize
+from law_fast.memit import LambdaSearchError, MemitSolver, choose_lambda, cholesky_with_jitter, memit_update
+
+from plain import plain_law, plain_memit_delta
+
+
+def _problem(m=12, f=40, d=16, seed=0, rank_c=None):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(rank_c or 4 * f, f, generator=g, dtype=torch.float64)
+    C = X.T @ X / X.shape[0]
+    K = torch.randn(m, f, generator=g, dtype=torch.float64)
+    R = torch.randn(m, d, generator=g, dtype=torch.float64)
+    W = torch.randn(d, f, generator=g, dtype=torch.float64)
+    return K, R, C, W
+
+
+@pytest.mark.parametrize("m", [1, 12, 80])
+@pytest.mark.parametrize("lam", [1e-3, 1.0, 1e3])
+def test_factorised_delta_equals_fresh_solve(m, lam):
+    K, R, C, _ = _problem(m=m)
+    solver = MemitSolver.build(K, R, C)
+    expected = plain_memit_delta(K, R, C, lam)
+    torch.testing.assert_close(solver.delta(lam), expected, rtol=1e-8, atol=1e-10)
+    assert solver.norm(lam) == pytest.approx(float(expected.norm()), rel=1e-8)
+    assert solver.disruption(lam) == pytest.approx(float((expected @ C * expected).sum()), rel=1e-8)
+
+
+def test_reference_lambda_search_matches_plain_loop():
+    K, R, C, W = _problem(m=30)
+    W = W / W.norm() * 2 * float(plain_memit_delta(K, R, C, 0.5).norm())   # bounds reachable near λ = 0.5
+    cfg = WashConfig(layers=(0,), lambda_rule="reference", mom2_update_weight=20.0, lambda_step=0.5, decay_factor=0.75)
+    solver = MemitSolver.build(K, R, C)
+    lam, trials = choose_lambda(solver, W, C, cfg)
+    # the plain loop: fresh solve per trial
+    w_norm, plain_lam, plain_trials = float(W.norm()), 20.0, 0
+    while True:
+        plain_trials += 1
+        n = float(plain_memit_delta(K, R, C, plain_lam).norm())
+        if n > 0.75 * w_norm:
+            plain_lam += 0.5
+        elif n < w_norm / 3:
+            plain_lam *= 0.75
+        else:
+            break
+    assert (lam, trials) == (pytest.approx(plain_lam), plain_trials)
+
+
+def test_reference_lambda_search_fails_clearly_when_bounds_unreachable():
+    K, R, C, W = _problem(m=2)
+    cfg = WashConfig(layers=(0,), lambda_rule="reference", max_lambda_trials=50)
+    with pytest.raises(LambdaSearchError, match="did not meet .* in 50 trials"):
+        choose_lambda(MemitSolver.build(K, R, C), W * 1e6, C, cfg)
+
+
+@pytest.mark.parametrize("budget", [1e-4, 1e-2, 0.5])
+def test_disruption_rule_meets_budget_tightly(budget):
+    K, R, C, W = _problem(m=8)
+    cfg = WashConfig(layers=(0,), disruption_budget=budget)
+    solver = MemitSolver.build(K, R, C)
+    lam, _ = choose_lambda(solver, W, C, cfg)
+    out_energy = float((W @ C * W).sum())
+    delta = plain_memit_delta(K, R, C, lam)
+    ratio = float((delta @ C * delta).sum()) / out_energy
+    lo = 1e-10 * float(solver.eig.max())
+    assert ratio <= budget * (1 + 1e-9)
+    if lam > lo:  # not at the floor: a slightly smaller λ would exceed the budget
+        d2 = plain_memit_delta(K, R, C, lam * (1 - 1e-4))
+        assert float((d2 @ C * d2).sum()) / out_energy > budget * (1 - 1e-3)
+
+
+def test_memit_update_report():
+    K, R, C, W = _problem(m=8)
+    delta, rep = memit_update(K.float(), R.float(), C, W, WashConfig(layers=(0,), lambda_rule="fixed", mom2_update_weight=0.1))
+    torch.testing.assert_close(delta, plain_memit_delta(K.float().double(), R.float().double(), C, 0.1))
+    assert rep["lambda"] == 0.1 and rep["jitter"] == 0.0
+    assert 0 <= rep["fit_residual"] < 1
+
+
+def test_singular_covariance_gets_reported_jitter():
+    _, _, C, _ = _problem(f=20, rank_c=5)
+    L, jitter = cholesky_with_jitter(C)
+    assert jitter > 0
+    torch.testing.assert_close(L @ L.T, C + jitter * float(C.diagonal().mean()) * torch.eye(20, dtype=C.dtype), rtol=0, atol=1e-8)
+    with pytest.raises(ValueError, match="non-positive"):
+        cholesky_with_jitter(torch.zeros(3, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("m", [5, 60])  # m < f (K form) and m ≥ f (Gram form)
+@pytest.mark.parametrize("lr_after", [None, 1e-5])
+def test_law_gram_form_equals_autograd_reference(m, lr_after):
+    K, R, C, _ = _problem(m=m, f=40, d=16)
+    delta0 = plain_memit_delta(K, R, C, 1.0)
+    cfg = WashConfig(layers=(0,), learning_rate=1e-3, lr_after_hitting_boundary=lr_after, total_iters=1000, law_dtype="float64")
+    ours, rep = law_optimize(delta0, K, C, cfg)
+    ref, first = plain_law(delta0, K, C, cfg)
+    assert rep["first_contact"] == first and first is not None
+    assert float((ours - ref).norm() / ref.norm()) < 1e-6
+    # feasible, and the objective grew
+    assert rep["rho_final"] <= rep["beta"] * (1 + 1e-12)
+    assert rep["objective_final"] > rep["objective_init"]
+
+
+def test_law_float32_tracks_float64():
+    K, R, C, _ = _problem(m=10)
+    delta0 = plain_memit_delta(K, R, C, 1.0)
+    cfg = WashConfig(layers=(0,), learning_rate=1e-3, total_iters=300)
+    d64, _ = law_optimize(delta0, K, C, cfg)
+    d32, _ = law_optimize(delta0, K, C, cfg.replace(law_dtype="float32"))
+    assert float((d32 - d64).norm() / d64.norm()) < 1e-4
