@@ -45,14 +45,31 @@ def answer_in(answer: str, continuation: str) -> bool:
     return answer.strip().lower() in continuation.lower()
 
 
+class _TopKSampler:
+    """A logits processor that draws the next token itself (top-k, renormalised, seeded generator)
+    and leaves only that token finite, so greedy decoding emits it.  torch.multinomial over the
+    full vocabulary is very slow on CPU; over k candidates it is not."""
+
+    def __init__(self, top_k: int, generator: torch.Generator):
+        self.top_k = top_k
+        self.generator = generator
+
+    def __call__(self, input_ids, scores):
+        values, index = scores.float().topk(self.top_k, dim=-1)
+        choice = torch.multinomial(torch.softmax(values, -1), 1, generator=self.generator)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, index.gather(1, choice), 0.0)
+
+
 def sample_continuations(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, top_k: int, seed: int,
                          batch_size: int = 32, desc: str | None = None) -> list[str]:
-    """Top-k sampled continuations with a fixed seed (the global RNG state is left untouched)."""
-    devices = [model_device(model)] if model_device(model).type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc,
-                         do_sample=True, top_k=top_k, top_p=None, temperature=1.0)
+    """Top-k sampled continuations, reproducible from ``seed`` (the global RNG is not touched)."""
+    from transformers import LogitsProcessorList
+
+    generator = torch.Generator(device=model_device(model)).manual_seed(seed)
+    sampler = LogitsProcessorList([_TopKSampler(top_k, generator)])
+    greedy = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc, logits_processor=sampler, **greedy)
 
 
 def context_templates(model, tokenizer, seed: int = 0, length: int = 10, per_seed: int = 1,

@@ -152,7 +152,7 @@ DEFAULT_CORPUS_PROMPTS = (
 )
 
 
-def default_corpus(model, tokenizer, n_texts: int = 96, new_tokens: int = 256, seed: int = 1234) -> Corpus:
+def default_corpus(model, tokenizer, n_texts: int = 64, new_tokens: int = 128, seed: int = 1234) -> Corpus:
     """The embedded default corpus: text sampled from the model itself (top-40, fixed seed).
 
     Needs no download and no licence; it is cached on disk per model fingerprint.  It is a
@@ -169,7 +169,7 @@ def default_corpus(model, tokenizer, n_texts: int = 96, new_tokens: int = 256, s
     if texts is None:
         prompts = [DEFAULT_CORPUS_PROMPTS[i % len(DEFAULT_CORPUS_PROMPTS)] for i in range(n_texts)]
         conts = sample_continuations(model, tokenizer, prompts, max_new_tokens=new_tokens, top_k=40, seed=seed,
-                                     desc="sampling default corpus")
+                                     batch_size=64, desc="sampling default corpus")
         texts = [p + c for p, c in zip(prompts, conts)]
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

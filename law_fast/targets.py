@@ -69,14 +69,15 @@ def compute_targets(model, adapter: Adapter, tokenizer, facts: Sequence[Fact], t
                     z_layer: int, target_ids: Sequence[int], progress: bool = True) -> Targets:
     """z* for every fact, in chunks of ``config.target_batch_facts`` facts."""
     parts = []
-    chunks = range(0, len(facts), config.target_batch_facts)
-    for start in tqdm(chunks, desc="targets z*", disable=not progress or len(chunks) < 2):
+    bar = tqdm(total=len(facts) * config.v_num_grad_steps, desc="targets z* (fact-steps)", disable=not progress)
+    for start in range(0, len(facts), config.target_batch_facts):
         parts.append(_targets_chunk(model, adapter, tokenizer, facts[start:start + config.target_batch_facts], templates,
-                                    config, z_layer, list(target_ids)))
+                                    config, z_layer, list(target_ids), bar))
+    bar.close()
     return Targets(*(torch.cat([getattr(p, name) for p in parts]) for name in ("z_star", "z_init", "loss", "steps")))
 
 
-def _targets_chunk(model, adapter, tokenizer, facts, templates, config, z_layer, target_ids) -> Targets:
+def _targets_chunk(model, adapter, tokenizer, facts, templates, config, z_layer, target_ids, bar) -> Targets:
     device = model_device(model)
     n_layers = adapter.num_layers(model)
     loss_layer = max(n_layers - 1 if config.v_loss_layer < 0 else config.v_loss_layer, z_layer)
@@ -95,13 +96,14 @@ def _targets_chunk(model, adapter, tokenizer, facts, templates, config, z_layer,
     labels = torch.tensor(target_ids, device=device).expand_as(label_pos)
 
     d = adapter.dims(model, z_layer)[0]
-    delta = torch.zeros(m, d, device=device, dtype=torch.float32)
+    dtype = torch.promote_types(next(model.parameters()).dtype, torch.float32)   # fp32 for fp16/bf16 models
+    delta = torch.zeros(m, d, device=device, dtype=dtype)
     exp_avg, exp_avg_sq = torch.zeros_like(delta), torch.zeros_like(delta)
-    z_init = torch.zeros(m, d, device=device)
+    z_init = torch.zeros(m, d, device=device, dtype=dtype)
     log_p_init = None
     active = torch.ones(m, dtype=torch.bool, device=device)
     steps = torch.zeros(m, dtype=torch.long, device=device)
-    final_loss = torch.zeros(m, device=device)
+    final_loss = torch.zeros(m, device=device, dtype=dtype)
     step_count = 0
 
     with frozen(model):
@@ -118,7 +120,10 @@ def _targets_chunk(model, adapter, tokenizer, facts, templates, config, z_layer,
             final_loss[facts_live] = loss.detach()
             done = loss.detach() < config.loss_threshold
             active[facts_live[done]] = False
+            bar.update(len(facts_live) + int(done.sum()) * (config.v_num_grad_steps - it - 1))
+            bar.set_postfix(live=int(active.sum()), loss=f"{float(loss.detach().mean()):.3f}")
             if it == config.v_num_grad_steps - 1 or not active.any():
+                bar.update(int(active.sum()) * (config.v_num_grad_steps - it - 1))
                 break
             keep = ~done
             (grad,) = torch.autograd.grad(loss[keep].sum(), delta)
@@ -169,12 +174,12 @@ def _forward(model, adapter, enc, row_sel, fact_of_row, delta, z_layer, loss_lay
     rewrite_local = pos_in_sel[rewrite_rows.reshape(-1, T)[live]]          # (n, T)
     positions = label_pos.reshape(-1, T, n_target)[live].reshape(-1, n_target)
     targets = labels.reshape(-1, T, n_target)[live].reshape(-1, n_target)
-    logits = head(norm(hidden[rewrite_local.reshape(-1, 1), positions])).float()   # (n·T, n_target, V)
+    logits = head(norm(hidden[rewrite_local.reshape(-1, 1), positions])).to(delta.dtype)   # (n·T, n_target, V)
     logp = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
     nll = -(logp.sum(-1) / n_target).reshape(-1, T).mean(1)
 
     kl_local = pos_in_sel[kl_rows[live]]
-    log_p = torch.log_softmax(head(norm(hidden[kl_local, index[kl_local]])).float(), -1)
+    log_p = torch.log_softmax(head(norm(hidden[kl_local, index[kl_local]])).to(delta.dtype), -1)
     return nll, log_p, recorded["z"][rewrite_local[:, 0]]
 
 

@@ -159,7 +159,7 @@ def wash(model, tokenizer, facts: Sequence[Fact], config: WashConfig | None = No
             for i, layer in enumerate(layers):
                 keys, block_out = compute_keys(model, adapter, tokenizer, requests, templates, [layer], z_layer, config.key_batch_size)
                 resid = (targets.z_star - block_out) / (len(layers) - i)
-                delta, rep = memit_update(keys[layer], resid, covs[layer], adapter.weight(model, layer), config)
+                delta, rep = memit_update(keys[layer], resid, covs[layer], adapter.weight(model, layer).detach(), config)
                 layer_reports[layer]["memit"] = rep
                 adapter.add_to_weight(model, layer, delta)
                 inits[layer] = delta

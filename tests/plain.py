@@ -23,7 +23,7 @@ def plain_compute_z(model, adapter, tok, fact, templates, config, z_layer, targe
     enc = encode_at(tok, texts, ends)
     n_t = len(target_ids)
     d = adapter.dims(model, z_layer)[0]
-    delta = torch.zeros(d, requires_grad=True)
+    delta = torch.zeros(d, requires_grad=True, dtype=next(model.parameters()).dtype)
     opt = torch.optim.Adam([delta], lr=config.v_lr)
     state = {}
 
