@@ -17,7 +17,7 @@ _EXPORTS = {
     "Fact": ".facts", "load_facts": ".facts", "FactError": ".facts", "FactFormatError": ".facts",
     "Corpus": ".corpus", "load_corpus": ".corpus",
     "load_model": ".models", "get_adapter": ".models", "Adapter": ".models",
-    "wash": ".wash", "WashResult": ".wash",
+    "wash": ".pipeline", "WashResult": ".pipeline",
     "layer_stats": ".stats",
 }
 

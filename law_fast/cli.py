@@ -73,7 +73,7 @@ def _perplexity(model, tokenizer, texts) -> float:
 def cmd_demo(args) -> int:
     from .generation import greedy_continuations, known_facts, sample_continuations
     from .models import load_model
-    from .wash import wash
+    from .pipeline import wash
 
     t0 = time.perf_counter()
     model, tok = load_model(args.model)
@@ -109,7 +109,7 @@ def cmd_demo(args) -> int:
 def cmd_wash(args) -> int:
     from .facts import load_facts
     from .models import load_model
-    from .wash import wash
+    from .pipeline import wash
 
     model, tok = load_model(args.model)
     facts = load_facts(args.facts, format=args.format, limit=args.limit)

@@ -47,9 +47,9 @@ class LayerStats:
         return self.sum / self.count
 
 
-def _stats_key(model, layer: int, corpus: Corpus, max_length: int, dtype: str) -> dict:
-    return {"model": model_name(model), "fingerprint": model_fingerprint(model), "layer": layer,
-            "corpus": corpus.identity, "max_length": max_length, "dtype": dtype, "version": 1}
+def _stats_key(name: str, fingerprint: str, layer: int, corpus: Corpus, max_length: int, dtype: str) -> dict:
+    return {"model": name, "fingerprint": fingerprint, "layer": layer, "corpus": corpus.identity,
+            "max_length": max_length, "dtype": dtype, "version": 1}
 
 
 def _cache_path(key: dict) -> Path:
@@ -108,7 +108,8 @@ def layer_stats(model, adapter: Adapter, tokenizer, corpus: Corpus, layers: Sequ
                 progress: bool = True) -> dict[int, LayerStats]:
     """Statistics of every layer in ``layers`` from one pass over ``corpus`` (cached layers are skipped)."""
     max_length = min(max_length, getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", max_length))
-    keys = {layer: _stats_key(model, layer, corpus, max_length, dtype) for layer in layers}
+    name, fingerprint = model_name(model), model_fingerprint(model)
+    keys = {layer: _stats_key(name, fingerprint, layer, corpus, max_length, dtype) for layer in layers}
     result: dict[int, LayerStats] = {}
     if use_cache:
         for layer in layers:

@@ -18,7 +18,7 @@ CORPUS = [f"The city of London is on the river number {i}. Music and science and
 
 
 def _cfg(**kw):
-    base = dict(layers=(1, 2), only_known=False, v_num_grad_steps=3, total_iters=20, learning_rate=1e-4,
+    base = dict(layers=(1, 2), only_known=False, prune_requests=False, v_num_grad_steps=3, total_iters=20, learning_rate=1e-4,
                 disruption_budget=0.05, stats_max_length=64)
     base.update(kw)
     return WashConfig(**base)
@@ -40,9 +40,9 @@ def test_wash_edits_only_the_configured_layers_and_reverts_exactly(tiny, method)
     assert sorted(result.deltas) == [1, 2]
     for layer, delta in result.deltas.items():
         assert tuple(delta.shape) == adapter.dims(model, layer)
-        torch.testing.assert_close(adapter.weight(model, layer) - adapter.weight(model, layer).new_tensor(
-            before[adapter.down_proj_name(layer)].T if adapter.transposed else before[adapter.down_proj_name(layer)]),
-            delta, rtol=1e-4, atol=1e-6)
+        stored = before[adapter.down_proj_name(layer)]
+        original = stored.T if adapter.transposed else stored
+        torch.testing.assert_close(adapter.weight(model, layer).detach() - original, delta, rtol=1e-4, atol=1e-6)
     rep = result.report
     assert rep["n_facts"] == 3 and rep["n_washed_requests"] == 3
     assert [r["layer"] for r in rep["per_layer"]] == [1, 2]
@@ -85,7 +85,9 @@ def test_failure_restores_original_weights(tiny, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("solver failed")
 
-    monkeypatch.setattr("law_fast.wash.law_optimize", boom)
+    import sys
+
+    monkeypatch.setattr(sys.modules["law_fast.pipeline"], "law_optimize", boom)
     with pytest.raises(RuntimeError, match="solver failed"):
         lf.wash(model, tok, FACTS, _cfg(), corpus=CORPUS, progress=False)
     for name, value in model.state_dict().items():
@@ -141,3 +143,11 @@ def test_reference_hparams_import(tmp_path):
     path.write_text(json.dumps({**ref, "mystery": 1}))
     with pytest.raises(ValueError, match="mystery"):
         WashConfig.from_reference_hparams(path)
+
+
+def test_elimination_stops_when_no_fact_is_left(tiny):
+    """A random model produces none of the facts: after the first layer nothing survives, later layers stay unedited."""
+    model, tok = tiny
+    result = lf.wash(model, tok, FACTS, _cfg(prune_requests=True), corpus=CORPUS, progress=False)
+    assert sorted(result.deltas) == [1]
+    assert result.report["per_layer"][0]["still_known_after"] == 0

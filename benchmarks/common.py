@@ -1,0 +1,149 @@
+"""Shared helpers for the benchmark scripts: timing, machine/version info, JSON results.
+
+    from common import timeit, interleaved, write_result, machine_info
+
+Benchmarks are data: every script writes ``benchmarks/results/<name>.json`` with the machine,
+the versions, the git sha, the medians and spreads, the FLOP (or byte) counts and the rates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _summary(samples: list[float]) -> dict:
+    return {
+        "median": statistics.median(samples),
+        "min": min(samples),
+        "max": max(samples),
+        "stdev": statistics.stdev(samples) if len(samples) > 1 else 0.0,
+        "samples": list(samples),
+    }
+
+
+def _sync(device: str | None) -> None:
+    if device is not None and device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, device: str | None = None) -> dict:
+    """Wall-clock seconds of ``fn()``: dict(median, min, max, stdev, samples).
+
+    ``device="cuda..."`` synchronises before and after each call so GPU time is included.
+    """
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        samples.append(time.perf_counter() - start)
+    return _summary(samples)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
+                device: str | None = None) -> dict[str, dict]:
+    """Time several candidates round-robin (a, b, a, b, ...) so that a noisy or shared machine
+    (frequency changes, other jobs) affects them alike; same result format as ``timeit``."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    _sync(device)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            samples[name].append(time.perf_counter() - start)
+    return {name: _summary(values) for name, values in samples.items()}
+
+
+def git_sha() -> str | None:
+    """HEAD of the repository (with "-dirty" when the work tree has changes), None if unknown."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=10)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """Machine and software versions (JSON-able)."""
+    import torch
+
+    info = {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "torch_threads": torch.get_num_threads(),
+        "blas": _blas_name(torch),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "git_sha": git_sha(),
+        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except Exception:
+        info["triton"] = None
+    try:
+        import law_fast.ops
+
+        info["law_fast_backends"] = law_fast.ops.backend_report()
+    except Exception as error:  # benchmarks of pure-torch code still run without law_fast
+        info["law_fast_backends"] = f"unavailable: {error}"
+    return info
+
+
+def _blas_name(torch) -> str:
+    config = torch.__config__.show()
+    if "BLAS_INFO=" not in config:
+        return "unknown"
+    return config.split("BLAS_INFO=", 1)[1].split(",", 1)[0].strip()
+
+
+def write_result(name: str, payload: dict) -> Path:
+    """Write ``benchmarks/results/<name>.json`` (payload + "machine" if absent); returns the path."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    payload = dict(payload)
+    payload.setdefault("machine", machine_info())
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    return path

