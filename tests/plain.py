@@ -5,21 +5,14 @@ from __future__ import annotations
 import torch
 
 from law_fast.models import block_output_tensor, frozen
-from law_fast.targets import KL_TEMPLATE
-from law_fast.tokens import encode_at, fill
+from law_fast.targets import _rows as rows
+from law_fast.tokens import encode_at
 
 
 def plain_compute_z(model, adapter, tok, fact, templates, config, z_layer, target_ids):
     """One fact at a time, torch.optim.Adam, full forward with the model's own logits (law-reference §2.3)."""
     suffix = tok.decode(target_ids[:-1]) if len(target_ids) > 1 else ""
-    texts, ends = [], []
-    for context in templates:
-        t, e = fill(context.replace("{}", fact.template, 1), fact.subject, suffix)
-        texts.append(t)
-        ends.append(e)
-    t, e = fill(KL_TEMPLATE, fact.subject)
-    texts.append(t)
-    ends.append(e)
+    texts, ends = rows([fact], templates, suffix)   # T rewriting prompts + the KL prompt
     enc = encode_at(tok, texts, ends)
     n_t = len(target_ids)
     d = adapter.dims(model, z_layer)[0]
