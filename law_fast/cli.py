@@ -130,7 +130,9 @@ def cmd_stats(args) -> int:
     model, tok = load_model(args.model)
     corpus = load_corpus(args.corpus, n_samples=args.samples) if args.corpus else default_corpus(model, tok)
     t = time.perf_counter()
-    stats = layer_stats(model, get_adapter(model), tok, corpus, _layers(args.layers), args.max_length, args.batch_tokens, args.dtype)
+    stats = layer_stats(model, get_adapter(model), tok, corpus, _layers(args.layers), args.max_length, args.batch_tokens,
+                        args.dtype, use_cache=not args.no_cache, block_tokens=args.block_tokens,
+                        checkpoint_every_tokens=args.checkpoint_every)
     for layer, s in stats.items():
         print(f"layer {layer}: {s.count} tokens, f = {s.sum.shape[0]}, trace(C) = {float(s.cov.trace()):.4g}")
     print(f"{time.perf_counter() - t:.1f} s")
@@ -183,14 +185,22 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, help="documents sampled from the corpus")
     p.set_defaults(func=cmd_wash)
 
-    p = sub.add_parser("stats", help="compute (and cache) covariance statistics")
+    p = sub.add_parser("stats", help="compute (and cache) covariance statistics; an interrupted run resumes",
+                       description="Covariance statistics of the down-projection inputs of --layers, one pass over "
+                                   "the corpus for all of them; cached per layer, checkpointed, resumed when rerun "
+                                   "with the same arguments (docs/statistics.md).")
     p.add_argument("--model", default=None)
-    p.add_argument("--corpus", default=None)
-    p.add_argument("--layers", required=True)
-    p.add_argument("--samples", type=int, default=None)
+    p.add_argument("--corpus", default=None, help=".txt, .jsonl, .json or hf:NAME[:CONFIG[:SPLIT]] (default: embedded)")
+    p.add_argument("--layers", required=True, help='e.g. "4-8" or "4,6"')
+    p.add_argument("--samples", type=int, default=None, help="documents sampled from the corpus (default: all)")
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--batch-tokens", type=int, default=4096)
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float64", help="accumulator dtype")
+    p.add_argument("--block-tokens", type=int, default=None,
+                   help="accumulate blocks of this many tokens in --dtype, added to a float64 total (e.g. 65536)")
+    p.add_argument("--checkpoint-every", type=int, default=1_000_000, metavar="TOKENS",
+                   help="write a resumable checkpoint every this many tokens (0: never)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write cache files or checkpoints")
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("info", help="versions, native build and which kernel serves each op")
