@@ -121,7 +121,7 @@ def wash(model, tokenizer, facts: Sequence[Fact], config: WashConfig | None = No
     report: dict = {"model": model_name(model), "method": config.method, "layers": layers, "n_facts": len(facts)}
 
     with timer("initial check"):
-        known, conts = known_facts(model, tokenizer, facts, config.check_max_new_tokens, config.check_batch_size,
+        known, _ = known_facts(model, tokenizer, facts, config.check_max_new_tokens, config.check_batch_size,
                                    desc="checking facts" if progress else None)
     requests = [f for f, k in zip(facts, known) if k] if config.only_known else facts
     report["known_before"] = sum(known)
@@ -191,7 +191,7 @@ def wash(model, tokenizer, facts: Sequence[Fact], config: WashConfig | None = No
         raise
     if final_check:
         with timer("final check"):
-            still, conts_after = known_facts(model, tokenizer, requests, config.check_max_new_tokens, config.check_batch_size)
+            still, _ = known_facts(model, tokenizer, requests, config.check_max_new_tokens, config.check_batch_size)
         report["still_known_after"] = sum(still)
         report["still_known_ids"] = [f.case_id for f, k in zip(requests, still) if k]
     report["timings_s"] = timer.seconds
