@@ -163,6 +163,8 @@ def wash(model, tokenizer, facts: Sequence[Fact], config: WashConfig | None = No
                 layer_reports[layer]["memit"] = rep
                 adapter.add_to_weight(model, layer, delta)
                 inits[layer] = delta
+                if i == 0:
+                    first_keys = keys[layer]   # the LaW loop's first layer sees the same model and facts
         if config.method == "memit":
             result.deltas = {layer: d.float().cpu() for layer, d in inits.items()}
         else:
@@ -170,9 +172,10 @@ def wash(model, tokenizer, facts: Sequence[Fact], config: WashConfig | None = No
             alive = list(requests)
             for i, layer in enumerate(layers):
                 with timer("law keys"):
-                    keys, _ = compute_keys(model, adapter, tokenizer, alive, templates, [layer], None, config.key_batch_size)
+                    layer_keys = first_keys if i == 0 else compute_keys(
+                        model, adapter, tokenizer, alive, templates, [layer], None, config.key_batch_size)[0][layer]
                 with timer("law solve"):
-                    delta, rep = law_optimize(inits[layer], keys[layer], covs[layer], config)
+                    delta, rep = law_optimize(inits[layer], layer_keys, covs[layer], config)
                 adapter.add_to_weight(model, layer, delta)
                 result.deltas[layer] = delta.float().cpu()
                 layer_reports[layer]["law"] = rep
