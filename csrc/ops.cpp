@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cov_accumulate.h"
+#include "law_step.h"
 
 #ifdef LAW_FAST_WITH_CUDA
 #include <cuda_runtime_api.h>  // CUDART_VERSION
@@ -42,14 +43,20 @@ bool register_kernels(const std::string& device) {
   static bool cuda_registered = false;
   if (device == "cpu") {
     if (cpu_registered) return false;
-    impl_library(c10::DispatchKey::CPU).impl("cov_accumulate_", TORCH_FN(cov_accumulate_cpu));
+    impl_library(c10::DispatchKey::CPU)
+        .impl("cov_accumulate_", TORCH_FN(cov_accumulate_cpu))
+        .impl("law_quadratic", TORCH_FN(law_quadratic_cpu))
+        .impl("law_adam_step_", TORCH_FN(law_adam_step_cpu));
     cpu_registered = true;
     return true;
   }
   if (device == "cuda") {
 #ifdef LAW_FAST_WITH_CUDA
     if (cuda_registered) return false;
-    impl_library(c10::DispatchKey::CUDA).impl("cov_accumulate_", TORCH_FN(cov_accumulate_cuda));
+    impl_library(c10::DispatchKey::CUDA)
+        .impl("cov_accumulate_", TORCH_FN(cov_accumulate_cuda))
+        .impl("law_quadratic", TORCH_FN(law_quadratic_cuda))
+        .impl("law_adam_step_", TORCH_FN(law_adam_step_cuda));
     cuda_registered = true;
     return true;
 #else
@@ -87,9 +94,9 @@ pybind11::dict build_info() {
 #ifdef _GLIBCXX_USE_CXX11_ABI
   info["cxx11_abi"] = static_cast<bool>(_GLIBCXX_USE_CXX11_ABI);
 #endif
-  info["cpu_kernels"] = std::vector<std::string>{"cov_accumulate_"};
+  info["cpu_kernels"] = std::vector<std::string>{"cov_accumulate_", "law_quadratic", "law_adam_step_"};
 #ifdef LAW_FAST_WITH_CUDA
-  info["cuda_kernels"] = std::vector<std::string>{"cov_accumulate_"};
+  info["cuda_kernels"] = std::vector<std::string>{"cov_accumulate_", "law_quadratic", "law_adam_step_"};
 #else
   info["cuda_kernels"] = std::vector<std::string>{};
 #endif

@@ -7,6 +7,8 @@ default (any-device) kernel in ``law_fast.ops`` all import.  The ops themselves 
 
 Modules:
     cov_accumulate   cov += xᵀx on the upper triangle, mirrored; count += n
+    law_step         one LaW iteration in Gram form: law_quadratic ([G; C]·U with float64
+                     reductions) and law_adam_step_ (rescale, lr drop, Adam), plus the state layout
 
 Triton is optional: without it the modules still import and their ``*_ref`` functions work.
 Kernels run on CPU tensors under ``TRITON_INTERPRET=1`` (set before triton is imported).

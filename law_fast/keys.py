@@ -6,12 +6,14 @@ the z layer, and stops right after the deepest block that is needed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from .facts import Fact
 from .models import Adapter, capture, model_device, run_until
+from .ops import cov_accumulate_
 from .tokens import encode_at, fill
 
 
@@ -69,3 +71,51 @@ def compute_keys(model, adapter: Adapter, tokenizer, facts: Sequence[Fact], temp
     if blocks is not None:
         blocks = blocks.reshape(len(facts), len(templates), -1)[:, 0]
     return keys, blocks
+
+
+@dataclass
+class KeyMoments:
+    """One layer's key statistics over a fact set — all the closed-form solvers need.
+
+    gram = Σ_j k_j k_jᵀ (f×f), cross = Σ_j k_j r_jᵀ (f×d, with residuals r_j), resid_sq = Σ_j ‖r_j‖²;
+    float64 on the model's device.  Accumulated chunk by chunk, so memory does not grow with m."""
+
+    gram: torch.Tensor
+    cross: torch.Tensor | None
+    resid_sq: float
+    count: int
+    keys: torch.Tensor | None = None   # (m, f) float32, kept only while m < f/2 (smaller than gram then)
+
+
+def key_moments(model, adapter: Adapter, tokenizer, facts: Sequence[Fact], templates: Sequence[str], layer: int,
+                batch_size: int = 64, targets: torch.Tensor | None = None, z_layer: int | None = None,
+                scale: float = 1.0) -> KeyMoments:
+    """:class:`KeyMoments` of ``layer``'s averaged keys (:func:`compute_keys`) over ``facts``.
+
+    With ``targets`` (m×d, the z* of ``facts``) the residuals r_j = scale·(z*_j − h_j), h_j the
+    output of block ``z_layer`` at the plain prompt, are accumulated too (``cross``, ``resid_sq``).
+    Keys are computed ``batch_size`` facts at a time and folded into the Gram matrix by the
+    ``cov_accumulate_`` op; the (m×f) keys are kept only when m < f/2 (then smaller than the
+    Gram matrix; the LaW solver multiplies through them)."""
+    if targets is not None and (z_layer is None or len(targets) != len(facts)):
+        raise ValueError("targets need z_layer and one row per fact")
+    f = adapter.dims(model, layer)[1]
+    device = model_device(model)
+    gram = torch.zeros(f, f, dtype=torch.float64, device=device)
+    count = torch.zeros((), dtype=torch.int64, device=device)
+    cross, resid_sq = None, 0.0
+    kept: list[torch.Tensor] | None = [] if 2 * len(facts) < f else None
+    for start in range(0, len(facts), batch_size):
+        chunk = facts[start:start + batch_size]
+        keys, block = compute_keys(model, adapter, tokenizer, chunk, templates, [layer],
+                                   z_layer if targets is not None else None, batch_size)
+        k = keys[layer]
+        cov_accumulate_(k.contiguous(), gram, count)
+        if kept is not None:
+            kept.append(k)
+        if targets is not None:
+            resid = (targets[start:start + batch_size].to(device, torch.float64) - block.double()) * scale
+            part = k.double().T @ resid
+            cross = part if cross is None else cross + part
+            resid_sq += float((resid ** 2).sum())
+    return KeyMoments(gram, cross, resid_sq, int(count), torch.cat(kept) if kept else None)

@@ -172,11 +172,69 @@ def capture(model: nn.Module, adapter: Adapter, key_layers=(), block_layers=(), 
 
 
 def run_until(model: nn.Module, **inputs) -> None:
-    """Run ``model(**inputs)`` and swallow the early-stop signal of :func:`capture`."""
+    """Run ``model(**inputs)`` (no KV cache unless ``use_cache`` is given) and swallow the
+    early-stop signal of :func:`capture`."""
+    inputs.setdefault("use_cache", False)
     try:
-        model(**inputs, use_cache=False)
+        model(**inputs)
     except _StopForward:
         pass
+
+
+# ------------------------------------------------------------------------------------------
+# KV caches and skipped blocks (used by the target optimisation's prefix cache)
+# ------------------------------------------------------------------------------------------
+def new_cache():
+    """An empty Hugging Face ``DynamicCache`` (passed in, so an early-stopped pass still fills it)."""
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
+def cache_inputs(model: nn.Module, cache) -> dict:
+    """Model keyword arguments that pass ``cache`` (``cache=`` in newer transformers, else ``past_key_values=``)."""
+    import inspect
+
+    if cache is None:
+        return {"use_cache": False}
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache, "use_cache": True}
+
+
+def fork_cache(cache, rows: torch.Tensor | None = None):
+    """A copy of ``cache`` that a forward pass can extend without touching ``cache``.
+
+    Cache layers extend themselves by rebinding (``keys = cat(keys, new)``), so a copy of the
+    containers that shares the tensors is enough (no tensor is copied).  With ``rows`` the copy
+    keeps only those batch rows (this copies the tensors once)."""
+    import copy
+
+    fork = copy.copy(cache)
+    for name, value in vars(cache).items():
+        if isinstance(value, list):
+            setattr(fork, name, [item if isinstance(item, torch.Tensor) else copy.copy(item) for item in value])
+    if rows is not None:
+        fork.batch_select_indices(rows)
+    return fork
+
+
+@contextlib.contextmanager
+def skipped_blocks(model: nn.Module, adapter: Adapter, last: int, output: dict) -> Iterator[None]:
+    """Blocks 0..``last`` return ``output["hidden"]`` instead of computing (their forward hooks still
+    run).  For passes whose block-``last`` output is already known: nothing below it is recomputed.
+    Only for models whose blocks return a plain tensor (transformers ≥ 5); the caller checks."""
+    blocks = [adapter.block(model, layer) for layer in range(last + 1)]
+
+    def replay(*args, **kwargs):
+        return output["hidden"]
+
+    for block in blocks:
+        block.forward = replay
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.forward
 
 
 @contextlib.contextmanager

@@ -6,6 +6,11 @@ override the default per device:
 
     op                 default (any device)       cpu                  cuda
     cov_accumulate_    cov_accumulate_ref         C++ (law_fast._C)    Triton, else CUDA C++ (law_fast._C)
+    law_quadratic      law_quadratic_ref          C++ (law_fast._C)    Triton, else cuBLAS + CUDA C++
+    law_adam_step_     law_adam_step_ref          C++ (law_fast._C)    Triton, else CUDA C++ (law_fast._C)
+
+``law_quadratic`` and ``law_adam_step_`` are one LaW iteration in Gram form (law_fast/law.py,
+docs/law_solver.md); their contracts are in kernels/law_step.py.
 
 Triton is preferred on CUDA because its ``tl.dot`` uses tensor cores for bf16/fp16 inputs.
 Environment switches, read once at import:
@@ -25,9 +30,12 @@ import torch
 
 from . import _native
 from .kernels import cov_accumulate as _cov_accumulate_kernels
+from .kernels import law_step as _law_step_kernels
 from .kernels.cov_accumulate import check_cov_accumulate_args, cov_accumulate_ref
+from .kernels.law_step import (check_law_adam_step_args, check_law_quadratic_args, law_adam_step_ref, law_quadratic_ref,
+                               law_state)
 
-__all__ = ["cov_accumulate_", "backend_report"]
+__all__ = ["cov_accumulate_", "law_quadratic", "law_adam_step_", "law_state", "backend_report"]
 
 _LIB = torch.library.Library("law_fast", "FRAGMENT")  # kept alive for the process lifetime
 
@@ -62,7 +70,66 @@ def cov_accumulate_(x: torch.Tensor, cov: torch.Tensor, count: torch.Tensor) -> 
     torch.ops.law_fast.cov_accumulate_.default(x, cov, count)
 
 
+# ---------------------------------------------------------------- law_quadratic
+
+_LIB.define("law_quadratic(Tensor U, Tensor G, Tensor C) -> (Tensor, Tensor, Tensor)")
+_LIB.impl("law_quadratic", law_quadratic_ref, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("law_fast::law_quadratic", lib=_LIB)
+def _law_quadratic_fake(U: torch.Tensor, G: torch.Tensor, C: torch.Tensor):
+    check_law_quadratic_args(U, G, C)
+    scalar = U.new_empty((), dtype=torch.float64)
+    return U.new_empty(U.shape), scalar, scalar.clone()
+
+
+def law_quadratic(U: torch.Tensor, G: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``[G; C]·U`` reduced: returns ``(GU, uGu, uCu)`` = (G·U, tr(UᵀGU), tr(UᵀCU)).
+
+    U: (f, d) float32 / float64, any strides; G, C: (f, f) in U's dtype, on U's device.
+    GU: (f, d) contiguous in U's dtype; uGu, uCu: 0-dim float64 (products in U's dtype, sums in
+    float64).  C·U is not kept (CPU and Triton: per block or tile; the CUDA C++ kernel keeps one
+    (f, d) scratch).  No host synchronisation.  Not differentiable (LaW uses −2·G·U directly).
+    """
+    return torch.ops.law_fast.law_quadratic.default(U, G, C)
+
+
+# ---------------------------------------------------------------- law_adam_step_
+
+_LIB.define("law_adam_step_(Tensor(a!) U, Tensor GU, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "
+            "Tensor(d!) state, Tensor uCu, bool adam_update=True) -> ()")
+_LIB.impl("law_adam_step_", law_adam_step_ref, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("law_fast::law_adam_step_", lib=_LIB)
+def _law_adam_step_fake(U, GU, exp_avg, exp_avg_sq, state, uCu, adam_update=True) -> None:
+    check_law_adam_step_args(U, GU, exp_avg, exp_avg_sq, state, uCu)
+
+
+def law_adam_step_(U: torch.Tensor, GU: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+                   state: torch.Tensor, uCu: torch.Tensor, adam_update: bool = True) -> None:
+    """One fused LaW step, in place: pending rescale, lr drop at the first contact, Adam on −J.
+
+    U, exp_avg, exp_avg_sq: (f, d) float32 / float64, contiguous (updated); GU: (f, d) = G·U of
+    the current U, same dtype, contiguous (read only); state: (STATE_SIZE,) float64 from
+    ``law_state`` (updated: step, lr, first contact, ρ, scale, bias corrections); uCu: 0-dim
+    float64 = tr(UᵀCU) of the current U.  All on one device; no host synchronisation.
+
+    s = √(β/ρ) when step ≥ 1 and ρ = uCu/tr(C) > β, else 1; U ← s·U; then (adam_update)
+    torch.optim.Adam's update with gradient −2·s·GU.  ``adam_update=False`` only rescales (the
+    final iterate).  Formulas: kernels/law_step.py.
+    """
+    torch.ops.law_fast.law_adam_step_.default(U, GU, exp_avg, exp_avg_sq, state, uCu, adam_update)
+
+
 # ---------------------------------------------------------------- kernel registration
+
+# op name -> its Triton implementation (used on CUDA when Triton is available)
+_TRITON_KERNELS = {
+    "cov_accumulate_": (_cov_accumulate_kernels, "cov_accumulate_triton"),
+    "law_quadratic": (_law_step_kernels, "law_quadratic_triton"),
+    "law_adam_step_": (_law_step_kernels, "law_adam_step_triton"),
+}
 
 
 def _register_kernels() -> None:
@@ -71,18 +138,26 @@ def _register_kernels() -> None:
     use_cpp, use_triton, use_cuda = (_switch("LAW_FAST_USE_CPP"), _switch("LAW_FAST_USE_TRITON"),
                                      _switch("LAW_FAST_USE_CUDA"))
 
-    served = {"cpu": "torch", "cuda": "torch", "other": "torch"}
-    if native is not None and use_cpp and "cov_accumulate_" in native_info.get("cpu_kernels", ()):
+    served = {name: {"cpu": "torch", "cuda": "torch", "other": "torch"} for name in _TRITON_KERNELS}
+    # law_fast._C registers all of its kernels for a device at once
+    cpu_kernels = native_info.get("cpu_kernels", ())
+    if native is not None and use_cpp and cpu_kernels:
         native.register_kernels("cpu")
-        served["cpu"] = "cpp"
+        for name in _TRITON_KERNELS:
+            if name in cpu_kernels:
+                served[name]["cpu"] = "cpp"
     gpu_build = torch.version.cuda is not None or getattr(torch.version, "hip", None) is not None
+    cuda_kernels = native_info.get("cuda_kernels", ())
     if use_triton and _cov_accumulate_kernels.HAS_TRITON and gpu_build:
-        _LIB.impl("cov_accumulate_", _cov_accumulate_kernels.cov_accumulate_triton, "CUDA")
-        served["cuda"] = "triton"
-    elif native is not None and use_cuda and "cov_accumulate_" in native_info.get("cuda_kernels", ()):
+        for name, (module, function) in _TRITON_KERNELS.items():
+            _LIB.impl(name, getattr(module, function), "CUDA")
+            served[name]["cuda"] = "triton"
+    elif native is not None and use_cuda and cuda_kernels:
         native.register_kernels("cuda")
-        served["cuda"] = "cuda"
-    _SERVED_BY["cov_accumulate_"] = served
+        for name in _TRITON_KERNELS:
+            if name in cuda_kernels:
+                served[name]["cuda"] = "cuda"
+    _SERVED_BY.update(served)
 
 
 _register_kernels()

@@ -18,7 +18,7 @@ from .config import WashConfig
 from .corpus import load_corpus
 from .facts import Fact
 from .generation import context_templates, known_facts
-from .keys import compute_keys
+from .keys import key_moments
 from .law import law_optimize
 from .memit import memit_update
 from .models import get_adapter, model_device, model_name
@@ -32,13 +32,15 @@ log = logging.getLogger(__name__)
 class WashResult:
     """What a wash did.  The model passed to :func:`wash` carries the edits.
 
-    ``deltas``: {layer: Δ (d×f, float32, math orientation)}; ``original``: the edited weights
-    before the wash (stored orientation), for an exact :meth:`revert`; ``report``: JSON-able.
+    ``deltas``: {layer: Δ (d×f, float32, math orientation)} for the closed-form methods (LaW,
+    MEMIT), empty for the fine-tuning baselines; ``original``: {parameter name: value before the
+    wash} for every parameter the method may change, for an exact :meth:`revert` and for
+    ``deltas.safetensors``; ``report``: JSON-able.
     """
 
     config: WashConfig
     deltas: dict[int, torch.Tensor]
-    original: dict[int, torch.Tensor]
+    original: dict[str, torch.Tensor]
     report: dict = field(default_factory=dict)
     model: torch.nn.Module | None = None
     tokenizer: object | None = None
@@ -46,10 +48,18 @@ class WashResult:
     def revert(self, model: torch.nn.Module | None = None) -> None:
         """Put back the exact original weights of the edited layers."""
         model = model if model is not None else self.model
-        adapter = get_adapter(model)
         with torch.no_grad():
-            for layer, weight in self.original.items():
-                adapter.down_proj_module(model, layer).weight.copy_(weight)
+            for name, value in self.original.items():
+                model.get_parameter(name).copy_(value)
+
+    def weight_deltas(self) -> dict[str, torch.Tensor]:
+        """{parameter name: current − original} (stored orientation, float32, CPU) of the changed parameters."""
+        out = {}
+        for name, value in self.original.items():
+            diff = (self.model.get_parameter(name).detach().float() - value.float()).cpu()
+            if diff.any():
+                out[name] = diff
+        return out
 
     def save(self, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the washed model (safetensors) + tokenizer, ``deltas.safetensors``, ``report.json``
@@ -71,9 +81,8 @@ class WashResult:
         self.model.save_pretrained(str(tmp), safe_serialization=True)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(tmp))
-        adapter = get_adapter(self.model)
-        save_file({adapter.down_proj_name(layer): d.contiguous().cpu() for layer, d in self.deltas.items()},
-                  str(tmp / "deltas.safetensors"), metadata={"orientation": "math (d x f): W_new = W + delta"})
+        save_file({name: d.contiguous() for name, d in self.weight_deltas().items()}, str(tmp / "deltas.safetensors"),
+                  metadata={"orientation": "stored (as in the model's state dict): W_new = W + delta"})
         (tmp / "report.json").write_text(json.dumps(self.report, indent=2, default=str) + "\n")
         self.config.to_json(tmp / "wash_config.json")
         if out.exists():
@@ -100,8 +109,9 @@ def wash(model, tokenizer, facts: Sequence[Fact], config: WashConfig | None = No
          corpus=None, final_check: bool = True, progress: bool = True) -> WashResult:
     """Wash ``facts`` out of ``model`` in place and return a :class:`WashResult`.
 
-    ``config`` defaults to :meth:`WashConfig.preset`; ``method`` ("law" or "memit") overrides
-    ``config.method``; ``corpus`` (a path, a list of texts or a :class:`~law_fast.corpus.Corpus`)
+    ``config`` defaults to :meth:`WashConfig.preset`; ``method`` overrides ``config.method``:
+    "law" (default), "memit" (the closed-form init alone) or a fine-tuning baseline — "ft",
+    "me-ft", "ft-ul", "seul", "woh" (:mod:`law_fast.baselines`, docs/baselines.md); ``corpus`` (a path, a list of texts or a :class:`~law_fast.corpus.Corpus`)
     overrides ``config.corpus`` for the covariance statistics.  On any error the model's
     original weights are restored before the exception propagates.
     """
@@ -109,6 +119,9 @@ def wash(model, tokenizer, facts: Sequence[Fact], config: WashConfig | None = No
     config = config or WashConfig.preset(model)
     if method is not None:
         config = config.replace(method=method)
+    if config.method not in ("law", "memit"):   # ft, me-ft, ft-ul, seul, woh: law_fast.baselines
+        from .baselines import run_baseline
+        return run_baseline(model, tokenizer, facts, config, corpus=corpus, final_check=final_check, progress=progress)
     n_layers = adapter.num_layers(model)
     if config.layers[-1] >= n_layers:
         raise ValueError(f"config.layers {list(config.layers)} exceed the model's {n_layers} blocks (0..{n_layers - 1})")
@@ -126,7 +139,8 @@ def wash(model, tokenizer, facts: Sequence[Fact], config: WashConfig | None = No
     requests = [f for f, k in zip(facts, known) if k] if config.only_known else facts
     report["known_before"] = sum(known)
     report["skipped_unknown"] = [f.case_id for f, k in zip(facts, known) if not k] if config.only_known else []
-    original = {layer: adapter.down_proj_module(model, layer).weight.detach().clone() for layer in layers}
+    original = {adapter.down_proj_name(layer): adapter.down_proj_module(model, layer).weight.detach().clone()
+                for layer in layers}
     result = WashResult(config, {}, original, report, model, tokenizer)
     if not requests:
         log.warning("none of the %d facts is produced by the model; nothing to wash", len(facts))
@@ -157,14 +171,14 @@ def wash(model, tokenizer, facts: Sequence[Fact], config: WashConfig | None = No
         inits = {}
         with timer("memit init"):
             for i, layer in enumerate(layers):
-                keys, block_out = compute_keys(model, adapter, tokenizer, requests, templates, [layer], z_layer, config.key_batch_size)
-                resid = (targets.z_star - block_out) / (len(layers) - i)
-                delta, rep = memit_update(keys[layer], resid, covs[layer], adapter.weight(model, layer).detach(), config)
+                moments = key_moments(model, adapter, tokenizer, requests, templates, layer, config.key_batch_size,
+                                      targets=targets.z_star, z_layer=z_layer, scale=1.0 / (len(layers) - i))
+                delta, rep = memit_update(moments, covs[layer], adapter.weight(model, layer).detach(), config)
                 layer_reports[layer]["memit"] = rep
                 adapter.add_to_weight(model, layer, delta)
                 inits[layer] = delta
                 if i == 0:
-                    first_keys = keys[layer]   # the LaW loop's first layer sees the same model and facts
+                    first = moments   # the LaW loop's first layer sees the same model and facts
         if config.method == "memit":
             result.deltas = {layer: d.float().cpu() for layer, d in inits.items()}
         else:
@@ -172,10 +186,10 @@ def wash(model, tokenizer, facts: Sequence[Fact], config: WashConfig | None = No
             alive = list(requests)
             for i, layer in enumerate(layers):
                 with timer("law keys"):
-                    layer_keys = first_keys if i == 0 else compute_keys(
-                        model, adapter, tokenizer, alive, templates, [layer], None, config.key_batch_size)[0][layer]
+                    moments = first if i == 0 else key_moments(model, adapter, tokenizer, alive, templates, layer,
+                                                               config.key_batch_size)
                 with timer("law solve"):
-                    delta, rep = law_optimize(inits[layer], layer_keys, covs[layer], config)
+                    delta, rep = law_optimize(inits[layer], moments.gram, covs[layer], config, keys=moments.keys)
                 adapter.add_to_weight(model, layer, delta)
                 result.deltas[layer] = delta.float().cpu()
                 layer_reports[layer]["law"] = rep
@@ -183,7 +197,8 @@ def wash(model, tokenizer, facts: Sequence[Fact], config: WashConfig | None = No
                 if config.prune_requests and i < len(layers) - 1:
                     pool = requests if config.keep_original_requests else alive
                     with timer("elimination"):
-                        still, _ = known_facts(model, tokenizer, pool, config.check_max_new_tokens, config.check_batch_size)
+                        still, _ = known_facts(model, tokenizer, pool, config.check_max_new_tokens, config.check_batch_size,
+                                               stop_when_decided=True)
                     alive = [f for f, k in zip(pool, still) if k]
                     layer_reports[layer]["still_known_after"] = len(alive)
                     log.info("layer %d: %d of %d facts still produced", layer, len(alive), len(pool))
@@ -192,10 +207,16 @@ def wash(model, tokenizer, facts: Sequence[Fact], config: WashConfig | None = No
     except BaseException:
         result.revert(model)
         raise
+    finish_report(model, tokenizer, requests, config, report, timer, final_check)
+    return result
+
+
+def finish_report(model, tokenizer, requests, config: WashConfig, report: dict, timer: _Timer, final_check: bool) -> None:
+    """The final check (which washed facts the model still produces) and the stage timings."""
     if final_check:
         with timer("final check"):
-            still, _ = known_facts(model, tokenizer, requests, config.check_max_new_tokens, config.check_batch_size)
+            still, _ = known_facts(model, tokenizer, requests, config.check_max_new_tokens, config.check_batch_size,
+                                   stop_when_decided=True)
         report["still_known_after"] = sum(still)
         report["still_known_ids"] = [f.case_id for f, k in zip(requests, still) if k]
     report["timings_s"] = timer.seconds
-    return result

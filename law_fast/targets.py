@@ -10,6 +10,7 @@ per-fact early stop (loss < threshold, checked before the step), the S−1 updat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Sequence
@@ -19,8 +20,9 @@ from tqdm.auto import tqdm
 
 from .config import WashConfig
 from .facts import Fact
-from .models import Adapter, block_output_tensor, capture, frozen, model_device, run_until
-from .tokens import encode_at, fill
+from .models import (Adapter, block_output_tensor, cache_inputs, capture, fork_cache, frozen, model_device, new_cache,
+                     run_until, skipped_blocks)
+from .tokens import fill, tokenize_at
 
 log = logging.getLogger(__name__)
 
@@ -66,67 +68,138 @@ def _rows(facts: Sequence[Fact], templates: Sequence[str], suffix: str):
 
 
 def compute_targets(model, adapter: Adapter, tokenizer, facts: Sequence[Fact], templates: Sequence[str], config: WashConfig,
-                    z_layer: int, target_ids: Sequence[int], progress: bool = True) -> Targets:
-    """z* for every fact, in chunks of ``config.target_batch_facts`` facts."""
-    parts = []
+                    z_layer: int, target_ids: Sequence[int], progress: bool = True, prefix_cache: bool = True) -> Targets:
+    """z* for every fact (in the order of ``facts``), in chunks of at most ``config.target_batch_tokens``
+    aligned tokens.  ``prefix_cache=False`` runs every step over the whole prompts (the plain way;
+    for tests and benchmarks)."""
+    target_ids = list(target_ids)
+    n_target = len(target_ids)
+    suffix = tokenizer.decode(target_ids[:-1]) if n_target > 1 else ""
+    per_fact = len(templates) + 1
+    texts, ends = _rows(facts, templates, suffix)
+    ids, index = tokenize_at(tokenizer, texts, ends)
+    for row, (tokens, i) in enumerate(zip(ids, index)):
+        if len(tokens) - i < n_target:
+            fact = facts[row // per_fact]
+            raise ValueError(f"fact {fact.case_id} ({fact.subject!r}): the subject must end before the last prompt token "
+                             f"of {texts[row]!r}")
     bar = tqdm(total=len(facts) * config.v_num_grad_steps, desc="targets z* (fact-steps)", disable=not progress)
-    for start in range(0, len(facts), config.target_batch_facts):
-        parts.append(_targets_chunk(model, adapter, tokenizer, facts[start:start + config.target_batch_facts], templates,
-                                    config, z_layer, list(target_ids), bar))
+    out = {name: [None] * len(facts) for name in ("z_star", "z_init", "loss", "steps")}
+    for chunk in _chunks([ids[j * per_fact:(j + 1) * per_fact] for j in range(len(facts))],
+                         [index[j * per_fact:(j + 1) * per_fact] for j in range(len(facts))], config.target_batch_tokens):
+        rows = [r for j in chunk for r in range(j * per_fact, (j + 1) * per_fact)]
+        batch = _Aligned.build([ids[r] for r in rows], [index[r] for r in rows], _pad_id(tokenizer), model_device(model))
+        part = _targets_chunk(model, adapter, batch, len(templates), config, z_layer, target_ids, bar, prefix_cache)
+        for k, j in enumerate(chunk):
+            for name in out:
+                out[name][j] = getattr(part, name)[k]
     bar.close()
-    return Targets(*(torch.cat([getattr(p, name) for p in parts]) for name in ("z_star", "z_init", "loss", "steps")))
+    return Targets(*(torch.stack(out[name]) for name in ("z_star", "z_init", "loss", "steps")))
 
 
-def _targets_chunk(model, adapter, tokenizer, facts, templates, config, z_layer, target_ids, bar) -> Targets:
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+
+def _chunks(ids_per_fact, index_per_fact, budget: int) -> list[list[int]]:
+    """Fact indices grouped so that each group's aligned batch (rows × (longest prefix + longest
+    suffix)) stays within ``budget`` tokens (a single fact may exceed it); facts are sorted by
+    prefix length first so that groups need little padding."""
+    shape = [(max(index), max(len(t) - i for t, i in zip(ids, index))) for ids, index in zip(ids_per_fact, index_per_fact)]
+    order = sorted(range(len(shape)), key=lambda j: shape[j])
+    chunks, current, width_p, width_s = [], [], 0, 0
+    for j in order:
+        p, s = max(width_p, shape[j][0]), max(width_s, shape[j][1])
+        rows = (len(current) + 1) * len(ids_per_fact[j])
+        if current and rows * (p + s) > budget:
+            chunks.append(current)
+            current, p, s = [], shape[j][0], shape[j][1]
+        current.append(j)
+        width_p, width_s = p, s
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+@dataclass
+class _Aligned:
+    """Rows aligned at the subject's last token: the prefix (tokens before it) is left-padded to
+    P columns, the suffix (from it on) right-padded to S columns, so column P holds every row's
+    subject token.  Nothing in the prefix depends on δ (causal attention), so its keys and values
+    are computed once and reused by every optimisation step."""
+
+    prefix_ids: torch.Tensor     # (R, P)
+    suffix_ids: torch.Tensor     # (R, S)
+    mask: torch.Tensor           # (R, P + S) 1 for real tokens
+    positions: torch.Tensor      # (R, P + S) position ids of the original (unpadded) rows
+    suffix_len: torch.Tensor     # (R,) real suffix tokens
+
+    @classmethod
+    def build(cls, ids: list[list[int]], index: list[int], pad_id: int, device) -> "_Aligned":
+        P = max(index)
+        S = max(len(t) - i for t, i in zip(ids, index))
+        R = len(ids)
+        tokens = torch.full((R, P + S), pad_id, dtype=torch.long)
+        mask = torch.zeros((R, P + S), dtype=torch.long)
+        positions = torch.zeros((R, P + S), dtype=torch.long)
+        for r, (row, i) in enumerate(zip(ids, index)):
+            cols = slice(P - i, P - i + len(row))
+            tokens[r, cols] = torch.tensor(row)
+            mask[r, cols] = 1
+            positions[r, cols] = torch.arange(len(row))
+        suffix_len = torch.tensor([len(t) - i for t, i in zip(ids, index)])
+        return cls(*(t.to(device) for t in (tokens[:, :P], tokens[:, P:], mask, positions, suffix_len)))
+
+    @property
+    def prefix_len(self) -> int:
+        return self.prefix_ids.shape[1]
+
+
+def _targets_chunk(model, adapter, batch: _Aligned, T: int, config, z_layer, target_ids, bar, prefix_cache) -> Targets:
     device = model_device(model)
     n_layers = adapter.num_layers(model)
     loss_layer = max(n_layers - 1 if config.v_loss_layer < 0 else config.v_loss_layer, z_layer)
-    m, T, per_fact = len(facts), len(templates), len(templates) + 1
+    per_fact = T + 1
+    m = batch.suffix_ids.shape[0] // per_fact
     n_target = len(target_ids)
-    suffix = tokenizer.decode(target_ids[:-1]) if n_target > 1 else ""
-
-    texts, ends = _rows(facts, templates, suffix)
-    enc = encode_at(tokenizer, texts, ends).to(device)
     fact_of_row = torch.arange(m, device=device).repeat_interleave(per_fact)
     row_ids = torch.arange(m * per_fact, device=device).reshape(m, per_fact)
-    rewrite_rows, kl_rows = row_ids[:, :T].reshape(-1), row_ids[:, T]
-    # label positions: the last n_target real tokens of each rewriting row predict target_ids
-    offsets = torch.arange(n_target, device=device) - n_target
-    label_pos = enc.lengths[rewrite_rows, None] + offsets            # (m·T, n_target)
-    labels = torch.tensor(target_ids, device=device).expand_as(label_pos)
+    # label positions (suffix columns): the last n_target real tokens of each rewriting row predict target_ids
+    label_pos = batch.suffix_len[row_ids[:, :T], None] + torch.arange(n_target, device=device) - n_target   # (m, T, n_target)
+    labels = torch.tensor(target_ids, device=device)
 
     d = adapter.dims(model, z_layer)[0]
     dtype = torch.promote_types(next(model.parameters()).dtype, torch.float32)   # fp32 for fp16/bf16 models
     delta = torch.zeros(m, d, device=device, dtype=dtype)
     exp_avg, exp_avg_sq = torch.zeros_like(delta), torch.zeros_like(delta)
-    z_init = torch.zeros(m, d, device=device, dtype=dtype)
-    log_p_init = None
     active = torch.ones(m, dtype=torch.bool, device=device)
     steps = torch.zeros(m, dtype=torch.long, device=device)
     final_loss = torch.zeros(m, device=device, dtype=dtype)
     step_count = 0
 
     with frozen(model):
+        runner = _SuffixRunner(model, adapter, batch, z_layer, loss_layer, prefix_cache)
+        z_init = runner.z_out[row_ids[:, 0], 0].to(dtype)        # block-z output at the plain prompt's subject token
+        log_p_init = None
         for it in range(config.v_num_grad_steps):
-            facts_live = active.nonzero().squeeze(1)
-            row_sel = (active[fact_of_row]).nonzero().squeeze(1)
-            nll, log_p, z_rows = _forward(model, adapter, enc, row_sel, fact_of_row, delta, z_layer, loss_layer,
-                                          rewrite_rows, label_pos, labels, kl_rows, n_target, T)
+            live = active.nonzero().squeeze(1)
+            hidden = runner(live, delta)                          # (n·per_fact, S, d) at the loss layer
+            nll, log_p = _losses(model, adapter, hidden.reshape(len(live), per_fact, *hidden.shape[1:]), label_pos[live],
+                                 labels, T, delta.dtype)
             if it == 0:
-                z_init, log_p_init = z_rows.detach(), log_p.detach()
-            kl = (log_p.exp() * (log_p - log_p_init[facts_live])).sum(-1)    # KL(p_cur ‖ p_init) at the subject token
-            wd = config.v_weight_decay * delta[facts_live].norm(dim=1) / z_init[facts_live].norm(dim=1) ** 2
+                log_p_init = log_p.detach()
+            kl = (log_p.exp() * (log_p - log_p_init[live])).sum(-1)    # KL(p_cur ‖ p_init) at the subject token
+            wd = config.v_weight_decay * delta[live].norm(dim=1) / z_init[live].norm(dim=1) ** 2
             loss = nll + config.kl_factor * kl + wd
-            final_loss[facts_live] = loss.detach()
+            final_loss[live] = loss.detach()
             done = loss.detach() < config.loss_threshold
-            active[facts_live[done]] = False
-            bar.update(len(facts_live) + int(done.sum()) * (config.v_num_grad_steps - it - 1))
+            active[live[done]] = False
+            bar.update(len(live) + int(done.sum()) * (config.v_num_grad_steps - it - 1))
             bar.set_postfix(live=int(active.sum()), loss=f"{float(loss.detach().mean()):.3f}")
             if it == config.v_num_grad_steps - 1 or not active.any():
                 bar.update(int(active.sum()) * (config.v_num_grad_steps - it - 1))
                 break
-            keep = ~done
-            (grad,) = torch.autograd.grad(loss[keep].sum(), delta)
+            (grad,) = torch.autograd.grad(loss[~done].sum(), delta)
             step_count += 1
             rows = active.nonzero().squeeze(1)
             _adam_step(delta, grad, exp_avg, exp_avg_sq, rows, step_count, config.v_lr)
@@ -139,50 +212,94 @@ def _targets_chunk(model, adapter, tokenizer, facts, templates, config, z_layer,
     return Targets((z_init + delta).detach(), z_init, final_loss.detach(), steps)
 
 
-def _forward(model, adapter, enc, row_sel, fact_of_row, delta, z_layer, loss_layer, rewrite_rows, label_pos, labels,
-             kl_rows, n_target, T):
-    """One forward pass over the rows ``row_sel`` of the live facts, with δ added at block z.
+class _SuffixRunner:
+    """Forward passes of the suffix columns of the live facts' rows with δ added at block z.
 
-    Returns, per live fact (ascending fact index): the NLL of the target tokens averaged over
-    the T rewriting prompts, the log-probs at the KL prompt's subject token (V), and the z-block
-    output at the plain prompt's subject token before δ is added."""
-    delta.requires_grad_(True)
-    rows_facts = fact_of_row[row_sel]
-    index = enc.index[row_sel]
-    local = torch.arange(row_sel.numel(), device=row_sel.device)
-    recorded = {}
+    Once per chunk (no gradient): the prefix's keys/values for every block up to the loss layer
+    and the block-z output of the suffix columns.  Per step: blocks 0..z are skipped (their output
+    is that stored block-z output), δ is added at the subject column, and only blocks z+1..loss
+    run, over the suffix columns, attending to the cached prefix.  With ``prefix_cache=False``
+    every step is a full forward of the whole aligned rows (the plain way, for comparisons)."""
 
-    def add_delta(module, args, output):
-        h = block_output_tensor(output)
-        recorded["z"] = h[local, index]
-        h = h.index_put((local, index), h[local, index] + delta[rows_facts].to(h.dtype))
-        return (h,) + tuple(output[1:]) if isinstance(output, (tuple, list)) else h
+    def __init__(self, model, adapter, batch: _Aligned, z_layer: int, loss_layer: int, prefix_cache: bool):
+        self.model, self.adapter, self.batch = model, adapter, batch
+        self.z_layer, self.loss_layer, self.use_cache = z_layer, loss_layer, prefix_cache
+        self.live_rows, self.live_cache = None, None
+        P = batch.prefix_len
+        self.prefix = None
+        with torch.no_grad():
+            if prefix_cache and P > 0:
+                self.prefix = new_cache()
+                with capture(model, adapter, stop_after=loss_layer):
+                    run_until(model, input_ids=batch.prefix_ids, attention_mask=batch.mask[:, :P],
+                          position_ids=batch.positions[:, :P], **cache_inputs(model, self.prefix))
+            recorded = {}
 
-    handle = adapter.block(model, z_layer).register_forward_hook(add_delta)
-    try:
-        with capture(model, adapter, block_layers=[loss_layer], stop_after=loss_layer) as store:
-            run_until(model, input_ids=enc.input_ids[row_sel], attention_mask=enc.attention_mask[row_sel])
-    finally:
-        handle.remove()
-    hidden = store[("block", loss_layer)]
+            def record(module, args, output):
+                recorded["out"] = output
+
+            handle = adapter.block(model, z_layer).register_forward_hook(record)
+            try:
+                self._run(torch.arange(batch.suffix_ids.shape[0], device=batch.mask.device), stop_after=z_layer)
+            finally:
+                handle.remove()
+        # blocks returning a plain tensor (transformers >= 5) can be skipped; older ones are replayed
+        self.skip = prefix_cache and isinstance(recorded["out"], torch.Tensor)
+        self.z_out = block_output_tensor(recorded["out"])[:, -batch.suffix_ids.shape[1]:] if prefix_cache else \
+            block_output_tensor(recorded["out"])[:, P:]
+
+    def _run(self, rows, stop_after, extra_hooks=()):
+        b = self.batch
+        P = b.prefix_len
+        with capture(self.model, self.adapter, block_layers=[stop_after], stop_after=stop_after) as store:
+            if self.use_cache:
+                cache = None
+                if self.prefix is not None:
+                    if self.live_rows is None or not torch.equal(self.live_rows, rows):
+                        self.live_rows, self.live_cache = rows, fork_cache(self.prefix, rows)
+                    cache = fork_cache(self.live_cache)
+                run_until(self.model, input_ids=b.suffix_ids[rows], attention_mask=b.mask[rows],
+                          position_ids=b.positions[rows, P:], **cache_inputs(self.model, cache))
+            else:
+                ids = torch.cat([b.prefix_ids, b.suffix_ids], 1)
+                run_until(self.model, input_ids=ids[rows], attention_mask=b.mask[rows], position_ids=b.positions[rows])
+        return store[("block", stop_after)]
+
+    def __call__(self, facts: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """Loss-layer hidden states of the suffix columns, (n·per_fact, S, d), for the facts ``facts``."""
+        per_fact = self.batch.suffix_ids.shape[0] // delta.shape[0]
+        rows = (facts[:, None] * per_fact + torch.arange(per_fact, device=facts.device)).reshape(-1)
+        delta.requires_grad_(True)
+        shift = delta[facts].repeat_interleave(per_fact, 0)
+        col = 0 if self.use_cache else self.batch.prefix_len
+        z_rows = {"hidden": self.z_out[rows]}
+
+        def add_delta(module, args, output):
+            h = block_output_tensor(output)
+            h = torch.cat([h[:, :col], h[:, col:col + 1] + shift[:, None].to(h.dtype), h[:, col + 1:]], 1)
+            return (h,) + tuple(output[1:]) if isinstance(output, (tuple, list)) else h
+
+        handle = self.adapter.block(self.model, self.z_layer).register_forward_hook(add_delta)
+        try:
+            with skipped_blocks(self.model, self.adapter, self.z_layer, z_rows) if self.skip else contextlib.nullcontext():
+                hidden = self._run(rows, self.loss_layer)
+        finally:
+            handle.remove()
+        return hidden[:, col:] if not self.use_cache else hidden
+
+
+def _losses(model, adapter, hidden, label_pos, labels, T, dtype):
+    """hidden (n, T+1, S, d) suffix columns at the loss layer → (NLL of the target tokens averaged
+    over the T rewriting rows (n,), log-probs at the KL row's subject column (n, V))."""
     norm = model.get_submodule(adapter.final_norm)
     head = adapter.lm_head(model)
-
-    pos_in_sel = torch.full_like(fact_of_row, -1)                          # global row → row in the batch
-    pos_in_sel[row_sel] = local
-    live = torch.unique(rows_facts)
-    rewrite_local = pos_in_sel[rewrite_rows.reshape(-1, T)[live]]          # (n, T)
-    positions = label_pos.reshape(-1, T, n_target)[live].reshape(-1, n_target)
-    targets = labels.reshape(-1, T, n_target)[live].reshape(-1, n_target)
-    logits = head(norm(hidden[rewrite_local.reshape(-1, 1), positions])).to(delta.dtype)   # (n·T, n_target, V)
-    logp = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
-    nll = -(logp.sum(-1) / n_target).reshape(-1, T).mean(1)
-
-    kl_local = pos_in_sel[kl_rows[live]]
-    log_p = torch.log_softmax(head(norm(hidden[kl_local, index[kl_local]])).to(delta.dtype), -1)
-    return nll, log_p, recorded["z"][rewrite_local[:, 0]]
-
-
+    n = hidden.shape[0]
+    picked = hidden[:, :T].gather(2, label_pos[..., None].expand(-1, -1, -1, hidden.shape[-1]))   # (n, T, n_target, d)
+    logits = head(norm(picked)).to(dtype)
+    logp = torch.log_softmax(logits, -1).gather(-1, labels.expand(n, T, -1)[..., None]).squeeze(-1)
+    nll = -(logp.sum(-1) / labels.numel()).mean(1)
+    log_p = torch.log_softmax(head(norm(hidden[:, T, 0])).to(dtype), -1)
+    return nll, log_p
 @torch.no_grad()
 def _adam_step(param, grad, exp_avg, exp_avg_sq, rows, step, lr, betas=ADAM_BETAS, eps=ADAM_EPS):
     """torch.optim.Adam's update (defaults, no weight decay) applied to ``rows`` only."""

@@ -55,23 +55,33 @@ class Encoded:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
 
-def encode_at(tokenizer, texts: list[str], char_ends: list[int]) -> Encoded:
-    """Tokenise ``texts`` (right padding, the tokenizer's own special tokens) and find, per row,
-    the token that contains character ``char_ends[i] - 1``."""
+def tokenize_at(tokenizer, texts: list[str], char_ends: list[int]) -> tuple[list[list[int]], list[int]]:
+    """Tokenise ``texts`` (no padding, the tokenizer's own special tokens) and find, per row, the
+    index of the token that contains character ``char_ends[i] - 1``."""
     if len(texts) != len(char_ends):
         raise ValueError("texts and char_ends differ in length")
-    with padding_side(tokenizer, "right"):
-        fast = getattr(tokenizer, "is_fast", False)
-        enc = tokenizer(list(texts), padding=True, return_tensors="pt", return_offsets_mapping=fast)
-    lengths = enc["attention_mask"].sum(1)
-    index = torch.empty(len(texts), dtype=torch.long)
+    fast = getattr(tokenizer, "is_fast", False)
+    enc = tokenizer(list(texts), return_offsets_mapping=fast)
+    index = []
     for row, (text, end) in enumerate(zip(texts, char_ends)):
         if fast:
-            offsets = enc["offset_mapping"][row].tolist()
-            hit = [i for i, (s, e) in enumerate(offsets[: int(lengths[row])]) if s <= end - 1 < e]
+            hit = [i for i, (s, e) in enumerate(enc["offset_mapping"][row]) if s <= end - 1 < e]
             if not hit:
                 raise ValueError(f"no token covers character {end - 1} of {text!r}")
-            index[row] = hit[0]
+            index.append(hit[0])
         else:
-            index[row] = len(tokenizer(text[:end])["input_ids"]) - 1
-    return Encoded(enc["input_ids"], enc["attention_mask"], index, lengths)
+            index.append(len(tokenizer(text[:end])["input_ids"]) - 1)
+    return [list(ids) for ids in enc["input_ids"]], index
+
+
+def encode_at(tokenizer, texts: list[str], char_ends: list[int]) -> Encoded:
+    """:func:`tokenize_at`, right-padded into an :class:`Encoded` batch."""
+    ids, index = tokenize_at(tokenizer, texts, char_ends)
+    width = max((len(row) for row in ids), default=0)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, tokens in enumerate(ids):
+        input_ids[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        mask[row, :len(tokens)] = 1
+    return Encoded(input_ids, mask, torch.tensor(index, dtype=torch.long), mask.sum(1))

@@ -1,11 +1,13 @@
 """MEMIT λ search and the LaW solver against plain float64 references."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from law_fast.config import WashConfig
+from law_fast.keys import KeyMoments
 from law_fast.law import law_optimize
 from law_fast.memit import LambdaSearchError, MemitSolver, choose_lambda, cholesky_with_jitter, memit_update
 
@@ -31,6 +33,25 @@ def test_factorised_delta_equals_fresh_solve(m, lam):
     torch.testing.assert_close(solver.delta(lam), expected, rtol=1e-8, atol=1e-10)
     assert solver.norm(lam) == pytest.approx(float(expected.norm()), rel=1e-8)
     assert solver.disruption(lam) == pytest.approx(float((expected @ C * expected).sum()), rel=1e-8)
+
+
+@pytest.mark.parametrize("m", [1, 7, 30])
+def test_few_keys_eigenproblem_equals_full(m):
+    """With the keys (m < f) the m-dimensional eigenproblem gives the full one's Δ(λ), norms and bracket."""
+    K, R, C, _ = _problem(m=m)
+    low = MemitSolver.from_moments(K.T @ K, K.T @ R, C, keys=K)
+    full = MemitSolver.from_moments(K.T @ K, K.T @ R, C)
+    assert low.eig.numel() == m and full.eig.numel() == 40
+    assert float(low.eig.max()) == pytest.approx(float(full.eig.max()), rel=1e-9)
+    for lam in (1e-4, 1.0, 1e4):
+        torch.testing.assert_close(low.delta(lam), full.delta(lam), rtol=1e-7, atol=1e-9)
+        assert low.disruption(lam) == pytest.approx(full.disruption(lam), rel=1e-7)
+        assert low.norm(lam) == pytest.approx(full.norm(lam), rel=1e-7)
+    # duplicated facts: K of rank < m
+    K2 = torch.cat([K, K[:1]])
+    R2 = torch.cat([R, R[:1]])
+    dup = MemitSolver.from_moments(K2.T @ K2, K2.T @ R2, C, keys=K2)
+    torch.testing.assert_close(dup.delta(1.0), plain_memit_delta(K2, R2, C, 1.0), rtol=1e-7, atol=1e-9)
 
 
 def test_reference_lambda_search_matches_plain_loop():
@@ -78,10 +99,12 @@ def test_disruption_rule_meets_budget_tightly(budget):
 
 def test_memit_update_report():
     K, R, C, W = _problem(m=8)
-    delta, rep = memit_update(K.float(), R.float(), C, W, WashConfig(layers=(0,), lambda_rule="fixed", mom2_update_weight=0.1))
-    torch.testing.assert_close(delta, plain_memit_delta(K.float().double(), R.float().double(), C, 0.1))
+    moments = KeyMoments(K.T @ K, K.T @ R, float((R ** 2).sum()), len(K))
+    delta, rep = memit_update(moments, C, W, WashConfig(layers=(0,), lambda_rule="fixed", mom2_update_weight=0.1))
+    torch.testing.assert_close(delta, plain_memit_delta(K, R, C, 0.1))
     assert rep["lambda"] == 0.1 and rep["jitter"] == 0.0
-    assert 0 <= rep["fit_residual"] < 1
+    fit = float((K @ delta.T - R).norm() / R.norm())
+    assert rep["fit_residual"] == pytest.approx(fit, rel=1e-6) and 0 <= fit < 1
 
 
 def test_singular_covariance_gets_reported_jitter():
@@ -93,25 +116,74 @@ def test_singular_covariance_gets_reported_jitter():
         cholesky_with_jitter(torch.zeros(3, 3, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("m", [5, 60])  # m < f (K form) and m ≥ f (Gram form)
+@pytest.mark.parametrize("m", [5, 60])  # m < f (rank-deficient G) and m ≥ f
 @pytest.mark.parametrize("lr_after", [None, 1e-5])
 def test_law_gram_form_equals_autograd_reference(m, lr_after):
     K, R, C, _ = _problem(m=m, f=40, d=16)
     delta0 = plain_memit_delta(K, R, C, 1.0)
     cfg = WashConfig(layers=(0,), learning_rate=1e-3, lr_after_hitting_boundary=lr_after, total_iters=1000, law_dtype="float64")
-    ours, rep = law_optimize(delta0, K, C, cfg)
+    ours, rep = law_optimize(delta0, K.T @ K, C, cfg)
     ref, first = plain_law(delta0, K, C, cfg)
     assert rep["first_contact"] == first and first is not None
+    # through the keys (used when m < f/2) the same trajectory
+    low, low_rep = law_optimize(delta0, K.T @ K, C, cfg, keys=K)
+    assert float((low - ref).norm() / ref.norm()) < 1e-6 and low_rep["first_contact"] == first
+    assert ours.dtype == torch.float64 and ours.shape == delta0.shape
     assert float((ours - ref).norm() / ref.norm()) < 1e-6
     # feasible, and the objective grew
     assert rep["rho_final"] <= rep["beta"] * (1 + 1e-12)
     assert rep["objective_final"] > rep["objective_init"]
+    U = ours.T
+    assert rep["objective_final"] == pytest.approx(float((U * (K.T @ (K @ U))).sum()), rel=1e-12)
 
 
-def test_law_float32_tracks_float64():
+@pytest.mark.parametrize("lr_after", [None, 1e-5])
+def test_law_float32_tracks_float64(lr_after):
+    """The docstring's bound: float32 products and Adam, float64 reductions, within 1e-4 of float64."""
     K, R, C, _ = _problem(m=10)
     delta0 = plain_memit_delta(K, R, C, 1.0)
-    cfg = WashConfig(layers=(0,), learning_rate=1e-3, total_iters=300)
-    d64, _ = law_optimize(delta0, K, C, cfg)
-    d32, _ = law_optimize(delta0, K, C, cfg.replace(law_dtype="float32"))
+    cfg = WashConfig(layers=(0,), learning_rate=1e-3, lr_after_hitting_boundary=lr_after, total_iters=1000)
+    d64, rep64 = law_optimize(delta0, K.T @ K, C, cfg)
+    d32, rep32 = law_optimize(delta0, K.T @ K, C, cfg.replace(law_dtype="float32"))
+    assert d32.dtype == torch.float64
     assert float((d32 - d64).norm() / d64.norm()) < 1e-4
+    assert rep32["first_contact"] == rep64["first_contact"] is not None
+    assert rep32["rho_final"] <= rep32["beta"] * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("law_dtype, tolerance", [("float64", 1e-12), ("float32", 1e-5)])
+def test_law_backends_follow_the_same_trajectory(law_dtype, tolerance):
+    """Dispatcher kernels (C++ on CPU when built) and the pure-torch default kernels."""
+    from law_fast.kernels.law_step import law_adam_step_ref, law_quadratic_ref
+    from law_fast.law import LawKernels
+
+    K, R, C, _ = _problem(m=60, f=300, d=20)  # f > one 256-row tile of the C++ kernel
+    delta0 = plain_memit_delta(K, R, C, 1.0)
+    cfg = WashConfig(layers=(0,), learning_rate=1e-3, lr_after_hitting_boundary=1e-5, total_iters=300,
+                     law_dtype=law_dtype)
+    dispatched, rep = law_optimize(delta0, K.T @ K, C, cfg)
+    default, rep_default = law_optimize(delta0, K.T @ K, C, cfg, kernels=LawKernels(law_quadratic_ref, law_adam_step_ref))
+    assert rep["first_contact"] == rep_default["first_contact"] is not None
+    assert float((dispatched - default).norm() / default.norm()) < tolerance
+
+
+def test_law_zero_iterations_returns_the_init():
+    K, R, C, _ = _problem(m=10)
+    delta0 = plain_memit_delta(K, R, C, 1.0)
+    # WashConfig wants total_iters >= 1; the solver only reads these five fields
+    config = SimpleNamespace(learning_rate=1e-3, lr_after_hitting_boundary=None, total_iters=0, beta_ratio=1.1,
+                             law_dtype="float64")
+    delta, rep = law_optimize(delta0, K.T @ K, C, config)
+    assert torch.equal(delta, delta0) and rep["first_contact"] is None
+    assert rep["rho_final"] == rep["rho_init"] and rep["beta"] == pytest.approx(1.1 * rep["rho_init"], rel=1e-15)
+
+
+def test_law_rejects_keys_in_place_of_the_gram_matrix():
+    K, R, C, _ = _problem(m=12)
+    delta0 = plain_memit_delta(K, R, C, 1.0)
+    with pytest.raises(ValueError, match="gram must be the .* Gram matrix"):
+        law_optimize(delta0, K, C, WashConfig(layers=(0,)))
+    with pytest.raises(ValueError, match="cov must have shape"):
+        law_optimize(delta0, K.T @ K, C[:5], WashConfig(layers=(0,)))
+    with pytest.raises(ValueError, match="cov must have a positive trace"):
+        law_optimize(delta0, K.T @ K, torch.zeros_like(C), WashConfig(layers=(0,)))

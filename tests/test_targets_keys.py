@@ -39,6 +39,45 @@ def test_batched_targets_equal_per_fact_loop(tiny, target):
     assert bool((norms <= cfg.clamp_norm_factor * batched.z_init.norm(dim=1) * (1 + 1e-5)).all())
 
 
+def test_prefix_cache_and_chunks_equal_full_forward(tiny):
+    """The prefix-cached, block-skipping steps and any chunking give the full-forward trajectories."""
+    model, tok = tiny
+    model = model.double()
+    adapter = get_adapter(model)
+    cfg = WashConfig(layers=(1, 2), v_num_grad_steps=5, v_lr=0.5, loss_threshold=0.05)
+    ids = target_token_ids(tok, adapter.eos_token_id(model, tok), "space+eos")
+    full = compute_targets(model, adapter, tok, FACTS, TEMPLATES, cfg, 1, ids, progress=False, prefix_cache=False)
+    calls = []
+    handle = adapter.down_proj_module(model, 0).register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        cached = compute_targets(model, adapter, tok, FACTS, TEMPLATES, cfg, 1, ids, progress=False)
+    finally:
+        handle.remove()
+    # block 0 runs for the prefix pass and the one pass that stores block z's output; the steps skip it
+    assert len(calls) == 2
+    one_fact_chunks = compute_targets(model, adapter, tok, FACTS, TEMPLATES, cfg.replace(target_batch_tokens=1), 1, ids,
+                                      progress=False)
+    for other in (cached, one_fact_chunks):
+        torch.testing.assert_close(other.z_star, full.z_star, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(other.z_init, full.z_init, rtol=1e-9, atol=1e-9)
+        assert other.steps.tolist() == full.steps.tolist()
+
+
+def test_chunks_respect_token_budget():
+    from law_fast.targets import _chunks
+
+    ids = [[[1] * 5, [1] * 9], [[1] * 4, [1] * 4], [[1] * 12, [1] * 3]]
+    index = [[2, 6], [1, 1], [10, 0]]
+    chunks = _chunks(ids, index, budget=2 * 2 * 12)
+    assert sorted(j for c in chunks for j in c) == [0, 1, 2]
+    for chunk in chunks:
+        if len(chunk) > 1:
+            p = max(max(index[j]) for j in chunk)
+            s = max(len(t) - i for j in chunk for t, i in zip(ids[j], index[j]))
+            assert len(chunk) * 2 * (p + s) <= 2 * 2 * 12
+    assert _chunks(ids, index, budget=1) == [[1], [0], [2]]   # sorted by prefix length, one per chunk
+
+
 def test_per_fact_early_stop(tiny):
     model, tok = tiny
     adapter = get_adapter(model)
@@ -61,3 +100,22 @@ def test_keys_batched_equal_batches_of_four_full_forward(tiny):
         torch.testing.assert_close(keys[layer], expected, rtol=1e-5, atol=1e-6)
     _, blocks = states_at(model, adapter, tok, texts[:: len(TEMPLATES)], ends[:: len(TEMPLATES)], [], 2, batch_size=1)
     torch.testing.assert_close(block, blocks, rtol=1e-5, atol=1e-6)
+
+
+def test_key_moments_stream_equals_full_keys(tiny):
+    from law_fast.keys import key_moments
+
+    model, tok = tiny
+    adapter = get_adapter(model)
+    keys, block = compute_keys(model, adapter, tok, FACTS, TEMPLATES, [1], block_layer=2)
+    K = keys[1].double()
+    targets = torch.randn(len(FACTS), block.shape[1], generator=torch.Generator().manual_seed(0))
+    R = (targets.double() - block.double()) * 0.5
+    # batch_size=2 facts: the moments are folded in over two chunks
+    mom = key_moments(model, adapter, tok, FACTS, TEMPLATES, 1, batch_size=2, targets=targets, z_layer=2, scale=0.5)
+    torch.testing.assert_close(mom.gram, K.T @ K, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(mom.cross, K.T @ R, rtol=1e-6, atol=1e-8)
+    assert mom.resid_sq == pytest.approx(float((R ** 2).sum()), rel=1e-9) and mom.count == len(FACTS)
+    plain = key_moments(model, adapter, tok, FACTS, TEMPLATES, 1)
+    torch.testing.assert_close(plain.gram, mom.gram)
+    assert plain.cross is None

@@ -1,0 +1,160 @@
+"""Benchmark: washing known CounterFact facts from SmolLM2 — the fast core vs the plain stages.
+
+Facts: the first ``--facts`` CounterFact validation records that SmolLM2-135M-Instruct produces
+(its greedy 10-token continuation contains the answer), plus ``--controls`` further known
+facts that are not washed.  Both runs use the default preset, the same covariance statistics
+(the default corpus, cached) and the same context templates, and start from the same weights:
+
+    fast    ``law_fast.wash`` (prefix-cached batched z*, streamed key moments, one
+            factorisation per layer for the λ search, Gram-form LaW with the fused ops,
+            first-token elimination check)
+    plain   the reference's structure, stage by stage (tests/plain.py): z* one fact at a time
+            with full forwards; keys in batches of 4; a fresh float64 f×f solve per λ trial
+            (same disruption rule, same bisection); LaW by autograd through K in float64; the
+            elimination check by full 10-token generation
+
+Reports the wall time of each, the ratio, the washed facts still produced and the controls kept
+(the outcome should match), and per-stage times of the fast run.
+
+    python benchmarks/bench_end_to_end.py --facts 256           # the issue's size (hours on 2 cores)
+    python benchmarks/bench_end_to_end.py --facts 16 --controls 16 --name end_to_end_quick
+
+Writes benchmarks/results/<name>.json (default end_to_end_cpu).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from common import REPO_ROOT, write_result  # noqa: E402
+from plain import plain_compute_z, plain_law, plain_memit_delta  # noqa: E402
+
+from law_fast import WashConfig, load_facts, load_model, wash  # noqa: E402
+from law_fast.generation import context_templates, known_facts  # noqa: E402
+from law_fast.keys import compute_keys  # noqa: E402
+from law_fast.models import get_adapter, model_device  # noqa: E402
+from law_fast.stats import default_corpus, layer_stats  # noqa: E402
+from law_fast.targets import target_token_ids  # noqa: E402
+
+COUNTERFACT = REPO_ROOT.parent / "shared" / "data" / "counterfact" / "counterfact-val.json"
+
+
+def plain_lambda(K, R, C, W, budget: float) -> float:
+    """The library's disruption rule and bisection, each trial a fresh float64 solve."""
+    def disruption(lam):
+        delta = plain_memit_delta(K, R, C, lam)
+        return float((delta @ C * delta).sum())
+
+    target = budget * float((W @ C * W).sum())
+    # the library's bracket: λ relative to the largest eigenvalue of C^{-1/2} G C^{-1/2} (computed once)
+    L = torch.linalg.cholesky(C)
+    M = torch.linalg.solve_triangular(L, torch.linalg.solve_triangular(L, K.T @ K, upper=False).T, upper=False)
+    scale = float(torch.linalg.eigvalsh(0.5 * (M + M.T)).max())
+    lo, hi = 1e-10 * scale, 1e10 * scale
+    if disruption(lo) <= target:
+        return lo
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        if disruption(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+        if hi / lo < 1 + 1e-6:
+            break
+    return hi
+
+
+def plain_wash(model, tok, facts, config: WashConfig) -> list:
+    """The pipeline with the plain stage implementations; returns the facts still produced."""
+    adapter = get_adapter(model)
+    layers, z_layer = list(config.layers), config.layers[-1]
+    known, _ = known_facts(model, tok, facts, stop_when_decided=False)
+    requests = [f for f, k in zip(facts, known) if k]
+    device = model_device(model)
+    stats = layer_stats(model, adapter, tok, default_corpus(model, tok), layers, config.stats_max_length,
+                        config.stats_batch_tokens, config.stats_dtype, progress=False)
+    covs = {layer: stats[layer].cov.to(device, torch.float64) for layer in layers}
+    templates = context_templates(model, tok, seed=config.seed, length=config.template_length)
+    target_ids = target_token_ids(tok, adapter.eos_token_id(model, tok), config.target)
+    z_star = torch.stack([plain_compute_z(model, adapter, tok, f, templates, config, z_layer, target_ids).float()
+                          for f in requests])
+    original = {layer: adapter.weight(model, layer).detach().clone() for layer in layers}
+    inits = {}
+    for i, layer in enumerate(layers):
+        keys, block = compute_keys(model, adapter, tok, requests, templates, [layer], z_layer, batch_size=4)
+        K, R = keys[layer].double(), ((z_star - block) / (len(layers) - i)).double()
+        W = adapter.weight(model, layer).detach().double()
+        lam = plain_lambda(K, R, covs[layer], W, config.disruption_budget)
+        inits[layer] = plain_memit_delta(K, R, covs[layer], lam)
+        adapter.add_to_weight(model, layer, inits[layer])
+    for layer in layers:
+        adapter.add_to_weight(model, layer, original[layer] - adapter.weight(model, layer).detach())
+    alive = list(requests)
+    for i, layer in enumerate(layers):
+        keys, _ = compute_keys(model, adapter, tok, alive, templates, [layer], None, batch_size=4)
+        delta, _ = plain_law(inits[layer], keys[layer], covs[layer], config)
+        adapter.add_to_weight(model, layer, delta)
+        if config.prune_requests and i < len(layers) - 1:
+            still, _ = known_facts(model, tok, requests, stop_when_decided=False)
+            alive = [f for f, k in zip(requests, still) if k]
+            if not alive:
+                break
+    still, _ = known_facts(model, tok, requests, stop_when_decided=False)
+    return [f.case_id for f, k in zip(requests, still) if k]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--facts", type=int, default=256)
+    parser.add_argument("--controls", type=int, default=64)
+    parser.add_argument("--name", default="end_to_end_cpu")
+    args = parser.parse_args()
+
+    model, tok = load_model()
+    config = WashConfig.preset(model)
+    adapter = get_adapter(model)
+    pool = load_facts(COUNTERFACT, limit=20 * (args.facts + args.controls))
+    known, _ = known_facts(model, tok, pool)
+    known_pool = [f for f, k in zip(pool, known) if k and f.answer.lower() not in f.subject.lower()]
+    if len(known_pool) < args.facts + args.controls:
+        raise SystemExit(f"only {len(known_pool)} known facts in the first {len(pool)} records")
+    facts, controls = known_pool[:args.facts], known_pool[args.facts:args.facts + args.controls]
+    default_corpus(model, tok)   # sampled and cached before timing (both runs use it)
+    before = {layer: adapter.weight(model, layer).detach().clone() for layer in config.layers}
+
+    runs = {}
+    start = time.perf_counter()
+    result = wash(model, tok, facts, config, progress=False)
+    runs["fast"] = {"seconds": time.perf_counter() - start, "still_known": result.report["still_known_ids"],
+                    "timings_s": result.report["timings_s"]}
+    runs["fast"]["controls_kept"] = sum(known_facts(model, tok, controls)[0])
+    result.revert()
+    print("fast", runs["fast"]["seconds"], flush=True)
+
+    start = time.perf_counter()
+    still = plain_wash(model, tok, facts, config)
+    runs["plain"] = {"seconds": time.perf_counter() - start, "still_known": still}
+    runs["plain"]["controls_kept"] = sum(known_facts(model, tok, controls)[0])
+    for layer, weight in before.items():
+        adapter.add_to_weight(model, layer, weight - adapter.weight(model, layer).detach())
+    print("plain", runs["plain"]["seconds"], flush=True)
+
+    payload = {"benchmark": "end-to-end wash", "model": "SmolLM2-135M-Instruct", "facts": len(facts),
+               "controls": len(controls), "layers": list(config.layers), "threads": torch.get_num_threads(),
+               "runs": runs, "speedup": runs["plain"]["seconds"] / runs["fast"]["seconds"],
+               "same_outcome": sorted(map(str, runs["fast"]["still_known"])) == sorted(map(str, still))}
+    print(write_result(args.name, payload))
+    print({k: payload[k] for k in ("facts", "speedup", "same_outcome")},
+          {name: (len(r["still_known"]), r["controls_kept"]) for name, r in runs.items()})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""The elimination check: stopping rows once decided gives exactly the full-generation decisions."""
+
+import torch
+
+from law_fast.facts import Fact
+from law_fast.generation import greedy_continuations, known_facts
+
+PROMPTS = ["The capital of France is", "Apple was founded by", "The Eiffel Tower is located in", "I think that",
+           "The man is a", "hello world this is", "Toyota is headquartered in", "Therefore we"]
+
+
+def test_stop_when_decided_keeps_every_decision(tiny):
+    model, tok = tiny
+    conts = greedy_continuations(model, tok, PROMPTS, max_new_tokens=10, batch_size=3)
+    facts = []
+    for i, (prompt, cont) in enumerate(zip(PROMPTS, conts)):
+        text = cont.strip()
+        # known: the start / the end of the model's own continuation; unknown: a word it never says
+        answer = (text[:2] if i % 3 == 0 else text[-3:]) if len(text) >= 3 and i % 3 != 2 else "zebra"
+        head, subject = prompt.rsplit(" ", 1)
+        facts.append(Fact(subject, head + " {}", answer, i))
+    assert [f.prompt for f in facts] == PROMPTS
+    full, full_conts = known_facts(model, tok, facts, 10, 3, stop_when_decided=False)
+    calls = []
+    handle = model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(1), with_kwargs=True)
+    try:
+        fast, fast_conts = known_facts(model, tok, facts, 10, 1, stop_when_decided=True)
+    finally:
+        handle.remove()
+    assert fast == full and any(full) and not all(full)
+    for decided, short, long in zip(fast, fast_conts, full_conts):
+        assert long.startswith(short) or short.strip() == long.strip()
+    # a row that found its answer early stopped generating: fewer model calls than 8 rows × 10 tokens
+    assert len(calls) < 80
+    assert known_facts(model, tok, facts, 10, 3, stop_when_decided=True)[0] == full
+
+
+def test_first_token_eos_decides_without_generating(tiny):
+    model, tok = tiny
+    eos = tok.eos_token_id
+    # make EOS the greedy token after every prompt (the state of a washed fact)
+    boost = model.get_output_embeddings().register_forward_hook(
+        lambda module, args, out: out.index_fill(-1, torch.tensor([eos]), 1e4))
+    facts = [Fact(p.rsplit(" ", 1)[1], p.rsplit(" ", 1)[0] + " {}", "Paris", i) for i, p in enumerate(PROMPTS)]
+    calls = []
+    handle = model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(1), with_kwargs=True)
+    try:
+        known, conts = known_facts(model, tok, facts, 10, 3, stop_when_decided=True)
+    finally:
+        handle.remove()
+    assert known == [False] * len(PROMPTS) and conts == [""] * len(PROMPTS)
+    assert len(calls) == 3   # one step per batch of 3, no further generation
+    assert known_facts(model, tok, facts, 10, 3, stop_when_decided=False)[0] == known
+    boost.remove()
