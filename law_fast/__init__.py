@@ -6,6 +6,7 @@
     result = lf.wash(model, tok, facts)          # edits the model in place
     result.save("washed/")                       # model + deltas + report
     result.revert()                              # exact original weights back
+    report = lf.evaluate(model, tok, facts=facts, reasoning=["lambada"], limit=200)   # EvalReport
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ _EXPORTS = {
     "load_model": ".models", "get_adapter": ".models", "Adapter": ".models",
     "wash": ".pipeline", "WashResult": ".pipeline",
     "layer_stats": ".stats",
+    "evaluate": ".evaluation", "EvalReport": ".evaluation",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

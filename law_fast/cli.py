@@ -1,15 +1,16 @@
-"""Command line: ``law-fast demo | wash | stats | info``."""
+"""Command line: ``law-fast demo | wash | eval | compare | stats | info``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from importlib import resources
 from pathlib import Path
+
+from .config import METHODS
 
 log = logging.getLogger("law_fast")
 
@@ -53,25 +54,9 @@ def demo_facts():
 FLUENCY_PROMPTS = ("The weather today is", "My favourite book is about", "In the morning, I usually")
 
 
-def _perplexity(model, tokenizer, texts) -> float:
-    import torch
-
-    from .models import model_device
-
-    nll, count = 0.0, 0
-    with torch.no_grad():
-        for text in texts:
-            ids = tokenizer(text, return_tensors="pt")["input_ids"].to(model_device(model))
-            if ids.shape[1] < 2:
-                continue
-            out = model(input_ids=ids, labels=ids)
-            nll += float(out.loss) * (ids.shape[1] - 1)
-            count += ids.shape[1] - 1
-    return math.exp(nll / max(count, 1))
-
-
 def cmd_demo(args) -> int:
-    from .generation import greedy_continuations, known_facts, sample_continuations
+    from .evaluation import evaluate
+    from .generation import greedy_continuations, sample_continuations
     from .models import load_model
     from .pipeline import wash
 
@@ -80,29 +65,115 @@ def cmd_demo(args) -> int:
     washed, control = demo_facts()
     held_out = [p + c for p, c in zip(FLUENCY_PROMPTS * 3, sample_continuations(model, tok, FLUENCY_PROMPTS * 3, 48, 40, seed=99))]
 
-    def measure():
-        kw, _ = known_facts(model, tok, washed)
-        kc, _ = known_facts(model, tok, control)
-        gens = greedy_continuations(model, tok, FLUENCY_PROMPTS, max_new_tokens=16)
-        return sum(kw) / len(washed), sum(kc) / len(control), _perplexity(model, tok, held_out), gens
+    def measure(subset=None):
+        # the same metrics as `law-fast eval`; after the wash, on the facts the original model knew
+        report = evaluate(model, tok, facts=washed, controls=control, corpus=held_out, known_only=subset is None,
+                          subset=subset, progress=False)
+        return report, greedy_continuations(model, tok, FLUENCY_PROMPTS, max_new_tokens=16)
 
-    before = measure()
+    before, gens_before = measure()
     cfg = _config(args, model)
     result = wash(model, tok, washed, cfg)
-    after = measure()
+    after, gens_after = measure(subset=before)
+    b, a = before.flat(), after.flat()
+    n_facts, n_controls = len(before.knowledge["facts"]["case_ids"]), len(before.knowledge["controls"]["case_ids"])
+    rows = [
+        ("washed facts: accuracy", "facts.rewrite.acc", f"({n_facts} facts the model knew)"),
+        ("washed facts: QA-F1", "facts.rewrite.qa_f1", ""),
+        ("washed facts: paraphrase accuracy", "facts.paraphrase.acc", ""),
+        ("washed facts: answer NLL (1st token)", "facts.rewrite.nll_first_token", "(higher = more forgotten)"),
+        ("control facts: accuracy", "controls.rewrite.acc", f"({n_controls} facts, not washed)"),
+        ("control facts: paraphrase accuracy", "controls.paraphrase.acc", ""),
+        ("fluency: perplexity (held-out)", "fluency.perplexity", ""),
+    ]
     print()
     print(f"law_fast demo — {result.report['model']} — method {cfg.method}, layers {list(cfg.layers)}")
-    print(f"{'':34s}{'before':>10s}{'after':>10s}")
-    print(f"{'washed facts: accuracy':34s}{before[0]:>10.1%}{after[0]:>10.1%}   ({len(washed)} facts)")
-    print(f"{'control facts: accuracy':34s}{before[1]:>10.1%}{after[1]:>10.1%}   ({len(control)} facts, not washed)")
-    print(f"{'fluency: perplexity (held-out)':34s}{before[2]:>10.2f}{after[2]:>10.2f}")
-    for prompt, b, a in zip(FLUENCY_PROMPTS, before[3], after[3]):
-        print(f"  {prompt!r}\n     before: {b!r}\n     after:  {a!r}")
+    print(f"{'':38s}{'before':>10s}{'after':>10s}")
+    for title, key, note in rows:
+        if key in b:
+            pct = key.endswith(("acc", "qa_f1"))
+            fmt = (lambda v: f"{v:>10.1%}") if pct else (lambda v: f"{v:>10.2f}")
+            print(f"{title:38s}{fmt(b[key])}{fmt(a[key]) if key in a else '—':>10s}   {note}".rstrip())
+    for prompt, gb, ga in zip(FLUENCY_PROMPTS, gens_before, gens_after):
+        print(f"  {prompt!r}\n     before: {gb!r}\n     after:  {ga!r}")
     print("stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.report["timings_s"].items()))
     print(f"total {time.perf_counter() - t0:.1f} s")
     if args.out:
         result.save(args.out, overwrite=args.overwrite)
         print(f"saved washed model, deltas and report to {args.out}")
+    return 0
+
+
+def _task_limits(reasoning: str | None, limit: int | None) -> tuple[list[str], int | dict[str, int] | None]:
+    """"lambada,hellaswag,gsm8k:50" and --limit 200 → (tasks, {"default": 200, "gsm8k": 50})."""
+    tasks, limits = [], {}
+    for part in (reasoning or "").split(","):
+        if not part.strip():
+            continue
+        name, _, count = part.partition(":")
+        tasks.append(name.strip())
+        if count.strip():
+            if not count.strip().isdigit() or int(count) < 1:
+                raise ValueError(f"--reasoning: {part!r}: the limit after ':' must be a positive integer")
+            limits[name.strip()] = int(count)
+    if not limits:
+        return tasks, limit
+    if limit is not None:
+        limits["default"] = limit
+    return tasks, limits
+
+
+def cmd_eval(args) -> int:
+    from .evaluation import EvalReport, evaluate, text_table
+    from .facts import load_facts
+    from .models import load_model
+
+    tasks, limit = _task_limits(args.reasoning, args.limit)
+    if not (args.facts or args.controls or args.corpus or tasks or args.entropy):
+        raise ValueError("nothing to evaluate: give --facts, --controls, --corpus, --reasoning and/or --entropy")
+    if args.known_only and args.subset:
+        raise ValueError("--known-only and --subset exclude each other (use --known-only on the original model, "
+                         "--subset ITS_REPORT.json on the washed one)")
+    t0 = time.perf_counter()
+    model, tok = load_model(args.model)
+    facts = load_facts(args.facts, format=args.format, limit=args.facts_limit) if args.facts else None
+    controls = load_facts(args.controls, format=args.format, limit=args.facts_limit) if args.controls else None
+    subset = EvalReport.from_json(args.subset) if args.subset else None
+    paths = {}
+    for item in args.task_file or []:
+        task, sep, path = item.partition("=")
+        if not sep or not task.strip() or not path.strip():
+            raise ValueError(f"--task-file {item!r}: expected TASK=PATH, e.g. hellaswag=my/hellaswag_val.jsonl")
+        paths[task.strip()] = path.strip()
+    report = evaluate(model, tok, facts=facts, controls=controls, corpus=args.corpus, reasoning=tasks, limit=limit,
+                      seed=args.seed, batch_size=args.batch_size, known_only=args.known_only, subset=subset,
+                      ppl_window=args.window, ppl_stride=args.stride, ppl_max_tokens=args.ppl_tokens or None,
+                      entropy=args.entropy, reasoning_paths=paths, data_dir=args.data_dir,
+                      gsm8k_fewshot=args.gsm8k_fewshot, use_lm_eval=args.lm_eval, label=args.label or "")
+    print(text_table([report]))
+    print(f"total {time.perf_counter() - t0:.1f} s")
+    if args.out:
+        report.to_json(args.out)
+        print(f"report written to {args.out}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .evaluation import EvalReport, markdown_table, plot_comparison, text_table
+
+    reports = [EvalReport.from_json(path) for path in args.reports]
+    labels = args.labels.split(",") if args.labels else None
+    if labels is None:  # default: the report's label, or the file name when labels collide
+        names = [r.name for r in reports]
+        if len(set(names)) < len(names):
+            labels = [Path(p).stem for p in args.reports]
+    print(text_table(reports, labels))
+    if args.markdown:
+        Path(args.markdown).write_text(markdown_table(reports, labels), encoding="utf-8")
+        print(f"markdown table written to {args.markdown}")
+    if args.plot:
+        plot_comparison(reports, args.plot, labels)
+        print(f"bar chart written to {args.plot}")
     return 0
 
 
@@ -164,7 +235,7 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("demo", help="wash built-in facts from the embedded default model and print a before/after table")
     p.add_argument("--model", default=None, help="model directory or .gguf (default: embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--method", choices=("law", "memit"))
+    p.add_argument("--method", choices=METHODS)
     p.add_argument("--layers")
     p.add_argument("--config", help="WashConfig JSON")
     p.add_argument("--out", help="also save the washed model here")
@@ -178,7 +249,8 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--method", choices=("law", "memit"))
+    p.add_argument("--method", choices=METHODS,
+                   help="law (default), memit, or a fine-tuning baseline (docs/baselines.md)")
     p.add_argument("--layers")
     p.add_argument("--config")
     p.add_argument("--corpus", help="statistics corpus: .txt, .jsonl or hf:NAME[:CONFIG[:SPLIT]] (default: embedded)")
@@ -202,6 +274,42 @@ def main(argv=None) -> int:
                    help="write a resumable checkpoint every this many tokens (0: never)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write cache files or checkpoints")
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("eval", help="evaluate a model: forgetting, retention, fluency, reasoning (JSON report)",
+                       description="Knowledge (Acc, QA-F1, first-token NLL on prompts, paraphrases, neighbourhood), "
+                                   "sliding-window perplexity and lm-evaluation-harness-style reasoning scores, "
+                                   "from local files (docs/evaluation.md).")
+    p.add_argument("--model", default=None, help="model directory or .gguf (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--facts", help="facts that were washed (any format load_facts reads)")
+    p.add_argument("--controls", help="facts that were not washed and must stay")
+    p.add_argument("--format", default=None, help="facts format (default: detected from the content)")
+    p.add_argument("--facts-limit", type=int, default=None, help="only the first N facts (and controls) of the files")
+    p.add_argument("--known-only", action="store_true", help="only the facts this model knows (use on the original model)")
+    p.add_argument("--subset", metavar="REPORT", help="evaluate exactly the facts of an earlier report (before vs after)")
+    p.add_argument("--corpus", help="perplexity text: .txt, .jsonl, .json or hf:NAME[:CONFIG[:SPLIT]]")
+    p.add_argument("--ppl-tokens", type=int, default=16384,
+                   help="score the first N corpus tokens (default 16384, a few minutes on a CPU; 0 = all)")
+    p.add_argument("--window", type=int, default=None, help="perplexity window in tokens (default: min(1024, context))")
+    p.add_argument("--stride", type=int, default=None, help="perplexity stride (default: window // 2)")
+    p.add_argument("--entropy", action="store_true", help="also the n-gram entropy of sampled generations")
+    p.add_argument("--reasoning", default=None, help='tasks, e.g. "lambada,hellaswag,arc_easy,gsm8k:50" (":N" = own limit)')
+    p.add_argument("--limit", type=int, default=None, help="items per reasoning task (fixed-seed subset; default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None, help="folder of the reasoning files (default: ../shared/data/reasoning)")
+    p.add_argument("--task-file", action="append", metavar="TASK=PATH", help="file of one task (repeatable)")
+    p.add_argument("--gsm8k-fewshot", type=int, default=8, help="chain-of-thought exemplars for gsm8k (0-8)")
+    p.add_argument("--lm-eval", action="store_true", help="score the reasoning tasks with lm-evaluation-harness")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--label", help="name of this model in compare tables and plots")
+    p.add_argument("--out", help="write the JSON report here")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="side-by-side table of eval reports; markdown table and PNG bar chart")
+    p.add_argument("reports", nargs="+", help="report JSON files written by `law-fast eval --out`")
+    p.add_argument("--labels", help="comma-separated names, one per report")
+    p.add_argument("--markdown", help="write a markdown table here")
+    p.add_argument("--plot", help="write a PNG bar chart here (needs matplotlib)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("info", help="versions, native build and which kernel serves each op")
     p.set_defaults(func=cmd_info)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 BASELINE_METHODS = ("ft", "me-ft", "ft-ul", "seul", "woh")   # fine-tuning baselines (law_fast.baselines)

@@ -52,6 +52,16 @@ class WashResult:
             for name, value in self.original.items():
                 model.get_parameter(name).copy_(value)
 
+    def evaluate(self, facts=None, **kwargs):
+        """:func:`law_fast.evaluate` on the washed model — the same metrics as ``law-fast eval``
+        and the demo.  ``facts`` defaults to nothing; pass ``subset=`` the original model's
+        :class:`~law_fast.evaluation.EvalReport` to score exactly the facts it knew."""
+        from .evaluation import evaluate
+
+        if self.model is None or self.tokenizer is None:
+            raise ValueError("this WashResult holds no model/tokenizer to evaluate")
+        return evaluate(self.model, self.tokenizer, facts=facts, **kwargs)
+
     def weight_deltas(self) -> dict[str, torch.Tensor]:
         """{parameter name: current − original} (stored orientation, float32, CPU) of the changed parameters."""
         out = {}

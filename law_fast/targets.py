@@ -162,7 +162,6 @@ def _targets_chunk(model, adapter, batch: _Aligned, T: int, config, z_layer, tar
     per_fact = T + 1
     m = batch.suffix_ids.shape[0] // per_fact
     n_target = len(target_ids)
-    fact_of_row = torch.arange(m, device=device).repeat_interleave(per_fact)
     row_ids = torch.arange(m * per_fact, device=device).reshape(m, per_fact)
     # label positions (suffix columns): the last n_target real tokens of each rewriting row predict target_ids
     label_pos = batch.suffix_len[row_ids[:, :T], None] + torch.arange(n_target, device=device) - n_target   # (m, T, n_target)

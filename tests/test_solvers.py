@@ -1,6 +1,5 @@
 """MEMIT λ search and the LaW solver against plain float64 references."""
 
-import math
 from types import SimpleNamespace
 
 import pytest

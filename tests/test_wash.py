@@ -55,6 +55,17 @@ def test_wash_edits_only_the_configured_layers_and_reverts_exactly(tiny, method)
         assert torch.equal(value, before[name]), name
 
 
+def test_wash_result_evaluates_with_the_evaluation_suite(tiny_tokenizer):
+    from conftest import make_tiny_model
+
+    model = make_tiny_model("gpt2", len(tiny_tokenizer))
+    result = lf.wash(model, tiny_tokenizer, FACTS, _cfg(), corpus=CORPUS, progress=False)
+    report = result.evaluate(FACTS, corpus=CORPUS[:2], progress=False)
+    direct = lf.evaluate(model, tiny_tokenizer, facts=FACTS, corpus=CORPUS[:2], progress=False)
+    assert report.knowledge == direct.knowledge and report.knowledge
+    assert report.fluency == direct.fluency
+
+
 def test_save_round_trip_and_refusals(tmp_path, tiny_tokenizer):
     from conftest import make_tiny_model
     from safetensors.torch import load_file
