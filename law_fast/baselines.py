@@ -46,7 +46,6 @@ from tqdm.auto import tqdm
 
 from .config import BASELINE_METHODS, WashConfig
 from .facts import Fact
-from .generation import known_facts
 from .models import Adapter, get_adapter, model_device, model_name
 from .targets import target_token_ids
 
@@ -451,7 +450,7 @@ def run_baseline(model, tokenizer, facts: Sequence[Fact], config: WashConfig, *,
     ``original`` holds every parameter the method may change (for LoRA: the pre-wash weights of
     the adapted modules); ``result.config`` is the resolved config.
     """
-    from .pipeline import WashResult, _Timer, finish_report
+    from .pipeline import WashResult, _Timer, finish_report, select_requests
 
     if config.method not in BASELINE_METHODS:
         raise ValueError(f"run_baseline: method must be one of {BASELINE_METHODS}, got {config.method!r}")
@@ -466,12 +465,7 @@ def run_baseline(model, tokenizer, facts: Sequence[Fact], config: WashConfig, *,
     timer = _Timer()
     report: dict = {"model": model_name(model), "method": config.method, "n_facts": len(facts)}
 
-    with timer("initial check"):
-        known, _ = known_facts(model, tokenizer, facts, config.check_max_new_tokens, config.check_batch_size,
-                               desc="checking facts" if progress else None)
-    requests = [f for f, k in zip(facts, known) if k] if config.only_known else facts
-    report["known_before"] = sum(known)
-    report["skipped_unknown"] = [f.case_id for f, k in zip(facts, known) if not k] if config.only_known else []
+    requests = select_requests(model, tokenizer, facts, config, report, timer, progress)
 
     names = lora_module_names(model, config) if config.ft_use_lora else trained_parameter_names(model, adapter, config)
     weights = [f"{name}.weight" for name in names] if config.ft_use_lora else names

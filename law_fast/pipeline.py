@@ -143,12 +143,7 @@ def wash(model, tokenizer, facts: Sequence[Fact], config: WashConfig | None = No
     z_layer = layers[-1]
     report: dict = {"model": model_name(model), "method": config.method, "layers": layers, "n_facts": len(facts)}
 
-    with timer("initial check"):
-        known, _ = known_facts(model, tokenizer, facts, config.check_max_new_tokens, config.check_batch_size,
-                                   desc="checking facts" if progress else None)
-    requests = [f for f, k in zip(facts, known) if k] if config.only_known else facts
-    report["known_before"] = sum(known)
-    report["skipped_unknown"] = [f.case_id for f, k in zip(facts, known) if not k] if config.only_known else []
+    requests = select_requests(model, tokenizer, facts, config, report, timer, progress)
     original = {adapter.down_proj_name(layer): adapter.down_proj_module(model, layer).weight.detach().clone()
                 for layer in layers}
     result = WashResult(config, {}, original, report, model, tokenizer)
@@ -219,6 +214,16 @@ def wash(model, tokenizer, facts: Sequence[Fact], config: WashConfig | None = No
         raise
     finish_report(model, tokenizer, requests, config, report, timer, final_check)
     return result
+
+
+def select_requests(model, tokenizer, facts, config: WashConfig, report: dict, timer: _Timer, progress: bool) -> list:
+    """The initial check: the facts to wash (those the model produces, with ``only_known``)."""
+    with timer("initial check"):
+        known, _ = known_facts(model, tokenizer, facts, config.check_max_new_tokens, config.check_batch_size,
+                               desc="checking facts" if progress else None)
+    report["known_before"] = sum(known)
+    report["skipped_unknown"] = [f.case_id for f, k in zip(facts, known) if not k] if config.only_known else []
+    return [f for f, k in zip(facts, known) if k] if config.only_known else facts
 
 
 def finish_report(model, tokenizer, requests, config: WashConfig, report: dict, timer: _Timer, final_check: bool) -> None:
