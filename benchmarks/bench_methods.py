@@ -9,7 +9,7 @@ Facts: the first ``--n`` CounterFact facts (``--facts``, default the validation 
 ../shared/data) that the model produces before washing and whose answer is not inside the subject,
 plus the next ``--controls`` such facts as controls (not washed).  Each method washes the same
 facts on the same original weights (the model is reverted exactly between methods) and is
-evaluated by ``law_fast.evaluate.evaluate`` on exactly the facts the original model knew:
+evaluated by ``law_fast.evaluate`` on exactly the facts the original model knew:
 
     washed Acc / QA-F1   facts.rewrite.acc / .qa_f1        (lower is better)
     paraphrase Acc       facts.paraphrase.acc              (lower is better)
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
 
     import law_fast as lf
     from law_fast.corpus import load_corpus
-    from law_fast.evaluate import evaluate
+    from law_fast.evaluation import evaluate
 
     model, tok = lf.load_model(args.model, device=args.device)
     washed, controls, scanned = select_facts(model, tok, args.facts, args.n, args.controls)
