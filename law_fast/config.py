@@ -10,7 +10,7 @@ from pathlib import Path
 
 BASELINE_METHODS = ("ft", "me-ft", "ft-ul", "seul", "woh")   # fine-tuning baselines (law_fast.baselines)
 METHODS = ("law", "memit") + BASELINE_METHODS
-LAMBDA_RULES = ("disruption", "reference", "fixed")
+LAMBDA_RULES = ("disruption", "fit", "reference", "fixed")
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,8 @@ class WashConfig:
       * ``"disruption"`` (default): the smallest λ whose update changes this layer's outputs on
         the corpus by at most ``disruption_budget`` in relative mean square,
         tr(ΔCΔᵀ)/tr(WCWᵀ) ≤ budget. Sound for any number of facts m.
+      * ``"fit"``: the largest λ (least disruption) whose update reaches the targets at the keys
+        to within ``fit_target`` in relative norm, ‖KΔᵀ − R‖/‖R‖ ≤ fit_target.
       * ``"reference"``: the authors' search: λ += ``lambda_step`` while ‖Δ‖ > ``norm_bounds[1]``·‖W‖,
         λ *= ``decay_factor`` while ‖Δ‖ < ``norm_bounds[0]``·‖W‖ (capped at ``max_lambda_trials``).
       * ``"fixed"``: λ = ``mom2_update_weight``.
@@ -59,6 +61,7 @@ class WashConfig:
     mom2_update_weight: float = 20_000.0
     lambda_rule: str = "disruption"
     disruption_budget: float = 5e-4    # measured trade-off on SmolLM2 (README)
+    fit_target: float = 0.5            # lambda_rule="fit"
     norm_bounds: tuple[float, float] = (1 / 3, 3 / 4)
     lambda_step: float = 100_000.0
     decay_factor: float = 0.75
@@ -121,6 +124,8 @@ class WashConfig:
             problems.append(f"decay_factor must be in (0, 1), got {self.decay_factor}")
         if self.disruption_budget <= 0 or self.mom2_update_weight <= 0:
             problems.append("disruption_budget and mom2_update_weight must be positive")
+        if not 0 < self.fit_target < 1:
+            problems.append(f"fit_target must lie in (0, 1), got {self.fit_target}")
         if min(self.v_num_grad_steps, self.total_iters, self.max_lambda_trials, self.target_batch_tokens,
                self.check_batch_size, self.key_batch_size, self.mom2_n_samples) < 1:
             problems.append("step counts, batch sizes and sample counts must be >= 1")

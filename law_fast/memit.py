@@ -80,6 +80,11 @@ class MemitSolver:
         """tr(Δ C Δᵀ) (C without jitter is within jitter·‖Δ‖² of this)."""
         return float(((self.proj ** 2).sum(1) / (lam + self.eig) ** 2).sum())
 
+    def fit_sq(self, lam: float, resid_sq: float) -> float:
+        """‖KΔ(λ)ᵀ − R‖²_F = Σ ‖P_i‖² (s_i/(λ+s_i)² − 2/(λ+s_i)) + ‖R‖² (increasing in λ)."""
+        inv = 1.0 / (lam + self.eig)
+        return float(((self.proj ** 2).sum(1) * (self.eig * inv ** 2 - 2 * inv)).sum()) + resid_sq
+
     def norm(self, lam: float) -> float:
         """‖Δ(λ)‖_F."""
         d = 1.0 / (lam + self.eig)
@@ -102,8 +107,9 @@ def cholesky_with_jitter(C: torch.Tensor, max_tries: int = 12) -> tuple[torch.Te
     raise ValueError("covariance is not positive definite even with jitter 0.1·mean(diag); check the statistics")
 
 
-def choose_lambda(solver: MemitSolver, weight: torch.Tensor, cov: torch.Tensor, config: WashConfig) -> tuple[float, int]:
-    """λ per ``config.lambda_rule``; returns (λ, number of trials)."""
+def choose_lambda(solver: MemitSolver, weight: torch.Tensor, cov: torch.Tensor, config: WashConfig,
+                  resid_sq: float | None = None) -> tuple[float, int]:
+    """λ per ``config.lambda_rule``; returns (λ, number of trials).  ``resid_sq`` = ‖R‖² (rule "fit")."""
     if config.lambda_rule == "fixed":
         return config.mom2_update_weight, 1
     W = weight.to(cov.device, torch.float64)
@@ -123,31 +129,44 @@ def choose_lambda(solver: MemitSolver, weight: torch.Tensor, cov: torch.Tensor, 
             f"the reference λ search did not meet {config.norm_bounds[0]:.3g}·‖W‖ ≤ ‖Δ‖ ≤ {config.norm_bounds[1]:.3g}·‖W‖ "
             f"in {config.max_lambda_trials} trials (last λ = {lam:.3g}, ‖Δ‖/‖W‖ = {n / w_norm:.3g}). These bounds only "
             "suit very large fact sets; use lambda_rule='disruption' (default) or 'fixed'.")
-    # "disruption": smallest λ with tr(ΔCΔᵀ)/tr(WCWᵀ) ≤ budget (the ratio decreases monotonically in λ)
-    out_energy = float((W @ cov.to(torch.float64) * W).sum())
-    budget = config.disruption_budget * out_energy
+    if config.lambda_rule == "fit":
+        # the largest λ (least disruption) whose fit ‖KΔᵀ−R‖/‖R‖ is at most fit_target
+        if resid_sq is None:
+            raise ValueError("lambda_rule='fit' needs the residuals' squared norm")
+        return _bisect_log_lambda(solver, lambda lam: solver.fit_sq(lam, resid_sq) <= config.fit_target ** 2 * resid_sq,
+                                  small_ok=True)
+    # "disruption": the smallest λ with tr(ΔCΔᵀ)/tr(WCWᵀ) ≤ budget (the ratio decreases monotonically in λ)
+    budget = config.disruption_budget * float((W @ cov.to(torch.float64) * W).sum())
+    return _bisect_log_lambda(solver, lambda lam: solver.disruption(lam) <= budget, small_ok=False)
+
+
+def _bisect_log_lambda(solver: MemitSolver, ok, small_ok: bool) -> tuple[float, int]:
+    """Bisection on log λ over [1e-10, 1e10]·max(s) for the boundary of a monotone condition:
+    ``small_ok`` — ``ok`` holds below a threshold, return the largest such λ; else ``ok`` holds
+    above it, return the smallest.  Returns (λ, trials); the end of the range if ``ok`` holds everywhere."""
     scale = float(solver.eig.max().clamp_min(1e-30))
     lo, hi = 1e-10 * scale, 1e10 * scale
-    if solver.disruption(lo) <= budget:
-        return lo, 1
+    edge = hi if small_ok else lo
+    if ok(edge):
+        return edge, 1
     trials = 1
-    for _ in range(200):  # bisection on log λ
+    for _ in range(200):
         mid = math.sqrt(lo * hi)
         trials += 1
-        if solver.disruption(mid) <= budget:
+        if ok(mid) != small_ok:   # mid lies on hi's side of the boundary
             hi = mid
         else:
             lo = mid
         if hi / lo < 1 + 1e-6:
             break
-    return hi, trials
+    return (lo if small_ok else hi), trials
 
 
 def memit_update(moments, cov: torch.Tensor, weight: torch.Tensor, config: WashConfig) -> tuple[torch.Tensor, dict]:
     """Δ (d×f float64) for one layer from its :class:`~law_fast.keys.KeyMoments` (gram, cross,
     resid_sq) and a report (λ, trials, norms, disruption, fit, jitter)."""
     solver = MemitSolver.from_moments(moments.gram, moments.cross, cov, keys=moments.keys)
-    lam, trials = choose_lambda(solver, weight, cov, config)
+    lam, trials = choose_lambda(solver, weight, cov, config, moments.resid_sq)
     delta = solver.delta(lam)
     W = weight.to(delta.device, torch.float64)
     C = cov.to(delta.device, torch.float64)

@@ -79,17 +79,20 @@ def compute_targets(model, adapter: Adapter, tokenizer, facts: Sequence[Fact], t
     texts, ends = _rows(facts, templates, suffix)
     ids, index = tokenize_at(tokenizer, texts, ends)
     for row, (tokens, i) in enumerate(zip(ids, index)):
-        if len(tokens) - i < n_target:
+        if row % per_fact < len(templates) and len(tokens) - i < n_target:
             fact = facts[row // per_fact]
             raise ValueError(f"fact {fact.case_id} ({fact.subject!r}): the subject must end before the last prompt token "
                              f"of {texts[row]!r}")
+    # the KL row is read at the subject token only, and causal attention makes that position
+    # independent of the tokens after it: its suffix is the subject token alone
+    ids = [tokens[:i + 1] if row % per_fact == len(templates) else tokens for row, (tokens, i) in enumerate(zip(ids, index))]
     bar = tqdm(total=len(facts) * config.v_num_grad_steps, desc="targets z* (fact-steps)", disable=not progress)
     out = {name: [None] * len(facts) for name in ("z_star", "z_init", "loss", "steps")}
     for chunk in _chunks([ids[j * per_fact:(j + 1) * per_fact] for j in range(len(facts))],
                          [index[j * per_fact:(j + 1) * per_fact] for j in range(len(facts))], config.target_batch_tokens):
         rows = [r for j in chunk for r in range(j * per_fact, (j + 1) * per_fact)]
-        batch = _Aligned.build([ids[r] for r in rows], [index[r] for r in rows], _pad_id(tokenizer), model_device(model))
-        part = _targets_chunk(model, adapter, batch, len(templates), config, z_layer, target_ids, bar, prefix_cache)
+        part = _targets_chunk(model, adapter, [ids[r] for r in rows], [index[r] for r in rows], _pad_id(tokenizer),
+                              len(templates), config, z_layer, target_ids, bar, prefix_cache)
         for k, j in enumerate(chunk):
             for name in out:
                 out[name][j] = getattr(part, name)[k]
@@ -155,16 +158,23 @@ class _Aligned:
         return self.prefix_ids.shape[1]
 
 
-def _targets_chunk(model, adapter, batch: _Aligned, T: int, config, z_layer, target_ids, bar, prefix_cache) -> Targets:
+def _buckets(ids: list[list[int]], index: list[int]) -> list[list[int]]:
+    """Rows grouped by suffix length (tokens from the subject's last token on), so that the
+    per-step passes over the suffix columns carry no padding; ascending length."""
+    groups: dict[int, list[int]] = {}
+    for r, (tokens, i) in enumerate(zip(ids, index)):
+        groups.setdefault(len(tokens) - i, []).append(r)
+    return [groups[length] for length in sorted(groups)]
+
+
+def _targets_chunk(model, adapter, ids, index, pad_id, T: int, config, z_layer, target_ids, bar, prefix_cache) -> Targets:
+    """z* for one chunk: ``ids``/``index`` hold T rewriting rows then the KL row, per fact."""
     device = model_device(model)
     n_layers = adapter.num_layers(model)
     loss_layer = max(n_layers - 1 if config.v_loss_layer < 0 else config.v_loss_layer, z_layer)
     per_fact = T + 1
-    m = batch.suffix_ids.shape[0] // per_fact
+    m = len(ids) // per_fact
     n_target = len(target_ids)
-    row_ids = torch.arange(m * per_fact, device=device).reshape(m, per_fact)
-    # label positions (suffix columns): the last n_target real tokens of each rewriting row predict target_ids
-    label_pos = batch.suffix_len[row_ids[:, :T], None] + torch.arange(n_target, device=device) - n_target   # (m, T, n_target)
     labels = torch.tensor(target_ids, device=device)
 
     d = adapter.dims(model, z_layer)[0]
@@ -174,17 +184,23 @@ def _targets_chunk(model, adapter, batch: _Aligned, T: int, config, z_layer, tar
     active = torch.ones(m, dtype=torch.bool, device=device)
     steps = torch.zeros(m, dtype=torch.long, device=device)
     final_loss = torch.zeros(m, device=device, dtype=dtype)
+    z_init = torch.zeros(m, d, device=device, dtype=dtype)
     step_count = 0
 
     with frozen(model):
-        runner = _SuffixRunner(model, adapter, batch, z_layer, loss_layer, prefix_cache)
-        z_init = runner.z_out[row_ids[:, 0], 0].to(dtype)        # block-z output at the plain prompt's subject token
+        buckets = []
+        for rows in _buckets(ids, index):
+            batch = _Aligned.build([ids[r] for r in rows], [index[r] for r in rows], pad_id, device)
+            runner = _SuffixRunner(model, adapter, batch, z_layer, loss_layer, prefix_cache)
+            rows = torch.tensor(rows, device=device)
+            plain = (rows % per_fact == 0).nonzero().squeeze(1)      # the plain prompt's rows ("{}" template)
+            z_init[rows[plain] // per_fact] = runner.z_out[plain, 0].to(dtype)
+            buckets.append((rows, runner))
         log_p_init = None
+        delta.requires_grad_(True)
         for it in range(config.v_num_grad_steps):
             live = active.nonzero().squeeze(1)
-            hidden = runner(live, delta)                          # (n·per_fact, S, d) at the loss layer
-            nll, log_p = _losses(model, adapter, hidden.reshape(len(live), per_fact, *hidden.shape[1:]), label_pos[live],
-                                 labels, T, delta.dtype)
+            nll, log_p = _losses(model, adapter, buckets, delta, active, T, labels, dtype)
             if it == 0:
                 log_p_init = log_p.detach()
             kl = (log_p.exp() * (log_p - log_p_init[live])).sum(-1)    # KL(p_cur ‖ p_init) at the subject token
@@ -264,12 +280,9 @@ class _SuffixRunner:
                 run_until(self.model, input_ids=ids[rows], attention_mask=b.mask[rows], position_ids=b.positions[rows])
         return store[("block", stop_after)]
 
-    def __call__(self, facts: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """Loss-layer hidden states of the suffix columns, (n·per_fact, S, d), for the facts ``facts``."""
-        per_fact = self.batch.suffix_ids.shape[0] // delta.shape[0]
-        rows = (facts[:, None] * per_fact + torch.arange(per_fact, device=facts.device)).reshape(-1)
-        delta.requires_grad_(True)
-        shift = delta[facts].repeat_interleave(per_fact, 0)
+    def __call__(self, rows: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """Loss-layer hidden states of the suffix columns, (n, S, d), of the batch rows ``rows``
+        with ``shift`` (n, d) added to their block-z output at the subject token."""
         col = 0 if self.use_cache else self.batch.prefix_len
         z_rows = {"hidden": self.z_out[rows]}
 
@@ -287,18 +300,36 @@ class _SuffixRunner:
         return hidden[:, col:] if not self.use_cache else hidden
 
 
-def _losses(model, adapter, hidden, label_pos, labels, T, dtype):
-    """hidden (n, T+1, S, d) suffix columns at the loss layer → (NLL of the target tokens averaged
-    over the T rewriting rows (n,), log-probs at the KL row's subject column (n, V))."""
+def _losses(model, adapter, buckets, delta, active, T, labels, dtype):
+    """One forward of every bucket's live rows → (NLL of the target tokens averaged over the T
+    rewriting rows, (n,), log-probs at the KL row's subject token, (n, V)) for the n active facts,
+    in fact order.  The final norm and the head run only on the hidden states the loss reads."""
+    per_fact = T + 1
+    n_target = labels.numel()
+    rewrite, rewrite_rows, kl, kl_rows = [], [], [], []
+    for rows, runner in buckets:
+        local = active[rows // per_fact].nonzero().squeeze(1)
+        if not len(local):
+            continue
+        hidden = runner(local, delta[rows[local] // per_fact])             # (n_rows, S, d) at the loss layer
+        is_kl = rows[local] % per_fact == T
+        w = (~is_kl).nonzero().squeeze(1)
+        if len(w):   # the last n_target real tokens of a rewriting row predict the target tokens
+            pos = runner.batch.suffix_len[local[w], None] + torch.arange(n_target, device=rows.device) - n_target
+            rewrite.append(hidden[w[:, None], pos])
+            rewrite_rows.append(rows[local[w]])
+        k = is_kl.nonzero().squeeze(1)
+        kl.append(hidden[k, 0])
+        kl_rows.append(rows[local[k]])
     norm = model.get_submodule(adapter.final_norm)
     head = adapter.lm_head(model)
-    n = hidden.shape[0]
-    picked = hidden[:, :T].gather(2, label_pos[..., None].expand(-1, -1, -1, hidden.shape[-1]))   # (n, T, n_target, d)
-    logits = head(norm(picked)).to(dtype)
-    logp = torch.log_softmax(logits, -1).gather(-1, labels.expand(n, T, -1)[..., None]).squeeze(-1)
-    nll = -(logp.sum(-1) / labels.numel()).mean(1)
-    log_p = torch.log_softmax(head(norm(hidden[:, T, 0])).to(dtype), -1)
+    picked = torch.cat(rewrite)[torch.cat(rewrite_rows).argsort()]          # fact-major: (n·T, n_target, d)
+    logp = torch.log_softmax(head(norm(picked)).to(dtype), -1).gather(-1, labels.expand(len(picked), -1)[..., None])
+    nll = -(logp.squeeze(-1).sum(-1) / n_target).reshape(-1, T).mean(1)
+    log_p = torch.log_softmax(head(norm(torch.cat(kl)[torch.cat(kl_rows).argsort()])).to(dtype), -1)
     return nll, log_p
+
+
 @torch.no_grad()
 def _adam_step(param, grad, exp_avg, exp_avg_sq, rows, step, lr, betas=ADAM_BETAS, eps=ADAM_EPS):
     """torch.optim.Adam's update (defaults, no weight decay) applied to ``rows`` only."""

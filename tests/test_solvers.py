@@ -96,6 +96,45 @@ def test_disruption_rule_meets_budget_tightly(budget):
         assert float((d2 @ C * d2).sum()) / out_energy > budget * (1 - 1e-3)
 
 
+@pytest.mark.parametrize("m, keys", [(8, True), (8, False), (80, False)])
+def test_fit_residual_in_closed_form_equals_plain(m, keys):
+    K, R, C, _ = _problem(m=m)
+    solver = MemitSolver.from_moments(K.T @ K, K.T @ R, C, keys=K if keys else None)
+    resid_sq = float((R ** 2).sum())
+    for lam in (1e-4, 1.0, 1e4):
+        delta = plain_memit_delta(K, R, C, lam)
+        expected = float(((K @ delta.T - R) ** 2).sum())
+        assert solver.fit_sq(lam, resid_sq) == pytest.approx(expected, rel=1e-7, abs=1e-9 * resid_sq)
+
+
+@pytest.mark.parametrize("target", [0.2, 0.5, 0.9])
+def test_fit_rule_meets_target_tightly(target):
+    K, R, C, W = _problem(m=80)    # m > f: the fit cannot reach 0, and the rule is still defined
+    solver = MemitSolver.build(K, R, C)
+    resid = float(R.norm())
+
+    def fit(lam):
+        delta = plain_memit_delta(K, R, C, lam)
+        return float((K @ delta.T - R).norm()) / resid
+
+    floor = fit(1e-10 * float(solver.eig.max()))
+    lam, _ = choose_lambda(solver, W, C, WashConfig(layers=(0,), lambda_rule="fit", fit_target=target),
+                           float((R ** 2).sum()))
+    if target <= floor:   # unreachable: the smallest λ of the range
+        assert lam == pytest.approx(1e-10 * float(solver.eig.max()))
+        return
+    assert fit(lam) <= target * (1 + 1e-9)
+    assert fit(lam * (1 + 1e-4)) > target * (1 - 1e-3)   # a slightly larger λ (less disruption) misses it
+
+
+def test_fit_rule_needs_residual_and_valid_target():
+    K, R, C, W = _problem(m=8)
+    with pytest.raises(ValueError, match="squared norm"):
+        choose_lambda(MemitSolver.build(K, R, C), W, C, WashConfig(layers=(0,), lambda_rule="fit"))
+    with pytest.raises(ValueError, match="fit_target"):
+        WashConfig(layers=(0,), fit_target=1.5)
+
+
 def test_memit_update_report():
     K, R, C, W = _problem(m=8)
     moments = KeyMoments(K.T @ K, K.T @ R, float((R ** 2).sum()), len(K))
