@@ -8,7 +8,8 @@ check (answer in the 10-token greedy continuation) counts how many washed facts 
 produces and how many controls it keeps; the model is reverted exactly between settings.
 
 Rules (comma-separated ``--rules``):
-    d:B      lambda_rule="disruption", disruption_budget=B (tr(ΔCΔᵀ)/tr(WCWᵀ) ≤ B per layer)
+    d:B      lambda_rule="disruption", disruption_budget=B (tr(ΔCΔᵀ)/tr(WCWᵀ) ≤ B per layer), not scaled
+    p:B      lambda_rule="disruption", disruption_per_fact=B (budget B·N), no cap
     f:P      lambda_rule="fit", fit_target=P (the largest λ whose init reaches ‖KΔᵀ−R‖/‖R‖ ≤ P)
 
     python benchmarks/bench_budget.py --n 16,64 --rules d:5e-4,d:2e-3,f:0.5
@@ -32,10 +33,12 @@ from common import write_result  # noqa: E402
 def parse_rule(text: str) -> dict:
     kind, _, value = text.partition(":")
     if kind == "d":
-        return {"lambda_rule": "disruption", "disruption_budget": float(value)}
+        return {"lambda_rule": "disruption", "disruption_budget": float(value), "disruption_per_fact": None}
+    if kind == "p":
+        return {"lambda_rule": "disruption", "disruption_per_fact": float(value), "disruption_budget": 1.0}
     if kind == "f":
         return {"lambda_rule": "fit", "fit_target": float(value)}
-    raise SystemExit(f"unknown rule {text!r}: use d:BUDGET or f:TARGET")
+    raise SystemExit(f"unknown rule {text!r}: use d:BUDGET, p:PER_FACT or f:TARGET")
 
 
 def main(argv=None) -> int:
@@ -81,15 +84,16 @@ def main(argv=None) -> int:
                 result.revert()
             still = result.report["still_known_after"]
             layers = [{"layer": r["layer"], **{k: r["memit"][k] for k in ("lambda", "disruption", "fit_residual")},
-                       "law_disruption": r.get("law", {}).get("disruption"), "n_requests": r.get("n_requests")}
+                       "law_rho_final": r.get("law", {}).get("rho_final"), "n_requests": r.get("n_requests")}
                       for r in result.report["per_layer"]]
             run = {"n": n, "rule": rule, "washed_still_known": still, "washed_frac": still / n,
                    "controls_kept": sum(kept), "controls_frac": sum(kept) / len(controls), "wash_s": seconds,
                    "per_layer": layers}
             runs.append(run)
-            print(f"N={n} {rule}: still {still}/{n}, controls {sum(kept)}/{len(controls)}, "
-                  f"fit {[round(x['fit_residual'], 2) for x in layers]}, disruption "
-                  f"{[float(f'{x['disruption']:.2g}') for x in layers]} ({seconds:.0f} s)", flush=True)
+            fits = [round(x["fit_residual"], 2) for x in layers]
+            disruptions = [float(f"{x['disruption']:.2g}") for x in layers]
+            print(f"N={n} {rule}: still {still}/{n}, controls {sum(kept)}/{len(controls)}, fit {fits}, "
+                  f"disruption {disruptions} ({seconds:.0f} s)", flush=True)
     path = write_result(args.name, {"benchmark": "lambda rule budget", "model": "SmolLM2-135M-Instruct",
                                     "controls": len(controls), "settings": {k: str(v) for k, v in vars(args).items()},
                                     "runs": runs})

@@ -4,12 +4,12 @@ Model: SmolLM2-135M-Instruct (the embedded default), optionally after washing th
 (``--wash``: the library's default LaW wash of law_fast/data/demo_wash.jsonl, so that the
 washed facts' rows end at EOS); facts: the first ``--facts`` CounterFact validation records
 plus, with ``--wash``, the washed demo facts.  Both candidates use batched, KV-cached greedy
-generation (Hugging Face ``generate``, batch 32, 10 new tokens, the reference's Acc rule):
+generation (batch 32, 10 new tokens, the reference's Acc rule):
 
-    full_generation   every row generates until EOS or 10 tokens (the reference's check)
-    stop_when_decided ``known_facts(..., stop_when_decided=True)`` (the pipeline's elimination and
-                      final checks): the first token decides EOS rows and rows that already hold
-                      the answer; the rest are generated, each stopping once its answer appeared
+    full_generation   Hugging Face ``generate``: every row generates until EOS or 10 tokens and
+                      a batch runs until its last row ends (the reference's check)
+    stop_when_decided ``known_facts(...)`` (the default, used by the pipeline): each row leaves
+                      the batch and its KV cache once decided (EOS, or its answer appeared)
 
 The decisions must be identical; the JSON has both times, the ratio, and the known counts.
 

@@ -92,7 +92,7 @@ def plain_wash(model, tok, facts, config: WashConfig) -> list:
         keys, block = compute_keys(model, adapter, tok, requests, templates, [layer], z_layer, batch_size=4)
         K, R = keys[layer].double(), ((z_star - block) / (len(layers) - i)).double()
         W = adapter.weight(model, layer).detach().double()
-        lam = plain_lambda(K, R, covs[layer], W, config.disruption_budget)
+        lam = plain_lambda(K, R, covs[layer], W, config.disruption_for(len(requests)))
         inits[layer] = plain_memit_delta(K, R, covs[layer], lam)
         adapter.add_to_weight(model, layer, inits[layer])
     for layer in layers:

@@ -76,7 +76,7 @@ def run(f: int, d: int, m: int, plain_trials: int, fast_trials: int) -> dict:
     plain_trial_s = (time.perf_counter() - start) / plain_trials
     rel = max(abs(a - b) / abs(b) for a, b in zip(fast_disruption, plain_disruption))
 
-    lam, trials = choose_lambda(solver, W, C, WashConfig(layers=(0,), disruption_budget=5e-4))
+    lam, trials = choose_lambda(solver, W, C, WashConfig(layers=(0,), disruption_budget=5e-4, disruption_per_fact=None))
     return {
         "f": f, "d": d, "m": m, "eigenproblem": f"{m}-dimensional (keys)" if few else f"{f}-dimensional (Gram)",
         "factorisation_s": factor_s,

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from .config import BASELINE_METHODS, WashConfig
 from .facts import Fact
-from .models import Adapter, get_adapter, model_device, model_name
+from .models import Adapter, get_adapter, model_device
 from .targets import target_token_ids
 
 log = logging.getLogger(__name__)
@@ -450,7 +450,7 @@ def run_baseline(model, tokenizer, facts: Sequence[Fact], config: WashConfig, *,
     ``original`` holds every parameter the method may change (for LoRA: the pre-wash weights of
     the adapted modules); ``result.config`` is the resolved config.
     """
-    from .pipeline import WashResult, _Timer, finish_report, select_requests
+    from .pipeline import begin_wash, finish_report
 
     if config.method not in BASELINE_METHODS:
         raise ValueError(f"run_baseline: method must be one of {BASELINE_METHODS}, got {config.method!r}")
@@ -459,23 +459,12 @@ def run_baseline(model, tokenizer, facts: Sequence[Fact], config: WashConfig, *,
     n_layers = adapter.num_layers(model)
     if config.method == "me-ft" and config.meft_layer >= n_layers:
         raise ValueError(f"meft_layer {config.meft_layer} is out of range: the model has {n_layers} blocks (0..{n_layers - 1})")
-    facts = list(facts)
-    if not facts:
-        raise ValueError("no facts to wash")
-    timer = _Timer()
-    report: dict = {"model": model_name(model), "method": config.method, "n_facts": len(facts)}
-
-    requests = select_requests(model, tokenizer, facts, config, report, timer, progress)
-
     names = lora_module_names(model, config) if config.ft_use_lora else trained_parameter_names(model, adapter, config)
     weights = [f"{name}.weight" for name in names] if config.ft_use_lora else names
-    original = {name: model.get_parameter(name).detach().clone() for name in weights}
-    result = WashResult(config, {}, original, report, model, tokenizer)
+    requests, result, timer = begin_wash(model, tokenizer, facts, config, weights, progress)
     if not requests:
-        log.warning("none of the %d facts is produced by the model; nothing to wash", len(facts))
-        report["timings_s"] = timer.seconds
         return result
-    report["n_washed_requests"] = len(requests)
+    report = result.report
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else adapter.eos_token_id(model, tokenizer)
     training: dict = {
         "lr": config.ft_lr, "epochs": config.ft_epochs, "batch_size": config.ft_batch_size, "shuffle": config.ft_shuffle,

@@ -20,8 +20,10 @@ class WashConfig:
     Targets z* (§2.3): ``v_*``, ``clamp_norm_factor``, ``kl_factor``, ``loss_threshold``.
     MEMIT init (§4): ``mom2_update_weight`` (initial λ) and the λ rule:
       * ``"disruption"`` (default): the smallest λ whose update changes this layer's outputs on
-        the corpus by at most ``disruption_budget`` in relative mean square,
-        tr(ΔCΔᵀ)/tr(WCWᵀ) ≤ budget. Sound for any number of facts m.
+        the corpus by at most a budget in relative mean square, tr(ΔCΔᵀ)/tr(WCWᵀ) ≤ budget, with
+        budget = min(``disruption_per_fact``·m, ``disruption_budget``) for m facts (or
+        ``disruption_budget`` alone when ``disruption_per_fact`` is None): the disruption an
+        edit needs grows with the number of facts it must fit (benchmarks/bench_budget.py).
       * ``"fit"``: the largest λ (least disruption) whose update reaches the targets at the keys
         to within ``fit_target`` in relative norm, ‖KΔᵀ − R‖/‖R‖ ≤ fit_target.
       * ``"reference"``: the authors' search: λ += ``lambda_step`` while ‖Δ‖ > ``norm_bounds[1]``·‖W‖,
@@ -60,7 +62,8 @@ class WashConfig:
     # MEMIT initialisation (§4)
     mom2_update_weight: float = 20_000.0
     lambda_rule: str = "disruption"
-    disruption_budget: float = 5e-4    # measured trade-off on SmolLM2 (README)
+    disruption_per_fact: float | None = 6.25e-5   # measured trade-off on SmolLM2, 16 and 64 facts (README)
+    disruption_budget: float = 0.02    # the cap (reached at 320 facts), or the whole budget without per-fact scaling
     fit_target: float = 0.5            # lambda_rule="fit"
     norm_bounds: tuple[float, float] = (1 / 3, 3 / 4)
     lambda_step: float = 100_000.0
@@ -124,6 +127,8 @@ class WashConfig:
             problems.append(f"decay_factor must be in (0, 1), got {self.decay_factor}")
         if self.disruption_budget <= 0 or self.mom2_update_weight <= 0:
             problems.append("disruption_budget and mom2_update_weight must be positive")
+        if self.disruption_per_fact is not None and self.disruption_per_fact <= 0:
+            problems.append(f"disruption_per_fact must be positive or None, got {self.disruption_per_fact}")
         if not 0 < self.fit_target < 1:
             problems.append(f"fit_target must lie in (0, 1), got {self.fit_target}")
         if min(self.v_num_grad_steps, self.total_iters, self.max_lambda_trials, self.target_batch_tokens,
@@ -199,6 +204,12 @@ class WashConfig:
                 raise ValueError(f"{path}: line {e.lineno}: invalid JSON: {e.msg}") from None
         return cls.from_dict(json.loads(text))
 
+    def disruption_for(self, n_facts: int) -> float:
+        """The "disruption" rule's budget for an edit fitting ``n_facts`` facts."""
+        if self.disruption_per_fact is None:
+            return self.disruption_budget
+        return min(self.disruption_per_fact * n_facts, self.disruption_budget)
+
     def replace(self, **changes) -> "WashConfig":
         return dataclasses.replace(self, **changes)
 
@@ -224,7 +235,7 @@ class WashConfig:
         elif model_type == "llama" and n_layers == 30 and hidden == 576:        # SmolLM2-135M
             # 250 LaW steps at 4× the lr move Δ as far as 1000 steps at lr 1e-6 (Adam steps ≈ lr), 4× cheaper
             base = dict(layers=(4, 5, 6, 7, 8), learning_rate=4e-6, lr_after_hitting_boundary=4e-8, total_iters=250,
-                        law_dtype="float32", disruption_budget=5e-4)
+                        law_dtype="float32")
         else:
             count = max(1, min(5, n_layers // 4))
             start = min(max(0, round(0.15 * n_layers)), n_layers - count)

@@ -1,11 +1,12 @@
 """Text generation used by the pipeline: greedy checks, seeded sampling, context templates.
 
-All generation is batched, left-padded and KV-cached (Hugging Face ``generate``); the
+All generation is batched, left-padded and KV-cached (Hugging Face ``generate``, or the checks' own loop); the
 tokenizer's padding side is restored afterwards (the reference mutates it).
 """
 
 from __future__ import annotations
 
+import inspect
 import unicodedata
 from typing import Sequence
 
@@ -114,59 +115,88 @@ def context_templates(model, tokenizer, seed: int = 0, length: int = 10, per_see
     return templates
 
 
-class _AnswerSeen:
-    """A stopping criterion that ends a row as soon as its answer occurs in the decoded new tokens.
+# generation-config fields that change what greedy decoding emits; with any of them set, the
+# decided-rows loop below defers to ``generate``
+_GREEDY_CHANGERS = ("repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "suppress_tokens",
+                    "begin_suppress_tokens", "min_new_tokens", "min_length", "forced_bos_token_id",
+                    "forced_eos_token_id", "sequence_bias", "encoder_repetition_penalty")
+_GREEDY_NEUTRAL = {"repetition_penalty": 1.0, "min_length": 0}
 
-    The reference rule looks for the answer in the decoded 10-token continuation; once it occurs
-    in a prefix of that continuation it occurs in the whole (byte-level decoding of a prefix is a
-    prefix of the decoding, up to an incomplete trailing character), so the decision is final.
-    Rows that emit EOS end by themselves, and ``generate`` stops when every row has ended."""
 
-    def __init__(self, tokenizer, answers: Sequence[str], prompt_len: int):
-        self.tokenizer, self.prompt_len = tokenizer, prompt_len
-        self.answers = [a.strip().lower() for a in answers]
+def _plain_greedy(model) -> bool:
+    """Whether ``generate``'s greedy decoding is a plain argmax for this model's generation config."""
+    config = model.generation_config
+    return all(getattr(config, name, None) in (None, _GREEDY_NEUTRAL.get(name)) for name in _GREEDY_CHANGERS)
 
-    def __call__(self, input_ids, scores, **kwargs):
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len:], skip_special_tokens=True)
-        return torch.tensor([a in t.lower() for a, t in zip(self.answers, texts)], device=input_ids.device)
+
+def _decided_greedy(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], max_new_tokens: int,
+                    batch_size: int, desc: str | None) -> list[str]:
+    """Greedy continuations, each row dropped from its batch as soon as its decision is known.
+
+    A row is decided when it emits an end token (its continuation is complete) or when its answer
+    occurs in the decoded new tokens (byte-level decoding of a prefix is a prefix of the decoding,
+    up to an incomplete trailing character, so the answer stays in the whole continuation).  The
+    KV cache keeps only the undecided rows, so every step costs what the open rows need; the
+    continuation returned for a row decided by its answer ends there."""
+    from .models import cache_inputs, new_cache
+
+    device = model_device(model)
+    eos = _eos_ids(model, tokenizer.eos_token_id)
+    wanted = [a.strip().lower() for a in answers]
+    keep_logits = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    out: list[str] = []
+    batches = range(0, len(prompts), batch_size)
+    with torch.no_grad(), padding_side(tokenizer, "left"):
+        for start in tqdm(batches, desc=desc, disable=desc is None or len(batches) < 2, leave=False):
+            enc = tokenizer(list(prompts[start:start + batch_size]), return_tensors="pt", padding=True).to(device)
+            mask = enc["attention_mask"]
+            positions = (mask.cumsum(-1) - 1).clamp_min(0)
+            cache = new_cache()
+            logits = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions,
+                           **cache_inputs(model, cache), **keep_logits).logits[:, -1]
+            rows = list(range(len(mask)))              # batch rows still open, in cache order
+            new: list[list[int]] = [[] for _ in rows]
+            texts: list[str | None] = [None] * len(rows)
+            for step in range(max_new_tokens):
+                tokens = logits.argmax(-1).tolist()
+                still = []
+                for k, (row, token) in enumerate(zip(rows, tokens)):
+                    if token in eos:
+                        texts[row] = tokenizer.decode(new[row], skip_special_tokens=True)
+                        continue
+                    new[row].append(token)
+                    text = tokenizer.decode(new[row], skip_special_tokens=True)
+                    if wanted[start + row] in text.lower() or step == max_new_tokens - 1:
+                        texts[row] = text
+                    else:
+                        still.append(k)
+                if not still:
+                    break
+                index = torch.tensor(still, device=device)
+                cache.batch_select_indices(index)
+                rows = [rows[k] for k in still]
+                mask = torch.cat([mask[index], mask.new_ones(len(still), 1)], 1)
+                positions = positions[index, -1:] + 1
+                logits = model(input_ids=torch.tensor([[tokens[k]] for k in still], device=device), attention_mask=mask,
+                               position_ids=positions, **cache_inputs(model, cache), **keep_logits).logits[:, -1]
+            out.extend(texts)
+    return out
 
 
 def known_facts(model, tokenizer, facts, max_new_tokens: int = 10, batch_size: int = 32,
-                desc: str | None = None, stop_when_decided: bool = False) -> tuple[list[bool], list[str]]:
+                desc: str | None = None, stop_when_decided: bool = True) -> tuple[list[bool], list[str]]:
     """Which facts the model produces (answer in its greedy continuation of the stripped prompt).
 
-    With ``stop_when_decided`` the same decisions cost less when most rows are decided by their
-    first token — a washed model's facts, whose greedy continuation starts with EOS: one batched
-    step gives every row's first token, which decides a row when it is EOS (empty continuation:
-    not known) or already contains the answer; only the undecided rows are then generated, packed
-    into full batches, each stopping once its answer has appeared (the decision cannot change;
-    the returned continuation then ends there).  On an unwashed model most rows are undecided
-    after one token and the extra step costs more than it saves (benchmarks/bench_elimination.py),
-    so it is off by default and on for the pipeline's elimination and final checks.  Not with
-    tokenizers that clean up spaces when decoding, where a prefix's decoding need not be a
-    prefix of the whole."""
-    from transformers import StoppingCriteriaList
-
+    With ``stop_when_decided`` (default) every row leaves its batch, and the KV cache, as soon as
+    its decision is known — at an end token or once its answer has appeared (the returned
+    continuation then ends there; :func:`_decided_greedy`).  The decisions are those of the full
+    10-token generation (``stop_when_decided=False``, Hugging Face ``generate``), which is also
+    used for tokenizers that clean up spaces when decoding (a prefix's decoding need not be a
+    prefix of the whole) and for generation configs whose greedy decoding is not a plain argmax."""
     prompts = [f.prompt.strip() for f in facts]
     answers = [f.answer for f in facts]
-    if not stop_when_decided or getattr(tokenizer, "clean_up_tokenization_spaces", False):
+    if stop_when_decided and _plain_greedy(model) and not getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        conts = _decided_greedy(model, tokenizer, prompts, answers, max_new_tokens, batch_size, desc)
+    else:
         conts = greedy_continuations(model, tokenizer, prompts, max_new_tokens, batch_size, desc)
-        return [answer_in(a, c) for a, c in zip(answers, conts)], conts
-    greedy = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-    eos = _eos_ids(model, tokenizer.eos_token_id)
-    first = _generate(model, tokenizer, prompts, 1, batch_size, desc, return_ids=True, **greedy)
-    conts: list[str | None] = [None] * len(prompts)
-    for row, ids in enumerate(first):
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        if not ids or ids[0] in eos or answer_in(answers[row], text):
-            conts[row] = text
-    todo = [row for row, c in enumerate(conts) if c is None]
-    if todo and max_new_tokens > 1:
-        def criteria(start, width):
-            return StoppingCriteriaList([_AnswerSeen(tokenizer, [answers[r] for r in todo[start:start + batch_size]], width)])
-        rest = _generate(model, tokenizer, [prompts[r] for r in todo], max_new_tokens, batch_size, desc,
-                         stopping=criteria, **greedy)
-        for row, text in zip(todo, rest):
-            conts[row] = text
-    conts = [c if c is not None else tokenizer.decode(first[r], skip_special_tokens=True) for r, c in enumerate(conts)]
     return [answer_in(a, c) for a, c in zip(answers, conts)], conts

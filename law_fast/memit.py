@@ -108,8 +108,9 @@ def cholesky_with_jitter(C: torch.Tensor, max_tries: int = 12) -> tuple[torch.Te
 
 
 def choose_lambda(solver: MemitSolver, weight: torch.Tensor, cov: torch.Tensor, config: WashConfig,
-                  resid_sq: float | None = None) -> tuple[float, int]:
-    """λ per ``config.lambda_rule``; returns (λ, number of trials).  ``resid_sq`` = ‖R‖² (rule "fit")."""
+                  resid_sq: float | None = None, n_facts: int = 1) -> tuple[float, int]:
+    """λ per ``config.lambda_rule``; returns (λ, number of trials).  ``resid_sq`` = ‖R‖² (rule
+    "fit"); ``n_facts``: the facts the edit fits (rule "disruption", :meth:`WashConfig.disruption_for`)."""
     if config.lambda_rule == "fixed":
         return config.mom2_update_weight, 1
     W = weight.to(cov.device, torch.float64)
@@ -136,7 +137,7 @@ def choose_lambda(solver: MemitSolver, weight: torch.Tensor, cov: torch.Tensor, 
         return _bisect_log_lambda(solver, lambda lam: solver.fit_sq(lam, resid_sq) <= config.fit_target ** 2 * resid_sq,
                                   small_ok=True)
     # "disruption": the smallest λ with tr(ΔCΔᵀ)/tr(WCWᵀ) ≤ budget (the ratio decreases monotonically in λ)
-    budget = config.disruption_budget * float((W @ cov.to(torch.float64) * W).sum())
+    budget = config.disruption_for(n_facts) * float((W @ cov.to(torch.float64) * W).sum())
     return _bisect_log_lambda(solver, lambda lam: solver.disruption(lam) <= budget, small_ok=False)
 
 
@@ -166,7 +167,7 @@ def memit_update(moments, cov: torch.Tensor, weight: torch.Tensor, config: WashC
     """Δ (d×f float64) for one layer from its :class:`~law_fast.keys.KeyMoments` (gram, cross,
     resid_sq) and a report (λ, trials, norms, disruption, fit, jitter)."""
     solver = MemitSolver.from_moments(moments.gram, moments.cross, cov, keys=moments.keys)
-    lam, trials = choose_lambda(solver, weight, cov, config, moments.resid_sq)
+    lam, trials = choose_lambda(solver, weight, cov, config, moments.resid_sq, moments.count)
     delta = solver.delta(lam)
     W = weight.to(delta.device, torch.float64)
     C = cov.to(delta.device, torch.float64)
@@ -176,7 +177,7 @@ def memit_update(moments, cov: torch.Tensor, weight: torch.Tensor, config: WashC
     # ‖K Δᵀ − R‖² = tr(Δ G Δᵀ) − 2 tr(Δ B) + ‖R‖²
     fit_sq = float((delta @ G * delta).sum()) - 2 * float((delta * B.T).sum()) + moments.resid_sq
     report = {
-        "lambda": lam, "lambda_trials": trials, "jitter": solver.jitter,
+        "lambda": lam, "lambda_trials": trials, "jitter": solver.jitter, "n_facts": moments.count,
         "delta_norm_ratio": float(delta.norm() / W.norm()),
         "disruption": dC / float((W @ C * W).sum()),
         "rho": dC / float(C.trace()),

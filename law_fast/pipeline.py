@@ -135,23 +135,13 @@ def wash(model, tokenizer, facts: Sequence[Fact], config: WashConfig | None = No
     n_layers = adapter.num_layers(model)
     if config.layers[-1] >= n_layers:
         raise ValueError(f"config.layers {list(config.layers)} exceed the model's {n_layers} blocks (0..{n_layers - 1})")
-    facts = list(facts)
-    if not facts:
-        raise ValueError("no facts to wash")
-    timer = _Timer()
     layers = list(config.layers)
     z_layer = layers[-1]
-    report: dict = {"model": model_name(model), "method": config.method, "layers": layers, "n_facts": len(facts)}
-
-    requests = select_requests(model, tokenizer, facts, config, report, timer, progress)
-    original = {adapter.down_proj_name(layer): adapter.down_proj_module(model, layer).weight.detach().clone()
-                for layer in layers}
-    result = WashResult(config, {}, original, report, model, tokenizer)
+    requests, result, timer = begin_wash(model, tokenizer, facts, config, [adapter.down_proj_name(layer) for layer in layers],
+                                         progress, layers=layers)
     if not requests:
-        log.warning("none of the %d facts is produced by the model; nothing to wash", len(facts))
-        report["timings_s"] = timer.seconds
         return result
-    report["n_washed_requests"] = len(requests)
+    report = result.report
 
     try:
         with timer("covariance"):
@@ -202,8 +192,7 @@ def wash(model, tokenizer, facts: Sequence[Fact], config: WashConfig | None = No
                 if config.prune_requests and i < len(layers) - 1:
                     pool = requests if config.keep_original_requests else alive
                     with timer("elimination"):
-                        still, _ = known_facts(model, tokenizer, pool, config.check_max_new_tokens, config.check_batch_size,
-                                               stop_when_decided=True)
+                        still, _ = known_facts(model, tokenizer, pool, config.check_max_new_tokens, config.check_batch_size)
                     alive = [f for f, k in zip(pool, still) if k]
                     layer_reports[layer]["still_known_after"] = len(alive)
                     log.info("layer %d: %d of %d facts still produced", layer, len(alive), len(pool))
@@ -214,6 +203,27 @@ def wash(model, tokenizer, facts: Sequence[Fact], config: WashConfig | None = No
         raise
     finish_report(model, tokenizer, requests, config, report, timer, final_check)
     return result
+
+
+def begin_wash(model, tokenizer, facts, config: WashConfig, parameter_names: Sequence[str], progress: bool,
+               **report_fields) -> tuple[list, WashResult, _Timer]:
+    """What every method does first: the report, the initial check (:func:`select_requests`) and a
+    copy of the parameters the method may change.  Returns (requests, result, timer); with no
+    request the result is final (nothing to wash)."""
+    facts = list(facts)
+    if not facts:
+        raise ValueError("no facts to wash")
+    timer = _Timer()
+    report: dict = {"model": model_name(model), "method": config.method, **report_fields, "n_facts": len(facts)}
+    requests = select_requests(model, tokenizer, facts, config, report, timer, progress)
+    original = {name: model.get_parameter(name).detach().clone() for name in parameter_names}
+    result = WashResult(config, {}, original, report, model, tokenizer)
+    if requests:
+        report["n_washed_requests"] = len(requests)
+    else:
+        log.warning("none of the %d facts is produced by the model; nothing to wash", len(facts))
+        report["timings_s"] = timer.seconds
+    return requests, result, timer
 
 
 def select_requests(model, tokenizer, facts, config: WashConfig, report: dict, timer: _Timer, progress: bool) -> list:
@@ -230,8 +240,7 @@ def finish_report(model, tokenizer, requests, config: WashConfig, report: dict, 
     """The final check (which washed facts the model still produces) and the stage timings."""
     if final_check:
         with timer("final check"):
-            still, _ = known_facts(model, tokenizer, requests, config.check_max_new_tokens, config.check_batch_size,
-                                   stop_when_decided=True)
+            still, _ = known_facts(model, tokenizer, requests, config.check_max_new_tokens, config.check_batch_size)
         report["still_known_after"] = sum(still)
         report["still_known_ids"] = [f.case_id for f, k in zip(requests, still) if k]
     report["timings_s"] = timer.seconds

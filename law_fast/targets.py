@@ -174,7 +174,6 @@ def _targets_chunk(model, adapter, ids, index, pad_id, T: int, config, z_layer, 
     loss_layer = max(n_layers - 1 if config.v_loss_layer < 0 else config.v_loss_layer, z_layer)
     per_fact = T + 1
     m = len(ids) // per_fact
-    n_target = len(target_ids)
     labels = torch.tensor(target_ids, device=device)
 
     d = adapter.dims(model, z_layer)[0]

@@ -21,18 +21,38 @@ def test_stop_when_decided_keeps_every_decision(tiny):
         facts.append(Fact(subject, head + " {}", answer, i))
     assert [f.prompt for f in facts] == PROMPTS
     full, full_conts = known_facts(model, tok, facts, 10, 3, stop_when_decided=False)
-    calls = []
-    handle = model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(1), with_kwargs=True)
+    rows = []
+    handle = model.register_forward_pre_hook(lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape[0]),
+                                             with_kwargs=True)
     try:
-        fast, fast_conts = known_facts(model, tok, facts, 10, 1, stop_when_decided=True)
+        fast, fast_conts = known_facts(model, tok, facts, 10, 3, stop_when_decided=True)
     finally:
         handle.remove()
     assert fast == full and any(full) and not all(full)
     for decided, short, long in zip(fast, fast_conts, full_conts):
-        assert long.startswith(short) or short.strip() == long.strip()
-    # a row that found its answer early stopped generating: fewer model calls than 8 rows × 10 tokens
-    assert len(calls) < 80
-    assert known_facts(model, tok, facts, 10, 3, stop_when_decided=True)[0] == full
+        if decided:   # stopped once the answer appeared
+            assert long.startswith(short)
+        else:         # generated to the end, as generate does
+            assert short == long
+    # rows leave the batch once decided: fewer row-steps than every row for 10 tokens (+ the prefill)
+    assert sum(rows) < len(PROMPTS) * 10
+    assert known_facts(model, tok, facts, 10, 1, stop_when_decided=True)[0] == full
+
+
+def test_generation_config_that_changes_greedy_defers_to_generate(tiny):
+    from law_fast.generation import _plain_greedy
+
+    model, tok = tiny
+    assert _plain_greedy(model)
+    facts = [Fact(p.rsplit(" ", 1)[1], p.rsplit(" ", 1)[0] + " {}", "zebra", i) for i, p in enumerate(PROMPTS)]
+    saved = model.generation_config.repetition_penalty
+    model.generation_config.repetition_penalty = 5.0
+    try:
+        assert not _plain_greedy(model)
+        _, conts = known_facts(model, tok, facts, 10, 3)
+        assert conts == greedy_continuations(model, tok, PROMPTS, max_new_tokens=10, batch_size=3)
+    finally:
+        model.generation_config.repetition_penalty = saved
 
 
 def test_first_token_eos_decides_without_generating(tiny):
@@ -49,6 +69,6 @@ def test_first_token_eos_decides_without_generating(tiny):
     finally:
         handle.remove()
     assert known == [False] * len(PROMPTS) and conts == [""] * len(PROMPTS)
-    assert len(calls) == 3   # one step per batch of 3, no further generation
+    assert len(calls) == 3   # one forward per batch of 3 (the prefill decides every row), no further step
     assert known_facts(model, tok, facts, 10, 3, stop_when_decided=False)[0] == known
     boost.remove()

@@ -27,7 +27,7 @@ import torch
 from law_fast import ops
 from law_fast.kernels import law_step as kernels
 from law_fast.kernels.law_step import (STATE_BOUND, STATE_FIRST_CONTACT, STATE_LR, STATE_RHO, STATE_SCALE,
-                                       STATE_STEP, STATE_TRACE_C, law_state)
+                                       STATE_STEP, law_state)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 INTERPRETING = kernels.HAS_TRITON and kernels.triton_interpret_enabled()

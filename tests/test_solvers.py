@@ -83,7 +83,7 @@ def test_reference_lambda_search_fails_clearly_when_bounds_unreachable():
 @pytest.mark.parametrize("budget", [1e-4, 1e-2, 0.5])
 def test_disruption_rule_meets_budget_tightly(budget):
     K, R, C, W = _problem(m=8)
-    cfg = WashConfig(layers=(0,), disruption_budget=budget)
+    cfg = WashConfig(layers=(0,), disruption_budget=budget, disruption_per_fact=None)
     solver = MemitSolver.build(K, R, C)
     lam, _ = choose_lambda(solver, W, C, cfg)
     out_energy = float((W @ C * W).sum())
@@ -133,6 +133,22 @@ def test_fit_rule_needs_residual_and_valid_target():
         choose_lambda(MemitSolver.build(K, R, C), W, C, WashConfig(layers=(0,), lambda_rule="fit"))
     with pytest.raises(ValueError, match="fit_target"):
         WashConfig(layers=(0,), fit_target=1.5)
+
+
+def test_disruption_budget_scales_with_the_number_of_facts():
+    cfg = WashConfig(layers=(0,), disruption_per_fact=1e-4, disruption_budget=3e-3)
+    assert [cfg.disruption_for(m) for m in (1, 10, 30, 1000)] == pytest.approx([1e-4, 1e-3, 3e-3, 3e-3])
+    assert cfg.replace(disruption_per_fact=None).disruption_for(10) == 3e-3
+    with pytest.raises(ValueError, match="disruption_per_fact"):
+        WashConfig(layers=(0,), disruption_per_fact=0.0)
+    # memit_update spends the budget of its moments' fact count
+    K, R, C, W = _problem(m=8)
+    out_energy = float((W @ C * W).sum())
+    moments = KeyMoments(K.T @ K, K.T @ R, float((R ** 2).sum()), len(K))
+    for per_fact in (1e-5, 1e-4):   # budgets 8e-5, 8e-4 (the unconstrained Δ here disrupts 4.8e-3)
+        delta, rep = memit_update(moments, C, W, WashConfig(layers=(0,), disruption_per_fact=per_fact, disruption_budget=1.0))
+        assert rep["n_facts"] == 8
+        assert float((delta @ C * delta).sum()) / out_energy == pytest.approx(8 * per_fact, rel=1e-4)
 
 
 def test_memit_update_report():

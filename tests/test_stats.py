@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from law_fast.corpus import load_corpus
-from law_fast.models import capture, get_adapter, run_until
+from law_fast.models import capture, get_adapter
 import law_fast.stats as stats_module
 from law_fast.models import cache_dir
 from law_fast.stats import _cache_path, _stats_key, layer_stats, token_batches, tokenize_documents

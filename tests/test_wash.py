@@ -19,7 +19,7 @@ CORPUS = [f"The city of London is on the river number {i}. Music and science and
 
 def _cfg(**kw):
     base = dict(layers=(1, 2), only_known=False, prune_requests=False, v_num_grad_steps=3, total_iters=20, learning_rate=1e-4,
-                disruption_budget=0.05, stats_max_length=64)
+                disruption_budget=0.05, disruption_per_fact=None, stats_max_length=64)
     base.update(kw)
     return WashConfig(**base)
 
