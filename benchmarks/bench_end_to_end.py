@@ -1,6 +1,7 @@
 """Benchmark: washing known CounterFact facts from SmolLM2 — the fast core vs the plain stages.
 
-Facts: the first ``--facts`` CounterFact validation records that SmolLM2-135M-Instruct produces
+Facts: the first ``--facts`` CounterFact train records (``--source``; the validation file holds
+only 126 facts SmolLM2 knows) that SmolLM2-135M-Instruct produces
 (its greedy 10-token continuation contains the answer), plus ``--controls`` further known
 facts that are not washed.  Both runs use the default preset, the same covariance statistics
 (the default corpus, cached) and the same context templates, and start from the same weights:
@@ -34,17 +35,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from bench_methods import select_facts  # noqa: E402
 from common import REPO_ROOT, write_result  # noqa: E402
 from plain import plain_compute_z, plain_law, plain_memit_delta  # noqa: E402
 
-from law_fast import WashConfig, load_facts, load_model, wash  # noqa: E402
+from law_fast import WashConfig, load_model, wash  # noqa: E402
 from law_fast.generation import context_templates, known_facts  # noqa: E402
 from law_fast.keys import compute_keys  # noqa: E402
 from law_fast.models import get_adapter, model_device  # noqa: E402
 from law_fast.stats import default_corpus, layer_stats  # noqa: E402
 from law_fast.targets import target_token_ids  # noqa: E402
 
-COUNTERFACT = REPO_ROOT.parent / "shared" / "data" / "counterfact" / "counterfact-val.json"
+COUNTERFACT = REPO_ROOT.parent / "shared" / "data" / "counterfact" / "counterfact-train.json"
 
 
 def plain_lambda(K, R, C, W, budget: float) -> float:
@@ -114,19 +116,16 @@ def plain_wash(model, tok, facts, config: WashConfig) -> list:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--facts", type=int, default=256)
-    parser.add_argument("--controls", type=int, default=64)
+    parser.add_argument("--controls", type=int, default=32)
+    parser.add_argument("--source", type=Path, default=COUNTERFACT, help="CounterFact file to take the facts from")
     parser.add_argument("--name", default="end_to_end_cpu")
     args = parser.parse_args()
 
     model, tok = load_model()
     config = WashConfig.preset(model)
     adapter = get_adapter(model)
-    pool = load_facts(COUNTERFACT, limit=20 * (args.facts + args.controls))
-    known, _ = known_facts(model, tok, pool)
-    known_pool = [f for f, k in zip(pool, known) if k and f.answer.lower() not in f.subject.lower()]
-    if len(known_pool) < args.facts + args.controls:
-        raise SystemExit(f"only {len(known_pool)} known facts in the first {len(pool)} records")
-    facts, controls = known_pool[:args.facts], known_pool[args.facts:args.facts + args.controls]
+    facts, controls, scanned = select_facts(model, tok, args.source, args.facts, args.controls)
+    print(f"{len(facts)} facts + {len(controls)} controls (known, among the first {scanned} records)", flush=True)
     default_corpus(model, tok)   # sampled and cached before timing (both runs use it)
     before = {layer: adapter.weight(model, layer).detach().clone() for layer in config.layers}
 
