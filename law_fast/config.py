@@ -132,7 +132,7 @@ class WashConfig:
         if not 0 < self.fit_target < 1:
             problems.append(f"fit_target must lie in (0, 1), got {self.fit_target}")
         if min(self.v_num_grad_steps, self.total_iters, self.max_lambda_trials, self.target_batch_tokens,
-               self.check_batch_size, self.key_batch_size, self.mom2_n_samples) < 1:
+               self.check_batch_size, self.check_max_new_tokens, self.key_batch_size, self.mom2_n_samples) < 1:
             problems.append("step counts, batch sizes and sample counts must be >= 1")
         problems += self._baseline_problems()
         if problems:

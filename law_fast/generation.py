@@ -61,7 +61,7 @@ def _until_end(ids: list[int], pad_id: int, model) -> list[int]:
 def greedy_continuations(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 10, batch_size: int = 32,
                          desc: str | None = None) -> list[str]:
     """Greedy continuations of ``prompts`` (the reference's prediction rule, §6.2)."""
-    greedy = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    greedy = dict(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None)
     return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc, **greedy)
 
 
@@ -115,18 +115,22 @@ def context_templates(model, tokenizer, seed: int = 0, length: int = 10, per_see
     return templates
 
 
-# generation-config fields that change what greedy decoding emits; with any of them set, the
-# decided-rows loop below defers to ``generate``
-_GREEDY_CHANGERS = ("repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "suppress_tokens",
-                    "begin_suppress_tokens", "min_new_tokens", "min_length", "forced_bos_token_id",
-                    "forced_eos_token_id", "sequence_bias", "encoder_repetition_penalty")
-_GREEDY_NEUTRAL = {"repetition_penalty": 1.0, "min_length": 0}
+# generation-config fields that change what greedy decoding emits, with their neutral values
+# (None, an empty list and these count as unset); with any of them set, the decided-rows loop
+# below defers to ``generate``
+_GREEDY_NEUTRAL = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+                   "encoder_no_repeat_ngram_size": 0, "min_length": 0, "min_new_tokens": 0, "num_beams": 1,
+                   "guidance_scale": 1.0, "bad_words_ids": None, "suppress_tokens": None, "begin_suppress_tokens": None,
+                   "forced_bos_token_id": None, "forced_eos_token_id": None, "sequence_bias": None,
+                   "exponential_decay_length_penalty": None, "watermarking_config": None, "stop_strings": None}
 
 
 def _plain_greedy(model) -> bool:
-    """Whether ``generate``'s greedy decoding is a plain argmax for this model's generation config."""
+    """Whether ``generate``'s greedy decoding is a plain argmax that stops at a known end token."""
     config = model.generation_config
-    return all(getattr(config, name, None) in (None, _GREEDY_NEUTRAL.get(name)) for name in _GREEDY_CHANGERS)
+    if config.eos_token_id is None:   # generate would not stop at EOS
+        return False
+    return all(getattr(config, name, None) in (None, [], (), neutral) for name, neutral in _GREEDY_NEUTRAL.items())
 
 
 def _decided_greedy(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], max_new_tokens: int,
@@ -193,6 +197,8 @@ def known_facts(model, tokenizer, facts, max_new_tokens: int = 10, batch_size: i
     10-token generation (``stop_when_decided=False``, Hugging Face ``generate``), which is also
     used for tokenizers that clean up spaces when decoding (a prefix's decoding need not be a
     prefix of the whole) and for generation configs whose greedy decoding is not a plain argmax."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     prompts = [f.prompt.strip() for f in facts]
     answers = [f.answer for f in facts]
     if stop_when_decided and _plain_greedy(model) and not getattr(tokenizer, "clean_up_tokenization_spaces", False):

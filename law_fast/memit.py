@@ -108,9 +108,10 @@ def cholesky_with_jitter(C: torch.Tensor, max_tries: int = 12) -> tuple[torch.Te
 
 
 def choose_lambda(solver: MemitSolver, weight: torch.Tensor, cov: torch.Tensor, config: WashConfig,
-                  resid_sq: float | None = None, n_facts: int = 1) -> tuple[float, int]:
+                  resid_sq: float | None = None, n_facts: int | None = None) -> tuple[float, int]:
     """λ per ``config.lambda_rule``; returns (λ, number of trials).  ``resid_sq`` = ‖R‖² (rule
-    "fit"); ``n_facts``: the facts the edit fits (rule "disruption", :meth:`WashConfig.disruption_for`)."""
+    "fit"); ``n_facts``: the facts the edit fits (rule "disruption", :meth:`WashConfig.disruption_for`;
+    None: ``config.disruption_budget`` unscaled)."""
     if config.lambda_rule == "fixed":
         return config.mom2_update_weight, 1
     W = weight.to(cov.device, torch.float64)
@@ -137,7 +138,7 @@ def choose_lambda(solver: MemitSolver, weight: torch.Tensor, cov: torch.Tensor, 
         return _bisect_log_lambda(solver, lambda lam: solver.fit_sq(lam, resid_sq) <= config.fit_target ** 2 * resid_sq,
                                   small_ok=True)
     # "disruption": the smallest λ with tr(ΔCΔᵀ)/tr(WCWᵀ) ≤ budget (the ratio decreases monotonically in λ)
-    budget = config.disruption_for(n_facts) * float((W @ cov.to(torch.float64) * W).sum())
+    budget = (config.disruption_budget if n_facts is None else config.disruption_for(n_facts)) * float((W @ cov.to(torch.float64) * W).sum())
     return _bisect_log_lambda(solver, lambda lam: solver.disruption(lam) <= budget, small_ok=False)
 
 

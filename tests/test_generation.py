@@ -1,5 +1,6 @@
 """The elimination check: stopping rows once decided gives exactly the full-generation decisions."""
 
+import pytest
 import torch
 
 from law_fast.facts import Fact
@@ -45,14 +46,33 @@ def test_generation_config_that_changes_greedy_defers_to_generate(tiny):
     model, tok = tiny
     assert _plain_greedy(model)
     facts = [Fact(p.rsplit(" ", 1)[1], p.rsplit(" ", 1)[0] + " {}", "zebra", i) for i, p in enumerate(PROMPTS)]
-    saved = model.generation_config.repetition_penalty
-    model.generation_config.repetition_penalty = 5.0
+    config = model.generation_config
+    saved = {name: getattr(config, name, None) for name in ("repetition_penalty", "no_repeat_ngram_size",
+                                                           "encoder_repetition_penalty", "suppress_tokens", "eos_token_id")}
     try:
+        # neutral values spelled out (transformers 4.x defaults, hub configs) keep the plain loop
+        config.no_repeat_ngram_size, config.encoder_repetition_penalty, config.suppress_tokens = 0, 1.0, []
+        assert _plain_greedy(model)
+        config.repetition_penalty = 5.0
         assert not _plain_greedy(model)
         _, conts = known_facts(model, tok, facts, 10, 3)
         assert conts == greedy_continuations(model, tok, PROMPTS, max_new_tokens=10, batch_size=3)
+        config.repetition_penalty, config.eos_token_id = 1.0, None   # generate would not stop at EOS
+        assert not _plain_greedy(model)
     finally:
-        model.generation_config.repetition_penalty = saved
+        for name, value in saved.items():
+            setattr(config, name, value)
+    assert _plain_greedy(model)
+
+
+def test_one_token_check_and_bad_length(tiny):
+    model, tok = tiny
+    conts = greedy_continuations(model, tok, PROMPTS, max_new_tokens=1, batch_size=3)
+    facts = [Fact(p.rsplit(" ", 1)[1], p.rsplit(" ", 1)[0] + " {}", c.strip() or "zebra", i)
+             for i, (p, c) in enumerate(zip(PROMPTS, conts))]
+    assert known_facts(model, tok, facts, 1, 3) == known_facts(model, tok, facts, 1, 3, stop_when_decided=False)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        known_facts(model, tok, facts, 0, 3)
 
 
 def test_first_token_eos_decides_without_generating(tiny):
