@@ -171,17 +171,20 @@ def _text_of(record: Any, text_field: str, where: str) -> str:
     return value
 
 
-def _jsonl_documents(text: str, path: str, text_field: str) -> list[str]:
-    documents = []
+def json_lines(text: str, path, error: type[Exception]):
+    """(line number, record) of each non-blank line of a JSON Lines text; a line that is not JSON
+    raises ``error`` naming the file, the line and the column."""
     for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            yield lineno, json.loads(line)
         except json.JSONDecodeError as err:
-            raise CorpusError(f"{path}:{lineno}: invalid JSON: {err.msg} (column {err.colno})") from None
-        documents.append(_text_of(record, text_field, f"{path}:{lineno}"))
-    return documents
+            raise error(f"{path}:{lineno}: invalid JSON: {err.msg} (column {err.colno})") from None
+
+
+def _jsonl_documents(text: str, path: str, text_field: str) -> list[str]:
+    return [_text_of(record, text_field, f"{path}:{lineno}") for lineno, record in json_lines(text, path, CorpusError)]
 
 
 def _json_documents(text: str, path: str, text_field: str) -> list[str]:

@@ -42,6 +42,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .corpus import json_lines
 from .metrics import gsm8k_exact_match, mean
 from .models import model_device
 
@@ -345,17 +346,10 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise FileNotFoundError(f"benchmark file not found: {path}")
     records = []
-    with open(path, encoding="utf-8-sig") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ReasoningDataError(f"{path}:{lineno}: invalid JSON: {err.msg} (column {err.colno})") from None
-            if not isinstance(record, dict):
-                raise ReasoningDataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            records.append((lineno, record))
+    for lineno, record in json_lines(path.read_text(encoding="utf-8-sig"), path, ReasoningDataError):
+        if not isinstance(record, dict):
+            raise ReasoningDataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        records.append((lineno, record))
     if not records:
         raise ReasoningDataError(f"{path}: the file holds no records")
     return records
