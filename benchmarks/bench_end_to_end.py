@@ -26,7 +26,6 @@ Writes benchmarks/results/<name>.json (default end_to_end_cpu).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from bench_methods import select_facts  # noqa: E402
 from common import REPO_ROOT, write_result  # noqa: E402
-from plain import plain_compute_z, plain_law, plain_memit_delta  # noqa: E402
+from plain import plain_compute_z, plain_lambda, plain_law, plain_memit_delta  # noqa: E402
 
 from law_fast import WashConfig, load_model, wash  # noqa: E402
 from law_fast.generation import context_templates, known_facts  # noqa: E402
@@ -47,31 +46,6 @@ from law_fast.stats import default_corpus, layer_stats  # noqa: E402
 from law_fast.targets import target_token_ids  # noqa: E402
 
 COUNTERFACT = REPO_ROOT.parent / "shared" / "data" / "counterfact" / "counterfact-train.json"
-
-
-def plain_lambda(K, R, C, W, budget: float) -> float:
-    """The library's disruption rule and bisection, each trial a fresh float64 solve."""
-    def disruption(lam):
-        delta = plain_memit_delta(K, R, C, lam)
-        return float((delta @ C * delta).sum())
-
-    target = budget * float((W @ C * W).sum())
-    # the library's bracket: λ relative to the largest eigenvalue of C^{-1/2} G C^{-1/2} (computed once)
-    L = torch.linalg.cholesky(C)
-    M = torch.linalg.solve_triangular(L, torch.linalg.solve_triangular(L, K.T @ K, upper=False).T, upper=False)
-    scale = float(torch.linalg.eigvalsh(0.5 * (M + M.T)).max())
-    lo, hi = 1e-10 * scale, 1e10 * scale
-    if disruption(lo) <= target:
-        return lo
-    for _ in range(200):
-        mid = math.sqrt(lo * hi)
-        if disruption(mid) <= target:
-            hi = mid
-        else:
-            lo = mid
-        if hi / lo < 1 + 1e-6:
-            break
-    return hi
 
 
 class _Stages:

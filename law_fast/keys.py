@@ -62,7 +62,8 @@ def average_over_templates(states: torch.Tensor, n_templates: int) -> torch.Tens
 def compute_keys(model, adapter: Adapter, tokenizer, facts: Sequence[Fact], templates: Sequence[str], layers: Sequence[int],
                  block_layer: int | None = None, batch_size: int = 64) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
     """Averaged keys per fact for each of ``layers`` ((m, f) each) and, with ``block_layer``, the block
-    outputs at the plain prompt ((m, d)) — all from one set of forward passes."""
+    outputs at the plain prompt ((m, d)) — all from one set of forward passes of ``batch_size``
+    sentences each (a fact has one sentence per template)."""
     if templates[0] != "{}":
         raise ValueError("templates[0] must be the plain template '{}'")
     texts, ends = fact_sentences(facts, templates)
@@ -107,8 +108,9 @@ def key_moments(model, adapter: Adapter, tokenizer, facts: Sequence[Fact], templ
     kept: list[torch.Tensor] | None = [] if 2 * len(facts) < f else None
     for start in range(0, len(facts), batch_size):
         chunk = facts[start:start + batch_size]
+        # one forward per chunk: every template sentence of a fact in the same batch
         keys, block = compute_keys(model, adapter, tokenizer, chunk, templates, [layer],
-                                   z_layer if targets is not None else None, batch_size)
+                                   z_layer if targets is not None else None, len(chunk) * len(templates))
         k = keys[layer]
         cov_accumulate_(k.contiguous(), gram, count)
         if kept is not None:

@@ -18,6 +18,7 @@ this returns the final iterate, which is always feasible (ρ ≤ β up to roundi
 from __future__ import annotations
 
 import logging
+import math
 from typing import Callable, NamedTuple
 
 import torch
@@ -101,8 +102,13 @@ def law_optimize(delta0: torch.Tensor, gram: torch.Tensor, cov: torch.Tensor, co
     G = gram.detach().to(device=device, dtype=dtype)
     C = cov.detach().to(device=device, dtype=dtype)
     trace_c = cov.detach().to(device).diagonal().sum(dtype=torch.float64)
-    if not float(trace_c) > 0:  # the one host sync before the loop
-        raise ValueError(f"cov must have a positive trace (ρ = tr(UᵀCU)/tr(C)), got tr(cov) = {float(trace_c)}")
+    sums = torch.stack([trace_c] + [t.detach().to(device).sum(dtype=torch.float64) for t in (delta0, gram, cov)])
+    sums = sums.tolist()  # the one host sync before the loop
+    for name, value in zip(("delta0", "gram", "cov"), sums[1:]):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} has non-finite entries (NaN or inf); LaW would return a NaN update")
+    if not sums[0] > 0:
+        raise ValueError(f"cov must have a positive trace (ρ = tr(UᵀCU)/tr(C)), got tr(cov) = {sums[0]}")
 
     GU, objective_init, uCu = kernels.quadratic(U, G, C)
     rho_init = uCu / trace_c
@@ -118,6 +124,9 @@ def law_optimize(delta0: torch.Tensor, gram: torch.Tensor, cov: torch.Tensor, co
 
     values = torch.stack([bound, rho_init, uCu_final / trace_c, objective_init, objective_final,
                           state[STATE_FIRST_CONTACT]]).tolist()
+    if not all(math.isfinite(v) for v in values[1:5]):
+        raise FloatingPointError(f"LaW diverged to a non-finite update (report {values[:5]}); lower learning_rate "
+                                 f"or use law_dtype='float64'")
     first_contact = int(values[5]) if values[5] >= 0 else None
     report = {"beta": values[0], "rho_init": values[1], "rho_final": values[2], "objective_init": values[3],
               "objective_final": values[4], "first_contact": first_contact}

@@ -91,8 +91,27 @@ class MemitSolver:
         return math.sqrt(max(float(d @ self.norm_weights @ d), 0.0))
 
 
+ILL_CONDITIONED = 1e12   # cond(C) above which the solves lose more than 12 of float64's 16 digits: warned
+
+
+def condition_estimate(C: torch.Tensor, L: torch.Tensor, iterations: int = 30) -> float:
+    """cond(C) estimated from below by power iteration on C and on C⁻¹ (through its Cholesky
+    factor L): 2·iterations matrix-vector products and triangular solves, O(f²) each."""
+    v = torch.randn(C.shape[0], 1, dtype=C.dtype, generator=torch.Generator().manual_seed(0)).to(C.device)
+    top, bottom = v, v
+    for _ in range(iterations):
+        top = C @ top
+        top = top / top.norm()
+        bottom = torch.cholesky_solve(bottom, L)
+        bottom = bottom / bottom.norm()
+    largest = float(top.T @ C @ top)
+    smallest = 1.0 / float(bottom.T @ torch.cholesky_solve(bottom, L))
+    return largest / smallest
+
+
 def cholesky_with_jitter(C: torch.Tensor, max_tries: int = 12) -> tuple[torch.Tensor, float]:
-    """Cholesky of C, adding ε·mean(diag C)·I (ε = 0, 1e-10, 1e-9, …) until it succeeds."""
+    """Cholesky of C, adding ε·mean(diag C)·I (ε = 0, 1e-10, 1e-9, …) until it succeeds; logs a
+    warning for any jitter, and for a factorisable C whose condition number is above ILL_CONDITIONED."""
     scale = float(C.diagonal().mean())
     if not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"covariance has a non-positive or non-finite mean diagonal ({scale}); are the statistics empty?")
@@ -103,6 +122,11 @@ def cholesky_with_jitter(C: torch.Tensor, max_tries: int = 12) -> tuple[torch.Te
         if int(info) == 0:
             if eps:
                 log.warning("covariance is singular or ill-conditioned: added %.1e × mean(diag) to its diagonal", eps)
+            else:
+                cond = condition_estimate(C, L)
+                if cond > ILL_CONDITIONED:
+                    log.warning("covariance is ill-conditioned: cond(C) ≥ %.1e (float64 keeps about %d digits of "
+                                "the solves); more statistics samples help", cond, max(0, 16 - round(math.log10(cond))))
             return L, eps
     raise ValueError("covariance is not positive definite even with jitter 0.1·mean(diag); check the statistics")
 
@@ -161,12 +185,18 @@ def _bisect_log_lambda(solver: MemitSolver, ok, small_ok: bool) -> tuple[float, 
             lo = mid
         if hi / lo < 1 + 1e-6:
             break
-    return (lo if small_ok else hi), trials
+    lam = lo if small_ok else hi
+    if not ok(lam):
+        log.warning("λ search: the rule's condition holds nowhere in [%.1e, %.1e]; using λ = %.3g, which misses it",
+                    1e-10 * scale, 1e10 * scale, lam)
+    return lam, trials
 
 
 def memit_update(moments, cov: torch.Tensor, weight: torch.Tensor, config: WashConfig) -> tuple[torch.Tensor, dict]:
     """Δ (d×f float64) for one layer from its :class:`~law_fast.keys.KeyMoments` (gram, cross,
     resid_sq) and a report (λ, trials, norms, disruption, fit, jitter)."""
+    if moments.cross is None:
+        raise ValueError("memit_update needs key moments with targets (key_moments(..., targets=, z_layer=))")
     solver = MemitSolver.from_moments(moments.gram, moments.cross, cov, keys=moments.keys)
     lam, trials = choose_lambda(solver, weight, cov, config, moments.resid_sq, moments.count)
     delta = solver.delta(lam)

@@ -72,6 +72,10 @@ def compute_targets(model, adapter: Adapter, tokenizer, facts: Sequence[Fact], t
     """z* for every fact (in the order of ``facts``), in chunks of at most ``config.target_batch_tokens``
     aligned tokens.  ``prefix_cache=False`` runs every step over the whole prompts (the plain way;
     for tests and benchmarks)."""
+    if not facts:
+        raise ValueError("compute_targets needs at least one fact")
+    if not templates or templates[0] != "{}":
+        raise ValueError("templates[0] must be the plain template '{}' (z_init is read at the plain prompt)")
     target_ids = list(target_ids)
     n_target = len(target_ids)
     suffix = tokenizer.decode(target_ids[:-1]) if n_target > 1 else ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from law_fast.models import block_output_tensor, frozen
@@ -67,6 +69,31 @@ def plain_memit_delta(keys, resid, cov, lam):
     K, R, C = keys.double(), resid.double(), cov.double()
     A = lam * C + K.T @ K
     return torch.linalg.solve(A, K.T @ R).T
+
+
+def plain_lambda(K, R, C, W, budget: float) -> float:
+    """The library's disruption rule and bisection, each trial a fresh float64 solve."""
+    def disruption(lam):
+        delta = plain_memit_delta(K, R, C, lam)
+        return float((delta @ C * delta).sum())
+
+    target = budget * float((W @ C * W).sum())
+    # the library's bracket: λ relative to the largest eigenvalue of C^{-1/2} G C^{-1/2} (computed once)
+    L = torch.linalg.cholesky(C)
+    M = torch.linalg.solve_triangular(L, torch.linalg.solve_triangular(L, K.T @ K, upper=False).T, upper=False)
+    scale = float(torch.linalg.eigvalsh(0.5 * (M + M.T)).max())
+    lo, hi = 1e-10 * scale, 1e10 * scale
+    if disruption(lo) <= target:
+        return lo
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        if disruption(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+        if hi / lo < 1 + 1e-6:
+            break
+    return hi
 
 
 def plain_law(delta0, keys, cov, config):

@@ -8,9 +8,10 @@ import torch
 from law_fast.config import WashConfig
 from law_fast.keys import KeyMoments
 from law_fast.law import law_optimize
-from law_fast.memit import LambdaSearchError, MemitSolver, choose_lambda, cholesky_with_jitter, memit_update
+from law_fast.memit import (LambdaSearchError, MemitSolver, choose_lambda, cholesky_with_jitter, condition_estimate,
+                             memit_update)
 
-from plain import plain_law, plain_memit_delta
+from plain import plain_lambda, plain_law, plain_memit_delta
 
 
 def _problem(m=12, f=40, d=16, seed=0, rank_c=None):
@@ -94,6 +95,47 @@ def test_disruption_rule_meets_budget_tightly(budget):
     if lam > lo:  # not at the floor: a slightly smaller λ would exceed the budget
         d2 = plain_memit_delta(K, R, C, lam * (1 - 1e-4))
         assert float((d2 @ C * d2).sum()) / out_energy > budget * (1 - 1e-3)
+
+
+@pytest.mark.parametrize("m, keys, n_facts", [(8, True, 8), (8, False, 8), (80, False, 80), (80, False, None)])
+def test_disruption_lambda_equals_per_trial_solve_search(m, keys, n_facts):
+    """The default rule's λ = the same bisection with a fresh float64 solve per trial (the plain way)."""
+    K, R, C, W = _problem(m=m)
+    cfg = WashConfig(layers=(0,), disruption_per_fact=1e-4, disruption_budget=0.02)
+    solver = MemitSolver.from_moments(K.T @ K, K.T @ R, C, keys=K if keys else None)
+    lam, trials = choose_lambda(solver, W, C, cfg, n_facts=n_facts)
+    budget = cfg.disruption_budget if n_facts is None else cfg.disruption_for(n_facts)
+    assert lam == pytest.approx(plain_lambda(K, R, C, W, budget), rel=1e-9)
+    assert 10 < trials < 100
+
+
+def test_lambda_search_warns_when_the_rule_is_unreachable(caplog):
+    K, R, C, W = _problem(m=80)   # m > f: the least-squares fit leaves ~70 % of ‖R‖ at any λ
+    cfg = WashConfig(layers=(0,), lambda_rule="fit", fit_target=0.1)
+    with caplog.at_level("WARNING", logger="law_fast.memit"):
+        lam, _ = choose_lambda(MemitSolver.build(K, R, C), W, C, cfg, resid_sq=float((R ** 2).sum()))
+    assert "holds nowhere" in caplog.text
+    assert lam == pytest.approx(1e-10 * float(MemitSolver.build(K, R, C).eig.max()))
+
+
+def test_ill_conditioned_covariance_is_reported(caplog):
+    Q, _ = torch.linalg.qr(torch.randn(20, 20, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    C = Q @ torch.diag(torch.logspace(0, -13, 20, dtype=torch.float64)) @ Q.T     # cond 1e13, factorisable
+    L = torch.linalg.cholesky(C)
+    assert 1e12 < condition_estimate(C, L) <= 1e13 * (1 + 1e-3)
+    with caplog.at_level("WARNING", logger="law_fast.memit"):
+        L, jitter = cholesky_with_jitter(C)
+    assert jitter == 0.0 and "ill-conditioned: cond(C) ≥" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="law_fast.memit"):
+        cholesky_with_jitter(_problem(f=20)[2])
+    assert caplog.text == ""
+
+
+def test_memit_update_needs_targets():
+    K, _, C, W = _problem(m=4)
+    with pytest.raises(ValueError, match="needs key moments with targets"):
+        memit_update(KeyMoments(K.T @ K, None, 0.0, 4), C, W, WashConfig(layers=(0,)))
 
 
 @pytest.mark.parametrize("m, keys", [(8, True), (8, False), (80, False)])
@@ -241,3 +283,8 @@ def test_law_rejects_keys_in_place_of_the_gram_matrix():
         law_optimize(delta0, K.T @ K, C[:5], WashConfig(layers=(0,)))
     with pytest.raises(ValueError, match="cov must have a positive trace"):
         law_optimize(delta0, K.T @ K, torch.zeros_like(C), WashConfig(layers=(0,)))
+    for name in ("delta0", "gram", "cov"):
+        args = {"delta0": delta0.clone(), "gram": K.T @ K, "cov": C.clone()}
+        args[name][0, 0] = float("nan")
+        with pytest.raises(ValueError, match=f"{name} has non-finite entries"):
+            law_optimize(args["delta0"], args["gram"], args["cov"], WashConfig(layers=(0,)))

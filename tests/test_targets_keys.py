@@ -5,9 +5,10 @@ import torch
 
 from law_fast.config import WashConfig
 from law_fast.facts import Fact
-from law_fast.keys import compute_keys, fact_sentences, states_at
-from law_fast.models import get_adapter
+from law_fast.keys import compute_keys, fact_sentences
+from law_fast.models import block_output_tensor, get_adapter
 from law_fast.targets import compute_targets, target_token_ids
+from law_fast.tokens import encode_at
 
 from plain import plain_compute_z
 
@@ -37,6 +38,50 @@ def test_batched_targets_equal_per_fact_loop(tiny, target):
     # the clamp holds for every fact
     norms = (batched.z_star - batched.z_init).norm(dim=1)
     assert bool((norms <= cfg.clamp_norm_factor * batched.z_init.norm(dim=1) * (1 + 1e-5)).all())
+
+
+def test_mixed_early_stops_and_clamps_equal_per_fact_loop(tiny):
+    """Facts that stop at different steps, with the norm clamp firing: each z* = its own plain loop."""
+    model, tok = tiny
+    model = model.double()
+    adapter = get_adapter(model)
+    ids = target_token_ids(tok, adapter.eos_token_id(model, tok), "space+eos")
+    cfg = WashConfig(layers=(1, 2), v_num_grad_steps=6, v_lr=0.5, clamp_norm_factor=0.05)
+    first = compute_targets(model, adapter, tok, FACTS, TEMPLATES, cfg.replace(v_num_grad_steps=1), 2, ids,
+                            progress=False).loss               # every fact's loss before any step
+    cfg = cfg.replace(loss_threshold=float(first.median()) + 1e-9)   # the lowest fact(s) stop at once, the others not
+    batched = compute_targets(model, adapter, tok, FACTS, TEMPLATES, cfg, 2, ids, progress=False)
+    assert 0 in batched.steps.tolist() and int(batched.steps.max()) > 0
+    for j, fact in enumerate(FACTS):
+        plain = plain_compute_z(model, adapter, tok, fact, TEMPLATES, cfg, 2, ids)
+        assert float((batched.z_star[j] - plain).norm() / plain.norm()) < 1e-6, fact
+    moved = batched.steps > 0
+    norms = (batched.z_star - batched.z_init).norm(dim=1)[moved]
+    torch.testing.assert_close(norms, cfg.clamp_norm_factor * batched.z_init.norm(dim=1)[moved])   # clamped
+    assert bool((batched.z_star[~moved] == batched.z_init[~moved]).all())
+
+
+def test_batched_targets_float32_within_1e4_of_per_fact_loop(tiny):
+    """In the model's own float32 (the default) the batched z* stay within 1e-4 relative of the loop."""
+    model, tok = tiny
+    adapter = get_adapter(model)
+    cfg = WashConfig(layers=(1, 2), v_num_grad_steps=8, v_lr=0.1)
+    ids = target_token_ids(tok, adapter.eos_token_id(model, tok), "space+eos")
+    batched = compute_targets(model, adapter, tok, FACTS, TEMPLATES, cfg, 2, ids, progress=False)
+    assert batched.z_star.dtype == torch.float32 and int(batched.steps.min()) > 0
+    for j, fact in enumerate(FACTS):
+        plain = plain_compute_z(model, adapter, tok, fact, TEMPLATES, cfg, 2, ids)
+        assert float((batched.z_star[j] - plain).norm() / plain.norm()) < 1e-4, fact
+
+
+def test_targets_reject_bad_input(tiny):
+    model, tok = tiny
+    adapter = get_adapter(model)
+    cfg = WashConfig(layers=(2,))
+    with pytest.raises(ValueError, match="at least one fact"):
+        compute_targets(model, adapter, tok, [], TEMPLATES, cfg, 2, [0], progress=False)
+    with pytest.raises(ValueError, match=r"templates\[0\] must be the plain template"):
+        compute_targets(model, adapter, tok, FACTS, TEMPLATES[::-1], cfg, 2, [0], progress=False)
 
 
 def test_prefix_cache_and_chunks_equal_full_forward(tiny):
@@ -90,19 +135,50 @@ def test_per_fact_early_stop(tiny):
     torch.testing.assert_close(out.z_star, out.z_init)
 
 
+def _full_forward_states(model, adapter, tok, texts, ends, key_layer, block_layer, batch=4):
+    """The reference's way: batches of 4 sentences, a whole-model forward each, the down-projection's
+    input and the block output read by forward hooks at the subject's last token."""
+    got = {}
+    handles = [adapter.down_proj_module(model, key_layer).register_forward_pre_hook(
+                   lambda module, args: got.__setitem__("key", args[0].detach())),
+               adapter.block(model, block_layer).register_forward_hook(
+                   lambda module, args, output: got.__setitem__("block", block_output_tensor(output).detach()))]
+    keys, blocks = [], []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(texts), batch):
+                enc = encode_at(tok, texts[start:start + batch], ends[start:start + batch])
+                model(**enc.model_inputs)
+                rows = torch.arange(len(enc.index))
+                keys.append(got["key"][rows, enc.index])
+                blocks.append(got["block"][rows, enc.index])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.cat(keys), torch.cat(blocks)
+
+
 def test_keys_batched_equal_batches_of_four_full_forward(tiny):
+    from law_fast.keys import key_moments
+
     model, tok = tiny
     adapter = get_adapter(model)
     keys, block = compute_keys(model, adapter, tok, FACTS, TEMPLATES, [1, 2], block_layer=2, batch_size=64)
-    # plain: batches of 4 sentences, full model forward, one layer at a time
     texts, ends = fact_sentences(FACTS, TEMPLATES)
     for layer in (1, 2):
-        per_layer, _ = states_at(model, adapter, tok, texts, ends, [layer], None, batch_size=4)
-        k = per_layer[layer].reshape(len(FACTS), len(TEMPLATES), -1)
+        k, b = _full_forward_states(model, adapter, tok, texts, ends, layer, 2)
+        k = k.reshape(len(FACTS), len(TEMPLATES), -1)
         expected = 0.5 * k[:, 0] + 0.5 * k[:, 1:].mean(1)
         torch.testing.assert_close(keys[layer], expected, rtol=1e-5, atol=1e-6)
-    _, blocks = states_at(model, adapter, tok, texts[:: len(TEMPLATES)], ends[:: len(TEMPLATES)], [], 2, batch_size=1)
-    torch.testing.assert_close(block, blocks, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(block, b.reshape(len(FACTS), len(TEMPLATES), -1)[:, 0], rtol=1e-5, atol=1e-6)
+    # key_moments runs one forward per chunk of facts, all of a fact's template sentences in it
+    calls = []
+    handle = adapter.down_proj_module(model, 0).register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    try:
+        key_moments(model, adapter, tok, FACTS, TEMPLATES, 1, batch_size=2)
+    finally:
+        handle.remove()
+    assert calls == [2 * len(TEMPLATES), len(TEMPLATES)]
 
 
 def test_key_moments_stream_equals_full_keys(tiny):
