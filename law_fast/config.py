@@ -80,7 +80,7 @@ class WashConfig:
     keep_original_requests: bool = True
     check_max_new_tokens: int = 10
     check_batch_size: int = 32
-    key_batch_size: int = 64          # facts per keys forward (all of their template sentences in it)
+    key_batch_size: int = 16          # facts per keys forward, all of their template sentences in it (GPU: raise it)
     # fine-tuning baselines (ft, me-ft, ft-ul, seul, woh; law-reference §8, docs/baselines.md).
     # Fields left at None take the method's default from BASELINE_DEFAULTS (see :meth:`resolved`).
     ft_lr: float | None = None
