@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_law_iteration import AutogradLoop, GramLoop, random_cov  # noqa: E402
+from bench_law_iteration import AutogradLoop, GramLoop, build_gram, random_cov  # noqa: E402
 from common import interleaved, timeit, write_result  # noqa: E402
 
 import law_fast.ops as ops  # noqa: E402
@@ -52,7 +52,6 @@ from law_fast.kernels.law_step import law_adam_step_ref, law_quadratic_ref  # no
 CHECK_SHAPES = [(16, 16), (100, 37), (300, 77), (1536, 576)]
 CHECK_ITERATIONS = 5
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
-CHUNK_ROWS = 8192
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -106,26 +105,9 @@ def matmul_rates(f: int, d: int, device: str, repeats: int) -> dict:
             a, b = torch.randn(f, f, device=device, dtype=dtype), torch.randn(f, d, device=device, dtype=dtype)
             timing = timeit(lambda: torch.mm(a, b), repeats=repeats, warmup=2, device=device)
             rates[str(dtype)[6:]] = {"shape": f"{f}x{f} @ {f}x{d}", "tflops_median": 2.0 * f * f * d / timing["median"] / 1e12}
-            del a, b
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
     return rates
-
-
-def gram_build(m: int, f: int, device: str, keep_keys: bool) -> tuple[torch.Tensor, float, torch.Tensor | None]:
-    """G = KᵀK (float32, cov_accumulate_ over row chunks of K, N(0, 1) rows) on the device, the
-    seconds it took (generation excluded), and K in float64 when keep_keys (the autograd baseline)."""
-    gram = torch.zeros(f, f, device=device)
-    count = torch.zeros((), dtype=torch.int64, device=device)
-    keys = torch.empty(m, f, dtype=torch.float64, device=device) if keep_keys else None
-    generator = torch.Generator(device=device).manual_seed(m + f)
-    seconds = 0.0
-    for r0 in range(0, m, CHUNK_ROWS):
-        chunk = torch.randn(min(CHUNK_ROWS, m - r0), f, generator=generator, device=device)
-        seconds += timeit(lambda: ops.cov_accumulate_(chunk, gram, count), repeats=1, warmup=0, device=device)["median"]
-        if keys is not None:
-            keys[r0:r0 + chunk.shape[0]] = chunk
-    return gram, seconds, keys
 
 
 def solver_rows(impls: dict, sizes, ms, device: str, rates: dict, args) -> list[dict]:
@@ -135,7 +117,7 @@ def solver_rows(impls: dict, sizes, ms, device: str, rates: dict, args) -> list[
         cov = random_cov(f, seed=f).to(device)
         flops = 4.0 * f * f * d
         for m in ms:
-            gram, build_s, keys = gram_build(m, f, device, keep_keys=m <= args.autograd_max_m)
+            gram, build_s, keys = build_gram(m, f, seed=m + f, keep_keys=m <= args.autograd_max_m, device=device)
             loops = {f"{name}_{str(dtype)[6:]}": GramLoop(gram.double(), cov, U0, dtype, quadratic, adam_step)
                      for name, (quadratic, adam_step, _) in impls.items() for dtype in (torch.float32, torch.float64)}
             del gram
@@ -169,17 +151,15 @@ def solver_rows(impls: dict, sizes, ms, device: str, rates: dict, args) -> list[
 
 def section(args, device: str) -> dict:
     """Checks and solver timings for the implementations this process can call."""
-    impls = {"dispatched": (ops.law_quadratic, ops.law_adam_step_, ops.cov_accumulate_)}
+    label = args.child or "dispatched"   # a child process serves one implementation, under its label
+    impls = {label: (ops.law_quadratic, ops.law_adam_step_, ops.cov_accumulate_)}
     if not args.child:
         impls["torch"] = (law_quadratic_ref, law_adam_step_ref, cov_accumulate_ref)
-    label = args.child or "dispatched"
-    if args.child:
-        impls = {label: impls["dispatched"]}
-    report = ops.backend_report()
-    served = {op: report["ops"][op][device.split(":")[0] if device.split(":")[0] in ("cpu", "cuda") else "other"]
-              for op in ("law_quadratic", "law_adam_step_", "cov_accumulate_")}
+    kind = torch.device(device).type
+    served = {op: by_device[kind if kind in ("cpu", "cuda") else "other"]
+              for op, by_device in ops.backend_report()["ops"].items()}
     print(f"{label}: ops served by {served}", flush=True)
-    rates = args.rates or matmul_rates(*args.sizes[-1], device, args.repeats)
+    rates = matmul_rates(*args.sizes[-1], device, args.repeats)
     return {"served_by": {label: served}, "matmul_rates_tflops": rates,
             "checks": check_ops(impls, device, args.check_shapes),
             "solver": solver_rows(impls, args.sizes, args.m, device, rates, args)}
@@ -206,7 +186,6 @@ def main(argv: list[str] | None = None) -> dict:
     args.check_shapes = CHECK_SHAPES[:2] if args.quick else CHECK_SHAPES
     if args.quick:
         args.sizes, args.m, args.iterations, args.repeats = [(64, 32)], [300], 2, 1
-    args.rates = None
     device = args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("bench_gpu: CUDA is not available here (use --device cpu --quick for a smoke test)")

@@ -56,19 +56,18 @@ def random_cov(f: int, seed: int) -> torch.Tensor:
     return x.T @ x / 256 + 0.1 * torch.eye(f, dtype=torch.float64)
 
 
-def build_gram(m: int, f: int, seed: int, keep_keys: bool) -> tuple[torch.Tensor, float, torch.Tensor | None]:
-    """G = KᵀK (float32, cov_accumulate_ per chunk of K's rows), its build seconds (chunk generation
-    excluded), and K (m, f) float64 when keep_keys (for the autograd baseline)."""
-    generator = torch.Generator().manual_seed(seed)
-    gram = torch.zeros(f, f)
-    count = torch.zeros((), dtype=torch.int64)
-    keys = torch.empty(m, f, dtype=torch.float64) if keep_keys else None
+def build_gram(m: int, f: int, seed: int, keep_keys: bool,
+               device: str = "cpu") -> tuple[torch.Tensor, float, torch.Tensor | None]:
+    """G = KᵀK (float32, cov_accumulate_ per chunk of K's N(0, 1) rows) on ``device``, its build
+    seconds (chunk generation excluded), and K (m, f) float64 when keep_keys (the autograd baseline)."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    gram = torch.zeros(f, f, device=device)
+    count = torch.zeros((), dtype=torch.int64, device=device)
+    keys = torch.empty(m, f, dtype=torch.float64, device=device) if keep_keys else None
     seconds = 0.0
     for r0 in range(0, m, CHUNK_ROWS):
-        chunk = torch.randn(min(CHUNK_ROWS, m - r0), f, generator=generator)
-        start = time.perf_counter()
-        ops.cov_accumulate_(chunk, gram, count)
-        seconds += time.perf_counter() - start
+        chunk = torch.randn(min(CHUNK_ROWS, m - r0), f, generator=generator, device=device)
+        seconds += timeit(lambda: ops.cov_accumulate_(chunk, gram, count), repeats=1, warmup=0, device=device)["median"]
         if keys is not None:
             keys[r0:r0 + chunk.shape[0]] = chunk
     return gram, seconds, keys
