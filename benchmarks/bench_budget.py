@@ -54,14 +54,14 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
 
     import law_fast as lf
-    import law_fast.pipeline as pipeline
-    from law_fast.generation import known_facts
+    import law_fast.washing.closed_form as closed_form
+    from law_fast.washing.elimination import known_facts
 
     model, tok = lf.load_model()
     sizes = [int(n) for n in args.n.split(",")]
     rules = [r for r in args.rules.split(",") if r]
     pool, controls, _ = select_facts(model, tok, args.facts, max(sizes), args.controls)
-    targets_cache, compute = {}, pipeline.compute_targets
+    targets_cache, compute = {}, closed_form.compute_targets
 
     def cached_targets(model_, adapter, tokenizer, facts, *rest, **kwargs):
         key = tuple(f.case_id for f in facts)
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
             targets_cache[key] = compute(model_, adapter, tokenizer, facts, *rest, **kwargs)
         return targets_cache[key]
 
-    pipeline.compute_targets = cached_targets
+    closed_form.compute_targets = cached_targets
     runs = []
     for n in sizes:
         washed = pool[:n]

@@ -33,7 +33,7 @@ from common import REPO_ROOT, write_result  # noqa: E402
 
 from law_fast import load_facts, load_model, wash  # noqa: E402
 from law_fast.cli import demo_facts  # noqa: E402
-from law_fast.generation import known_facts  # noqa: E402
+from law_fast.washing.elimination import known_facts  # noqa: E402
 
 COUNTERFACT = REPO_ROOT.parent / "shared" / "data" / "counterfact" / "counterfact-val.json"
 

@@ -33,17 +33,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from bench_methods import select_facts  # noqa: E402
 from common import REPO_ROOT, write_result  # noqa: E402
-from plain import plain_compute_z, plain_lambda, plain_law, plain_memit_delta  # noqa: E402
+from law_fast.testing import plain_compute_z, plain_lambda, plain_law, plain_memit_delta  # noqa: E402
 
 from law_fast import WashConfig, load_model, wash  # noqa: E402
-from law_fast.generation import context_templates, known_facts  # noqa: E402
-from law_fast.keys import compute_keys  # noqa: E402
-from law_fast.models import get_adapter, model_device  # noqa: E402
-from law_fast.stats import default_corpus, layer_stats  # noqa: E402
-from law_fast.targets import target_token_ids  # noqa: E402
+from law_fast.corpus import default_corpus  # noqa: E402
+from law_fast.hf.adapters import get_adapter, model_device  # noqa: E402
+from law_fast.washing.elimination import known_facts  # noqa: E402
+from law_fast.washing.keys import compute_keys  # noqa: E402
+from law_fast.washing.stats import layer_stats  # noqa: E402
+from law_fast.washing.targets import target_token_ids  # noqa: E402
+from law_fast.washing.templates import context_templates  # noqa: E402
 
 COUNTERFACT = REPO_ROOT.parent / "shared" / "data" / "counterfact" / "counterfact-train.json"
 
@@ -69,13 +70,13 @@ def plain_wash(model, tok, facts, config: WashConfig, stages: _Stages) -> list:
     requests = [f for f, k in zip(facts, known) if k]
     stages.done("check")
     device = model_device(model)
-    stats = layer_stats(model, adapter, tok, default_corpus(model, tok), layers, config.stats_max_length,
-                        config.stats_batch_tokens, config.stats_dtype, progress=False)
+    stats = layer_stats(model, adapter, tok, default_corpus(model, tok), layers, config.stats.stats_max_length,
+                        config.stats.stats_batch_tokens, config.stats.stats_dtype, progress=False)
     covs = {layer: stats[layer].cov.to(device, torch.float64) for layer in layers}
-    templates = context_templates(model, tok, seed=config.seed, length=config.template_length)
+    templates = context_templates(model, tok, seed=config.seed, length=config.targets.template_length)
     target_ids = target_token_ids(tok, adapter.eos_token_id(model, tok), config.target)
     stages.done("stats")
-    z_star = torch.stack([plain_compute_z(model, adapter, tok, f, templates, config, z_layer, target_ids).float()
+    z_star = torch.stack([plain_compute_z(model, adapter, tok, f, templates, config.targets, z_layer, target_ids).float()
                           for f in requests])
     stages.done("targets")
     original = {layer: adapter.weight(model, layer).detach().clone() for layer in layers}
@@ -85,7 +86,7 @@ def plain_wash(model, tok, facts, config: WashConfig, stages: _Stages) -> list:
         stages.done("keys")
         K, R = keys[layer].double(), ((z_star - block) / (len(layers) - i)).double()
         W = adapter.weight(model, layer).detach().double()
-        lam = plain_lambda(K, R, covs[layer], W, config.disruption_for(len(requests)))
+        lam = plain_lambda(K, R, covs[layer], W, config.memit.disruption_for(len(requests)))
         inits[layer] = plain_memit_delta(K, R, covs[layer], lam)
         adapter.add_to_weight(model, layer, inits[layer])
         stages.done("memit")
@@ -95,10 +96,10 @@ def plain_wash(model, tok, facts, config: WashConfig, stages: _Stages) -> list:
     for i, layer in enumerate(layers):
         keys, _ = compute_keys(model, adapter, tok, alive, templates, [layer], None, batch_size=4)
         stages.done("keys")
-        delta, _ = plain_law(inits[layer], keys[layer], covs[layer], config)
+        delta, _ = plain_law(inits[layer], keys[layer], covs[layer], config.law)
         adapter.add_to_weight(model, layer, delta)
         stages.done("law")
-        if config.prune_requests and i < len(layers) - 1:
+        if config.checks.prune_requests and i < len(layers) - 1:
             still, _ = known_facts(model, tok, requests, stop_when_decided=False)
             alive = [f for f, k in zip(requests, still) if k]
             stages.done("check")

@@ -32,12 +32,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from common import write_result  # noqa: E402
-from plain import plain_memit_delta  # noqa: E402
+from law_fast.testing import plain_memit_delta  # noqa: E402
 
-from law_fast.config import WashConfig  # noqa: E402
-from law_fast.memit import MemitSolver, choose_lambda  # noqa: E402
+from law_fast.config import MemitConfig  # noqa: E402
+from law_fast.washing.memit import MemitSolver, choose_lambda  # noqa: E402
 
 
 def problem(f: int, d: int, m: int, seed: int = 0):
@@ -76,7 +75,7 @@ def run(f: int, d: int, m: int, plain_trials: int, fast_trials: int) -> dict:
     plain_trial_s = (time.perf_counter() - start) / plain_trials
     rel = max(abs(a - b) / abs(b) for a, b in zip(fast_disruption, plain_disruption))
 
-    lam, trials = choose_lambda(solver, W, C, WashConfig(layers=(0,), disruption_budget=5e-4, disruption_per_fact=None))
+    lam, trials = choose_lambda(solver, W, C, MemitConfig(disruption_budget=5e-4, disruption_per_fact=None))
     return {
         "f": f, "d": d, "m": m, "eigenproblem": f"{m}-dimensional (keys)" if few else f"{f}-dimensional (Gram)",
         "factorisation_s": factor_s,

@@ -57,7 +57,7 @@ log = logging.getLogger("bench_methods")
 def select_facts(model, tok, path: Path, n: int, n_controls: int, scan_batch: int = 64):
     """The first ``n`` + ``n_controls`` facts of ``path`` the model produces (answer not in the subject)."""
     import law_fast as lf
-    from law_fast.generation import known_facts
+    from law_fast.washing.elimination import known_facts
 
     candidates = [f for f in lf.load_facts(path) if f.answer.lower() not in f.subject.lower()]
     chosen = []
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
 
     import law_fast as lf
     from law_fast.corpus import load_corpus
-    from law_fast.evaluation import evaluate
+    from law_fast.eval.report import evaluate
 
     model, tok = lf.load_model(args.model, device=args.device)
     washed, controls, scanned = select_facts(model, tok, args.facts, args.n, args.controls)
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
             result.revert()
         training = result.report.get("training", {})
         rows.append({"method": method, "wash_s": wash_s, "eval_s": eval_s, "metrics": report.flat(),
-                     "config": result.config.to_dict(), "wash_report": result.report, "report": report.to_dict(),
+                     "config": result.config.to_dict(), "wash_report": result.report.to_dict(), "report": report.to_dict(),
                      "guard_stopped": training.get("guard", {}).get("stopped")})
         print(f"{method}: wash {wash_s:.0f} s, eval {eval_s:.0f} s, washed Acc {report.flat().get('facts.rewrite.acc')}",
               flush=True)

@@ -11,7 +11,7 @@ scales s ~ LogNormal(0, 0.5) and biases b ~ N(−0.5, 0.5).  They are streamed i
                       (``layer_stats(dtype="float32", block_tokens=...)``)
     float64           one fp64 sum, inputs upcast (``layer_stats(dtype="float64")``)
 
-The schemes are law_fast.stats._Accumulator, the code layer_stats runs.  Reference: Gram
+The schemes are law_fast.washing.stats._Accumulator, the code layer_stats runs.  Reference: Gram
 matrices of 100-row slices in float64 (fp32 inputs, so every product is exact; sums of 100
 terms) added with Kahan compensation: its own relative error is ~1e-15, below the float64
 scheme's (~1e-14), which is therefore resolved, if only just.
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
 from law_fast.ops import cov_accumulate_  # noqa: E402
-from law_fast.stats import _Accumulator  # noqa: E402
+from law_fast.washing.stats import _Accumulator  # noqa: E402
 
 
 class SyntheticKeys:

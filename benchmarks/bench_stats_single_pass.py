@@ -40,8 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO_ROOT, write_result  # noqa: E402
 
 from law_fast import load_corpus, load_model  # noqa: E402
-from law_fast.models import capture, get_adapter, model_device, run_until  # noqa: E402
-from law_fast.stats import layer_stats, token_batches, tokenize_documents  # noqa: E402
+from law_fast.hf.adapters import get_adapter, model_device  # noqa: E402
+from law_fast.hf.hooks import capture, run_until  # noqa: E402
+from law_fast.washing.stats import layer_stats, token_batches, tokenize_documents  # noqa: E402
 
 WIKITEXT = REPO_ROOT.parent / "shared" / "data" / "wikitext2" / "wiki.test.raw"
 MIB = 2**20

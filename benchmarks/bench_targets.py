@@ -34,14 +34,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from common import REPO_ROOT, write_result  # noqa: E402
-from plain import plain_compute_z  # noqa: E402
+from law_fast.testing import plain_compute_z  # noqa: E402
 
 from law_fast import WashConfig, load_facts, load_model  # noqa: E402
-from law_fast.generation import context_templates  # noqa: E402
-from law_fast.models import get_adapter  # noqa: E402
-from law_fast.targets import _rows, compute_targets, target_token_ids  # noqa: E402
+from law_fast.hf.adapters import get_adapter  # noqa: E402
+from law_fast.washing.targets import _rows, compute_targets, target_token_ids  # noqa: E402
+from law_fast.washing.templates import context_templates  # noqa: E402
 
 COUNTERFACT = REPO_ROOT.parent / "shared" / "data" / "counterfact" / "counterfact-val.json"
 
@@ -59,7 +58,7 @@ def main() -> None:
     config = WashConfig.preset(model)
     z_layer = config.layers[-1]
     facts = load_facts(COUNTERFACT, limit=args.facts)
-    templates = context_templates(model, tok, seed=config.seed, length=config.template_length)
+    templates = context_templates(model, tok, seed=config.seed, length=config.targets.template_length)
     target_ids = target_token_ids(tok, adapter.eos_token_id(model, tok), config.target)
     texts, _ = _rows(facts, templates, "")
     row_tokens = [len(tok(t)["input_ids"]) for t in texts]
@@ -69,7 +68,8 @@ def main() -> None:
     candidates = [("batched", {})] + ([("batched_full", {"prefix_cache": False})] if args.with_full else [])
     for name, kwargs in candidates:
         start = time.perf_counter()
-        out = compute_targets(model, adapter, tok, facts, templates, config, z_layer, target_ids, progress=False, **kwargs)
+        out = compute_targets(model, adapter, tok, facts, templates, config.targets, z_layer, target_ids, progress=False,
+                              **kwargs)
         seconds = time.perf_counter() - start
         evaluated = out.steps + 1   # forward passes per fact (the last one decides early stop)
         results[name] = {"seconds": seconds, "facts": len(facts), "mean_steps": float(out.steps.float().mean()),
@@ -80,7 +80,7 @@ def main() -> None:
 
     n_plain = min(args.plain_facts, len(facts))
     start = time.perf_counter()
-    plain = torch.stack([plain_compute_z(model, adapter, tok, f, templates, config, z_layer, target_ids)
+    plain = torch.stack([plain_compute_z(model, adapter, tok, f, templates, config.targets, z_layer, target_ids)
                          for f in facts[:n_plain]])
     seconds = time.perf_counter() - start
     results["per_fact"] = {"seconds_measured": seconds, "facts_measured": n_plain,
@@ -95,7 +95,7 @@ def main() -> None:
     if "batched_full" in results:
         results["batched"]["speedup_vs_batched_full"] = results["batched_full"]["seconds"] / results["batched"]["seconds"]
     payload = {"benchmark": "targets z*", "model": "SmolLM2-135M-Instruct", "z_layer": z_layer,
-               "steps": config.v_num_grad_steps, "templates": len(templates), "threads": torch.get_num_threads(),
+               "steps": config.targets.v_num_grad_steps, "templates": len(templates), "threads": torch.get_num_threads(),
                "results": results}
     print(write_result(args.name, payload))
     for name, r in results.items():

@@ -22,10 +22,13 @@ Contents:
 
 from __future__ import annotations
 
+import logging
 import contextlib
 import os
 
 import torch
+
+log = logging.getLogger(__name__)
 
 try:  # triton is optional: the reference below must work without it
     import triton

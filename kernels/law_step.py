@@ -59,6 +59,7 @@ Contents:
 
 from __future__ import annotations
 
+import logging
 import contextlib
 import math
 
@@ -66,6 +67,8 @@ import torch
 
 # triton is optional (the references below work without it); imported once, in cov_accumulate
 from .cov_accumulate import HAS_TRITON, TRITON_IMPORT_ERROR, tl, triton, triton_interpret_enabled  # noqa: F401
+
+log = logging.getLogger(__name__)
 
 DTYPES = (torch.float32, torch.float64)
 

@@ -17,13 +17,18 @@ _EXPORTS = {
     "WashConfig": ".config",
     "Fact": ".facts", "load_facts": ".facts", "FactError": ".facts", "FactFormatError": ".facts",
     "Corpus": ".corpus", "load_corpus": ".corpus",
-    "load_model": ".models", "get_adapter": ".models", "Adapter": ".models",
-    "wash": ".pipeline", "WashResult": ".pipeline",
-    "layer_stats": ".stats",
-    "evaluate": ".evaluation", "EvalReport": ".evaluation",
+    "load_model": ".hf.loading", "get_adapter": ".hf.adapters", "Adapter": ".hf.adapters",
+    "wash": ".washing.api", "WashResult": ".washing.result", "WashReport": ".washing.result",
+    "layer_stats": ".washing.stats",
+    "evaluate": ".eval.report", "EvalReport": ".eval.report", "EvalConfig": ".eval.report",
+    "versions": ".info",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
+
+from . import _moved  # noqa: E402  (old flat import paths, deprecated)
+
+_moved.install()
 
 
 def __getattr__(name: str):

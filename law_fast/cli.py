@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .config import METHODS
 
-log = logging.getLogger("law_fast")
+log = logging.getLogger(__name__)
 
 
 def _layers(text: str) -> tuple[int, ...]:
@@ -55,10 +55,10 @@ FLUENCY_PROMPTS = ("The weather today is", "My favourite book is about", "In the
 
 
 def cmd_demo(args) -> int:
-    from .evaluation import evaluate
-    from .generation import greedy_continuations, sample_continuations
-    from .models import load_model
-    from .pipeline import wash
+    from .eval.report import evaluate
+    from .hf.generate import greedy_continuations, sample_continuations
+    from .hf.loading import load_model
+    from .washing.api import wash
 
     t0 = time.perf_counter()
     model, tok = load_model(args.model)
@@ -124,9 +124,10 @@ def _task_limits(reasoning: str | None, limit: int | None) -> tuple[list[str], i
 
 
 def cmd_eval(args) -> int:
-    from .evaluation import EvalReport, evaluate, text_table
+    from .eval.compare import text_table
+    from .eval.report import EvalReport, evaluate
     from .facts import load_facts
-    from .models import load_model
+    from .hf.loading import load_model
 
     tasks, limit = _task_limits(args.reasoning, args.limit)
     if not (args.facts or args.controls or args.corpus or tasks or args.entropy):
@@ -159,7 +160,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .evaluation import EvalReport, markdown_table, plot_comparison, text_table
+    from .eval.compare import markdown_table, plot_comparison, text_table
+    from .eval.report import EvalReport
 
     reports = [EvalReport.from_json(path) for path in args.reports]
     labels = args.labels.split(",") if args.labels else None
@@ -179,8 +181,8 @@ def cmd_compare(args) -> int:
 
 def cmd_wash(args) -> int:
     from .facts import load_facts
-    from .models import load_model
-    from .pipeline import wash
+    from .hf.loading import load_model
+    from .washing.api import wash
 
     model, tok = load_model(args.model)
     facts = load_facts(args.facts, format=args.format, limit=args.limit)
@@ -194,12 +196,13 @@ def cmd_wash(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    from .corpus import load_corpus
-    from .models import get_adapter, load_model
-    from .stats import default_corpus, layer_stats
+    from .corpus import resolve
+    from .hf.adapters import get_adapter
+    from .hf.loading import load_model
+    from .washing.stats import layer_stats
 
     model, tok = load_model(args.model)
-    corpus = load_corpus(args.corpus, n_samples=args.samples) if args.corpus else default_corpus(model, tok)
+    corpus = resolve(args.corpus, model, tok, n_samples=args.samples)
     t = time.perf_counter()
     stats = layer_stats(model, get_adapter(model), tok, corpus, _layers(args.layers), args.max_length, args.batch_tokens,
                         args.dtype, use_cache=not args.no_cache, block_tokens=args.block_tokens,
@@ -211,20 +214,10 @@ def cmd_stats(args) -> int:
 
 
 def cmd_info(args) -> int:
-    import platform
-
-    import torch
-
-    info = {"law_fast": __import__("law_fast").__version__, "python": platform.python_version(), "torch": torch.__version__}
-    try:
-        import transformers
-        info["transformers"] = transformers.__version__
-    except ImportError:
-        info["transformers"] = None
     from . import ops
+    from .info import versions
 
-    info.update(ops.backend_report())
-    print(json.dumps(info, indent=2, default=str))
+    print(json.dumps({**versions(), **ops.backend_report()}, indent=2, default=str))
     return 0
 
 

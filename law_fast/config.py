@@ -1,50 +1,69 @@
-"""Hyper-parameters of a wash: one frozen dataclass, JSON round-trip, presets, reference importer."""
+"""Hyper-parameters of a wash: :class:`WashConfig` = the common fields plus one frozen section per
+stage, JSON round-trip, presets, the reference importer.
+
+Sections (attribute: class — who reads it):
+
+* ``targets``:  :class:`TargetConfig`   context templates and the targets z* (law_fast.washing.targets)
+* ``stats``:    :class:`StatsConfig`    the covariance statistics (law_fast.washing.stats)
+* ``memit``:    :class:`MemitConfig`    the MEMIT initialisation and its λ rule (law_fast.washing.memit)
+* ``law``:      :class:`LawConfig`      the LaW optimisation (law_fast.washing.law)
+* ``checks``:   :class:`CheckConfig`    the known-fact checks and successive elimination
+* ``finetune``: :class:`FinetuneConfig` the fine-tuning baselines only (law_fast.baselines)
+
+Field names are unique across sections and follow the reference (law-reference §9) where one
+exists, so a flat dict — every config JSON written before sections existed, the presets, the
+CLI — maps onto the sections unambiguously: ``WashConfig.from_dict({"layers": [4], "v_lr": 0.1})``
+and ``config.replace(v_lr=0.1)`` route ``v_lr`` to ``config.targets``.  ``to_dict`` writes the
+nested form.
+"""
 
 from __future__ import annotations
 
+import logging
 import dataclasses
 import json
+import numbers
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
+
+log = logging.getLogger(__name__)
 
 BASELINE_METHODS = ("ft", "me-ft", "ft-ul", "seul", "woh")   # fine-tuning baselines (law_fast.baselines)
 METHODS = ("law", "memit") + BASELINE_METHODS
 LAMBDA_RULES = ("disruption", "fit", "reference", "fixed")
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+class _Section:
+    """What every section shares: validation at construction, ``replace``, ``to_dict``."""
+
+    def __post_init__(self):
+        problems = self.problems()
+        if problems:
+            raise ValueError(f"invalid {type(self).__name__}: " + "; ".join(problems))
+
+    def problems(self) -> list[str]:
+        return []
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)}
+
+
 @dataclass(frozen=True)
-class WashConfig:
-    """Everything that decides a wash.  Names follow the reference (law-reference §9) where one exists.
+class TargetConfig(_Section):
+    """Context templates (§2.1) and the targets z* (§2.3): per fact, Adam on a δ added at the last
+    edited layer until the model emits ``target`` after the prompt."""
 
-    Targets z* (§2.3): ``v_*``, ``clamp_norm_factor``, ``kl_factor``, ``loss_threshold``.
-    MEMIT init (§4): ``mom2_update_weight`` (initial λ) and the λ rule:
-      * ``"disruption"`` (default): the smallest λ whose update changes this layer's outputs on
-        the corpus by at most a budget in relative mean square, tr(ΔCΔᵀ)/tr(WCWᵀ) ≤ budget, with
-        budget = min(``disruption_per_fact``·m, ``disruption_budget``) for m facts (or
-        ``disruption_budget`` alone when ``disruption_per_fact`` is None): the disruption an
-        edit needs grows with the number of facts it must fit (benchmarks/bench_budget.py).
-      * ``"fit"``: the largest λ (least disruption) whose update reaches the targets at the keys
-        to within ``fit_target`` in relative norm, ‖KΔᵀ − R‖/‖R‖ ≤ fit_target.
-      * ``"reference"``: the authors' search: λ += ``lambda_step`` while ‖Δ‖ > ``norm_bounds[1]``·‖W‖,
-        λ *= ``decay_factor`` while ‖Δ‖ < ``norm_bounds[0]``·‖W‖ (capped at ``max_lambda_trials``).
-      * ``"fixed"``: λ = ``mom2_update_weight``.
-    LaW (§5): Adam with ``learning_rate`` for ``total_iters`` steps, β = ``beta_ratio``·ρ(Δ₀),
-    lr ← ``lr_after_hitting_boundary`` on first contact.
-    Elimination (§6): ``prune_requests``, ``keep_original_requests``.
-    Fine-tuning baselines (``method`` in BASELINE_METHODS; §8, docs/baselines.md): ``ft_*``
-    (optimiser, LoRA, precision), ``meft_*``, ``woh_*`` and the perplexity guard ``guard_*``;
-    see :meth:`baseline_preset` and :meth:`resolved`.
-    """
-
-    layers: tuple[int, ...]
-    method: str = "law"
     target: str = "eos"                 # "eos": the EOS token alone; "space+eos": " " + EOS as the reference; else literal text
-    only_known: bool = True             # wash only facts the model produces before the wash
-    seed: int = 0
-    # context templates (§2.1)
     template_length: int = 10
-    # targets z* (§2.3)
     v_num_grad_steps: int = 20
     v_lr: float = 0.5
     v_loss_layer: int = -1              # -1: the last block
@@ -53,13 +72,48 @@ class WashConfig:
     kl_factor: float = 0.0625
     loss_threshold: float = 0.05
     target_batch_tokens: int = 16384    # aligned prompt tokens per z* chunk (bounds memory; facts sorted by prefix length)
-    # covariance statistics (§3)
+
+    def problems(self) -> list[str]:
+        bad = [name for name in ("v_num_grad_steps", "target_batch_tokens", "template_length")
+               if not _positive_int(getattr(self, name))]
+        return [f"{name} must be an integer >= 1, got {getattr(self, name)!r}" for name in bad]
+
+
+@dataclass(frozen=True)
+class StatsConfig(_Section):
+    """The covariance statistics C = E[kkᵀ] (§3)."""
+
     corpus: str | None = None           # None: the embedded default corpus (text sampled from the model, seeded)
     mom2_n_samples: int = 100_000       # documents sampled from the corpus
     stats_max_length: int = 1024
     stats_dtype: str = "float64"        # accumulator dtype
     stats_batch_tokens: int = 4096
-    # MEMIT initialisation (§4)
+
+    def problems(self) -> list[str]:
+        problems = [f"{name} must be an integer >= 1, got {getattr(self, name)!r}"
+                    for name in ("mom2_n_samples", "stats_max_length", "stats_batch_tokens")
+                    if not _positive_int(getattr(self, name))]
+        if self.stats_dtype not in ("float32", "float64"):
+            problems.append(f"stats_dtype must be 'float32' or 'float64', got {self.stats_dtype!r}")
+        return problems
+
+
+@dataclass(frozen=True)
+class MemitConfig(_Section):
+    """The MEMIT initialisation (§4): ``mom2_update_weight`` (initial λ) and the λ rule:
+
+    * ``"disruption"`` (default): the smallest λ whose update changes this layer's outputs on
+      the corpus by at most a budget in relative mean square, tr(ΔCΔᵀ)/tr(WCWᵀ) ≤ budget, with
+      budget = min(``disruption_per_fact``·m, ``disruption_budget``) for m facts (or
+      ``disruption_budget`` alone when ``disruption_per_fact`` is None): the disruption an
+      edit needs grows with the number of facts it must fit (benchmarks/bench_budget.py).
+    * ``"fit"``: the largest λ (least disruption) whose update reaches the targets at the keys
+      to within ``fit_target`` in relative norm, ‖KΔᵀ − R‖/‖R‖ ≤ fit_target.
+    * ``"reference"``: the authors' search: λ += ``lambda_step`` while ‖Δ‖ > ``norm_bounds[1]``·‖W‖,
+      λ *= ``decay_factor`` while ‖Δ‖ < ``norm_bounds[0]``·‖W‖ (capped at ``max_lambda_trials``).
+    * ``"fixed"``: λ = ``mom2_update_weight``.
+    """
+
     mom2_update_weight: float = 20_000.0
     lambda_rule: str = "disruption"
     disruption_per_fact: float | None = 6.25e-5   # measured trade-off on SmolLM2, 16 and 64 facts (README)
@@ -69,20 +123,78 @@ class WashConfig:
     lambda_step: float = 100_000.0
     decay_factor: float = 0.75
     max_lambda_trials: int = 200
-    # LaW (§5)
+
+    def __post_init__(self):
+        object.__setattr__(self, "norm_bounds", tuple(float(x) for x in self.norm_bounds))
+        super().__post_init__()
+
+    def problems(self) -> list[str]:
+        problems = []
+        if self.lambda_rule not in LAMBDA_RULES:
+            problems.append(f"lambda_rule must be one of {LAMBDA_RULES}, got {self.lambda_rule!r}")
+        if len(self.norm_bounds) != 2 or not 0 < self.norm_bounds[0] < self.norm_bounds[1]:
+            problems.append(f"norm_bounds must be (low, high) with 0 < low < high, got {self.norm_bounds}")
+        if not 0 < self.decay_factor < 1:
+            problems.append(f"decay_factor must be in (0, 1), got {self.decay_factor}")
+        if self.disruption_budget <= 0 or self.mom2_update_weight <= 0:
+            problems.append("disruption_budget and mom2_update_weight must be positive")
+        if self.disruption_per_fact is not None and self.disruption_per_fact <= 0:
+            problems.append(f"disruption_per_fact must be positive or None, got {self.disruption_per_fact}")
+        if not 0 < self.fit_target < 1:
+            problems.append(f"fit_target must lie in (0, 1), got {self.fit_target}")
+        if not _positive_int(self.max_lambda_trials):
+            problems.append(f"max_lambda_trials must be an integer >= 1, got {self.max_lambda_trials!r}")
+        return problems
+
+    def disruption_for(self, n_facts: int) -> float:
+        """The "disruption" rule's budget for an edit fitting ``n_facts`` facts."""
+        if self.disruption_per_fact is None:
+            return self.disruption_budget
+        return min(self.disruption_per_fact * n_facts, self.disruption_budget)
+
+
+@dataclass(frozen=True)
+class LawConfig(_Section):
+    """The LaW optimisation (§5): Adam with ``learning_rate`` for ``total_iters`` steps on the
+    constraint β = ``beta_ratio``·ρ(Δ₀); lr ← ``lr_after_hitting_boundary`` on first contact."""
+
     learning_rate: float = 1e-7
     lr_after_hitting_boundary: float | None = None
     total_iters: int = 1000
     beta_ratio: float = 1.1
     law_dtype: str = "float64"
-    # successive elimination (§6)
+
+    def problems(self) -> list[str]:
+        problems = []
+        if self.law_dtype not in ("float32", "float64"):
+            problems.append(f"law_dtype must be 'float32' or 'float64', got {self.law_dtype!r}")
+        if not _positive_int(self.total_iters):
+            problems.append(f"total_iters must be an integer >= 1, got {self.total_iters!r}")
+        return problems
+
+
+@dataclass(frozen=True)
+class CheckConfig(_Section):
+    """The known-fact checks (§6.2: answer in the greedy continuation) and successive elimination (§6)."""
+
     prune_requests: bool = True
     keep_original_requests: bool = True
     check_max_new_tokens: int = 10
     check_batch_size: int = 32
-    key_batch_size: int = 16          # facts per keys forward, all of their template sentences in it (GPU: raise it)
-    # fine-tuning baselines (ft, me-ft, ft-ul, seul, woh; law-reference §8, docs/baselines.md).
-    # Fields left at None take the method's default from BASELINE_DEFAULTS (see :meth:`resolved`).
+
+    def problems(self) -> list[str]:
+        return [f"{name} must be an integer >= 1, got {getattr(self, name)!r}"
+                for name in ("check_max_new_tokens", "check_batch_size") if not _positive_int(getattr(self, name))]
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(_Section):
+    """The fine-tuning baselines (ft, me-ft, ft-ul, seul, woh; law-reference §8, docs/baselines.md).
+
+    Fields left at None take the method's default from ``BASELINE_DEFAULTS`` (see
+    :meth:`WashConfig.resolved`): ``ft_*`` (optimiser, LoRA, precision), ``meft_*``, ``woh_*``
+    and the perplexity guard ``guard_*``."""
+
     ft_lr: float | None = None
     ft_epochs: int | None = None
     ft_batch_size: int | None = None
@@ -107,38 +219,13 @@ class WashConfig:
     guard_max_length: int = 128         # tokens per guard document
 
     def __post_init__(self):
-        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        if isinstance(self.ft_lora_targets, str):
+            raise ValueError(f"invalid FinetuneConfig: ft_lora_targets must be a list of module-name suffixes, "
+                             f"got the string {self.ft_lora_targets!r}")
         object.__setattr__(self, "ft_lora_targets", tuple(str(x) for x in self.ft_lora_targets))
-        object.__setattr__(self, "norm_bounds", tuple(float(x) for x in self.norm_bounds))
-        problems = []
-        if not self.layers:
-            problems.append("layers is empty")
-        if list(self.layers) != sorted(set(self.layers)):
-            problems.append(f"layers must be strictly ascending, got {list(self.layers)}")
-        if self.method not in METHODS:
-            problems.append(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.lambda_rule not in LAMBDA_RULES:
-            problems.append(f"lambda_rule must be one of {LAMBDA_RULES}, got {self.lambda_rule!r}")
-        if self.stats_dtype not in ("float32", "float64") or self.law_dtype not in ("float32", "float64"):
-            problems.append("stats_dtype and law_dtype must be 'float32' or 'float64'")
-        if not 0 < self.norm_bounds[0] < self.norm_bounds[1]:
-            problems.append(f"norm_bounds must satisfy 0 < low < high, got {self.norm_bounds}")
-        if not 0 < self.decay_factor < 1:
-            problems.append(f"decay_factor must be in (0, 1), got {self.decay_factor}")
-        if self.disruption_budget <= 0 or self.mom2_update_weight <= 0:
-            problems.append("disruption_budget and mom2_update_weight must be positive")
-        if self.disruption_per_fact is not None and self.disruption_per_fact <= 0:
-            problems.append(f"disruption_per_fact must be positive or None, got {self.disruption_per_fact}")
-        if not 0 < self.fit_target < 1:
-            problems.append(f"fit_target must lie in (0, 1), got {self.fit_target}")
-        if min(self.v_num_grad_steps, self.total_iters, self.max_lambda_trials, self.target_batch_tokens,
-               self.check_batch_size, self.check_max_new_tokens, self.key_batch_size, self.mom2_n_samples) < 1:
-            problems.append("step counts, batch sizes and sample counts must be >= 1")
-        problems += self._baseline_problems()
-        if problems:
-            raise ValueError("invalid WashConfig: " + "; ".join(problems))
+        super().__post_init__()
 
-    def _baseline_problems(self) -> list[str]:
+    def problems(self) -> list[str]:
         problems = []
         for name in ("ft_lr", "woh_reinforce_lr", "woh_alpha", "ft_lora_alpha", "meft_linf"):
             value = getattr(self, name)
@@ -147,7 +234,7 @@ class WashConfig:
         for name in ("ft_epochs", "ft_batch_size", "ft_max_steps", "woh_reinforce_epochs", "ft_lora_rank", "guard_every",
                      "guard_texts"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            if value is not None and not _positive_int(value):
                 problems.append(f"{name} must be an integer >= 1, got {value!r}")
         if self.guard_max_length < 2:
             problems.append(f"guard_max_length must be >= 2, got {self.guard_max_length}")
@@ -161,23 +248,83 @@ class WashConfig:
             problems.append(f"meft_layer must be >= 0, got {self.meft_layer}")
         return problems
 
+
+#: section attribute → its class, in the order ``to_dict`` writes them
+SECTIONS: dict[str, type] = {"targets": TargetConfig, "stats": StatsConfig, "memit": MemitConfig, "law": LawConfig,
+                             "checks": CheckConfig, "finetune": FinetuneConfig}
+#: flat field name → the section that holds it
+SECTION_OF: dict[str, str] = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+
+
+@dataclass(frozen=True)
+class WashConfig:
+    """Everything that decides a wash: the common fields and one section per stage (module docstring).
+
+    Build one with :meth:`preset` (per model family), :meth:`from_dict`/:meth:`from_json` (nested or
+    flat), :meth:`from_reference_hparams`, or directly: ``WashConfig(layers=(4, 5), law=LawConfig(total_iters=250))``;
+    change fields of any section with ``config.replace(total_iters=100, v_lr=0.1)``.
+    """
+
+    layers: tuple[int, ...]
+    method: str = "law"
+    only_known: bool = True             # wash only facts the model produces before the wash
+    seed: int = 0
+    key_batch_size: int = 16            # facts per keys forward, all of their template sentences in it (GPU: raise it)
+    targets: TargetConfig = field(default_factory=TargetConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    memit: MemitConfig = field(default_factory=MemitConfig)
+    law: LawConfig = field(default_factory=LawConfig)
+    checks: CheckConfig = field(default_factory=CheckConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def __post_init__(self):
+        if isinstance(self.layers, (str, bytes)) or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool)
+                                                           for x in self.layers):
+            raise ValueError(f"invalid WashConfig: layers must be a list of block indices (integers), got {self.layers!r}")
+        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        problems = []
+        if not self.layers:
+            problems.append("layers is empty")
+        if list(self.layers) != sorted(set(self.layers)) or (self.layers and self.layers[0] < 0):
+            problems.append(f"layers must be strictly ascending block indices >= 0, got {list(self.layers)}")
+        if self.method not in METHODS:
+            problems.append(f"method must be one of {METHODS}, got {self.method!r}")
+        if not _positive_int(self.key_batch_size):
+            problems.append(f"key_batch_size must be an integer >= 1, got {self.key_batch_size!r}")
+        for name, cls in SECTIONS.items():
+            if not isinstance(getattr(self, name), cls):
+                problems.append(f"{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+        if problems:
+            raise ValueError("invalid WashConfig: " + "; ".join(problems))
+
+    @property
+    def target(self) -> str:
+        """What the washed model should emit after a fact prompt (``targets.target``)."""
+        return self.targets.target
+
     def resolved(self) -> "WashConfig":
         """This config with the baseline fields left at None filled in from ``BASELINE_DEFAULTS[method]``
         (and ``meft_layer`` from ``layers[0]``); unchanged for "law"/"memit"."""
         if self.method not in BASELINE_METHODS:
             return self
-        changes = {k: v for k, v in BASELINE_DEFAULTS[self.method].items() if getattr(self, k) is None}
-        if self.meft_layer is None and self.method == "me-ft":
+        changes = {k: v for k, v in BASELINE_DEFAULTS[self.method].items() if getattr(self.finetune, k) is None}
+        if self.finetune.meft_layer is None and self.method == "me-ft":
             changes["meft_layer"] = self.layers[0]
         return self.replace(**changes) if changes else self
 
+    def replace(self, **changes) -> "WashConfig":
+        """A copy with ``changes``: common fields, whole sections, or fields of any section by name."""
+        top, per_section = _route(changes, "WashConfig.replace")
+        for name, fields_ in per_section.items():
+            top[name] = top.get(name, getattr(self, name)).replace(**fields_)
+        return dataclasses.replace(self, **top)
+
     # -- JSON ----------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        """The nested form: common fields, then one object per section."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in SECTIONS}
         d["layers"] = list(self.layers)
-        d["norm_bounds"] = list(self.norm_bounds)
-        d["ft_lora_targets"] = list(self.ft_lora_targets)
-        return d
+        return d | {name: getattr(self, name).to_dict() for name in SECTIONS}
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
@@ -186,12 +333,31 @@ class WashConfig:
         return text
 
     @classmethod
-    def from_dict(cls, data: dict) -> "WashConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown WashConfig field(s) {unknown}; known fields: {sorted(names)}")
-        return cls(**data)
+    def create(cls, **fields) -> "WashConfig":
+        """Keyword form of :meth:`from_dict`: ``WashConfig.create(layers=(4, 5), total_iters=250, v_lr=0.1)``."""
+        return cls.from_dict(fields)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "WashConfig":
+        """From the nested form (:meth:`to_dict`) or a flat one (every field at the top level, as
+        config files were written before sections existed), or a mix of both."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a WashConfig is a JSON object, got {type(data).__name__}")
+        top, per_section = _route(data, "WashConfig")
+        for name in SECTIONS:
+            if name not in top and name not in per_section:
+                continue
+            nested = top.pop(name, None) or {}
+            if isinstance(nested, SECTIONS[name]):
+                nested = nested.to_dict()
+            if not isinstance(nested, Mapping):
+                raise ValueError(f"WashConfig section {name!r} must be an object, got {type(nested).__name__}")
+            unknown = sorted(set(nested) - {f.name for f in dataclasses.fields(SECTIONS[name])})
+            if unknown:
+                raise ValueError(f"unknown field(s) {unknown} in WashConfig section {name!r}; known fields: "
+                                 f"{sorted(f.name for f in dataclasses.fields(SECTIONS[name]))}")
+            top[name] = SECTIONS[name](**{**nested, **per_section.get(name, {})})
+        return cls(**top)
 
     @classmethod
     def from_json(cls, path_or_text: str | os.PathLike) -> "WashConfig":
@@ -203,15 +369,6 @@ class WashConfig:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}: line {e.lineno}: invalid JSON: {e.msg}") from None
         return cls.from_dict(json.loads(text))
-
-    def disruption_for(self, n_facts: int) -> float:
-        """The "disruption" rule's budget for an edit fitting ``n_facts`` facts."""
-        if self.disruption_per_fact is None:
-            return self.disruption_budget
-        return min(self.disruption_per_fact * n_facts, self.disruption_budget)
-
-    def replace(self, **changes) -> "WashConfig":
-        return dataclasses.replace(self, **changes)
 
     # -- presets -------------------------------------------------------------------------
     @classmethod
@@ -241,7 +398,7 @@ class WashConfig:
             start = min(max(0, round(0.15 * n_layers)), n_layers - count)
             base = dict(layers=tuple(range(start, start + count)))
         base.update(overrides)
-        return cls(**base)
+        return cls.from_dict(base)
 
     @classmethod
     def baseline_preset(cls, method: str, model, *, paper: bool = False, dataset: str = "mcf", **overrides) -> "WashConfig":
@@ -308,7 +465,26 @@ class WashConfig:
         kwargs["target"] = "space+eos"
         kwargs["v_loss_layer"] = -1 if "v_loss_layer" not in data else int(data["v_loss_layer"])
         kwargs.update(overrides)
-        return cls(**kwargs)
+        return cls.from_dict(kwargs)
+
+
+def _route(data: Mapping[str, Any], where: str) -> tuple[dict, dict[str, dict]]:
+    """Split ``data`` into (common fields and whole sections, {section: its fields given by name})."""
+    own = {f.name for f in dataclasses.fields(WashConfig)}
+    top: dict = {}
+    per_section: dict[str, dict] = {}
+    unknown = []
+    for key, value in data.items():
+        if key in own:
+            top[key] = value
+        elif key in SECTION_OF:
+            per_section.setdefault(SECTION_OF[key], {})[key] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"unknown {where} field(s) {sorted(unknown)}; known fields: {sorted(own - set(SECTIONS))}, "
+                         f"sections {list(SECTIONS)} and their fields: {sorted(SECTION_OF)}")
+    return top, per_section
 
 
 def _reference_model_name(config) -> str | None:

@@ -40,7 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-__all__ = ["Corpus", "CorpusError", "load_corpus", "parse_hf_source"]
+from .hf.adapters import model_fingerprint, model_name
+from .hf.generate import sample_continuations
+from .hf.loading import cache_dir
+
+__all__ = ["Corpus", "CorpusError", "default_corpus", "load_corpus", "parse_hf_source", "resolve"]
 
 logger = logging.getLogger(__name__)
 
@@ -347,3 +351,55 @@ def load_corpus(
         corpus = _load_memory(source, n_samples, seed, min_chars)
     logger.info("corpus %s: %d documents", corpus.identity, len(corpus))
     return corpus
+
+
+def resolve(source, model=None, tokenizer=None, *, n_samples: int | None = None, seed: int = 1,
+            default_texts: int = 64, default_tokens: int = 128) -> Corpus:
+    """The one way the library turns a corpus argument into a :class:`Corpus`.
+
+    ``source`` None: the embedded default corpus, ``default_texts`` texts of ``default_tokens``
+    tokens sampled from ``model`` (:func:`default_corpus`; needs ``model`` and ``tokenizer``); a
+    :class:`Corpus`: itself; anything else (a path, ``"hf:..."``, a list of texts):
+    :func:`load_corpus` with ``n_samples`` and ``seed``."""
+    if source is None:
+        if model is None or tokenizer is None:
+            raise ValueError("the default corpus is sampled from the model: pass model and tokenizer, or a corpus")
+        return default_corpus(model, tokenizer, n_texts=default_texts, new_tokens=default_tokens)
+    if isinstance(source, Corpus):
+        return source
+    return load_corpus(source, n_samples=n_samples, seed=seed)
+
+
+DEFAULT_CORPUS_PROMPTS = (
+    "The", "In", "A", "It", "He", "She", "They", "We", "This", "When", "After", "Although", "Many", "Some", "One",
+    "Today", "History", "Science", "According to", "During the", "My", "There", "If", "Why", "How", "What",
+    "The city of", "The team", "Scientists", "The government", "In 1990,", "Music", "The company", "Water",
+    "The first", "Students", "Our", "Every", "Most", "At the", "For", "Two", "Although the", "Researchers",
+    "The book", "The river", "People", "Yesterday",
+)
+
+
+def default_corpus(model, tokenizer, n_texts: int = 64, new_tokens: int = 128, seed: int = 1234) -> Corpus:
+    """The embedded default corpus: text sampled from the model itself (top-40, fixed seed).
+
+    Needs no download and no licence; it is cached on disk per model fingerprint.  It is a
+    stand-in for real text: for real runs pass a corpus (e.g. WikiText or Wikipedia)."""
+    ident = f"sampled:{model_name(model)}:{model_fingerprint(model)}:n={n_texts}:len={new_tokens}:seed={seed}"
+    path = cache_dir() / "corpora" / (hashlib.sha256(ident.encode()).hexdigest()[:20] + ".json")
+    texts = None
+    if path.is_file():
+        try:
+            blob = json.loads(path.read_text())
+            texts = blob["texts"] if blob.get("identity") == ident else None
+        except (json.JSONDecodeError, KeyError, TypeError):
+            texts = None
+    if texts is None:
+        prompts = [DEFAULT_CORPUS_PROMPTS[i % len(DEFAULT_CORPUS_PROMPTS)] for i in range(n_texts)]
+        conts = sample_continuations(model, tokenizer, prompts, max_new_tokens=new_tokens, top_k=40, seed=seed,
+                                     batch_size=64, desc="sampling default corpus")
+        texts = [p + c for p, c in zip(prompts, conts)]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"identity": ident, "texts": texts}))
+        os.replace(tmp, path)
+    return load_corpus(texts)

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 __all__ = [
     "FORMATS",
+    "answer_in",
     "Fact",
     "FactError",
     "FactFormatError",
@@ -84,6 +85,12 @@ class FactFormatError(ValueError):
 # ----------------------------------------------------------------------------------------
 # Fact
 # ----------------------------------------------------------------------------------------
+
+
+def answer_in(answer: str, continuation: str) -> bool:
+    """The reference's correctness rule (law-reference §6.2): the stripped, lower-cased answer is a
+    substring of the (lower-cased) continuation."""
+    return answer.strip().lower() in continuation.lower()
 
 
 def _short(value: Any, limit: int = 80) -> str:

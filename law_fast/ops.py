@@ -24,6 +24,7 @@ Environment switches, read once at import:
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -34,6 +35,8 @@ from .kernels import law_step as _law_step_kernels
 from .kernels.cov_accumulate import check_cov_accumulate_args, cov_accumulate_ref
 from .kernels.law_step import (check_law_adam_step_args, check_law_quadratic_args, law_adam_step_ref, law_quadratic_ref,
                                law_state)
+
+log = logging.getLogger(__name__)
 
 __all__ = ["cov_accumulate_", "law_quadratic", "law_adam_step_", "law_state", "backend_report"]
 

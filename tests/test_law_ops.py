@@ -442,11 +442,11 @@ def test_triton_interpreted_adam_step_matches_float64(case, dtype, f, d):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_triton_interpreted_law_optimize_trajectory(dtype):
     """The whole solver on the Triton kernels follows the reference kernels' trajectory."""
-    from law_fast.config import WashConfig
-    from law_fast.law import LawKernels, law_optimize
+    from law_fast.config import LawConfig
+    from law_fast.washing.law import LawKernels, law_optimize
 
     U, G, C = make_problem(40, 16, torch.float64)
-    cfg = WashConfig(layers=(0,), learning_rate=1e-3, lr_after_hitting_boundary=1e-5, total_iters=60,
+    cfg = LawConfig(learning_rate=1e-3, lr_after_hitting_boundary=1e-5, total_iters=60,
                      beta_ratio=1.02, law_dtype=str(dtype)[6:])
     ours, report = law_optimize(U.T, G, C, cfg, kernels=LawKernels(kernels.law_quadratic_triton,
                                                                     kernels.law_adam_step_triton))

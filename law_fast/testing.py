@@ -1,0 +1,172 @@
+"""What tests and benchmarks share: deliberately plain implementations of the washing stages,
+written the reference's way (law-reference.md), that the fast paths are checked and timed
+against; and tiny random Hugging Face models of every supported family with an in-memory
+tokenizer (no download).  Not imported by the library itself."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from .hf.hooks import block_output_tensor, frozen
+from .hf.tokens import encode_at
+from .washing.targets import _rows as rows
+
+log = logging.getLogger(__name__)
+
+FAMILIES = ("gpt2", "gptj", "gpt_neox", "llama")
+
+TOKENIZER_TEXT = [
+    "The capital of France is Paris. The capital of Italy is Rome. The mother tongue of Danielle Darrieux is French.",
+    "Apple was founded by Steve Jobs. Toyota is headquartered in Japan. The Eiffel Tower is located in Paris.",
+    "I think that you should go because it is late. Therefore we stay. The man is a teacher and a writer.",
+    "hello world this is text about science, history, music and the river in the city of London, Berlin, Madrid.",
+]
+
+
+def make_tiny_tokenizer():
+    """A byte-level BPE (fast, with offsets) trained in memory; EOS = pad = <|endoftext|>."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(TOKENIZER_TEXT * 4, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"],
+                            show_progress=False)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def make_tiny_model(family: str, vocab_size: int, n_layers: int = 4, seed: int = 0):
+    """A tiny random causal LM of ``family`` (hidden 32, MLP 64 — f ≠ d so orientation errors show)."""
+    from transformers import (GPT2Config, GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM, GPTNeoXConfig,
+                              GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM)
+
+    torch.manual_seed(seed)
+    if family == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_positions=256, n_embd=32, n_layer=n_layers, n_head=4,
+                                           n_inner=64, eos_token_id=0, bos_token_id=0))
+    elif family == "gptj":
+        model = GPTJForCausalLM(GPTJConfig(vocab_size=vocab_size, n_positions=256, n_embd=32, n_layer=n_layers, n_head=4,
+                                           rotary_dim=8, n_inner=64, eos_token_id=0, bos_token_id=0))
+    elif family == "gpt_neox":
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=n_layers,
+                                                 num_attention_heads=4, intermediate_size=64, max_position_embeddings=256,
+                                                 eos_token_id=0, bos_token_id=0))
+    elif family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=n_layers,
+                                             num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                                             max_position_embeddings=256, eos_token_id=0, bos_token_id=0, pad_token_id=0))
+    else:
+        raise ValueError(f"unknown family {family!r}; known: {FAMILIES}")
+    return model.eval()
+
+
+def plain_compute_z(model, adapter, tok, fact, templates, config, z_layer, target_ids):
+    """One fact at a time, torch.optim.Adam, full forward with the model's own logits (law-reference §2.3)."""
+    suffix = tok.decode(target_ids[:-1]) if len(target_ids) > 1 else ""
+    texts, ends = rows([fact], templates, suffix)   # T rewriting prompts + the KL prompt
+    enc = encode_at(tok, texts, ends)
+    n_t = len(target_ids)
+    d = adapter.dims(model, z_layer)[0]
+    delta = torch.zeros(d, requires_grad=True, dtype=next(model.parameters()).dtype)
+    opt = torch.optim.Adam([delta], lr=config.v_lr)
+    state = {}
+
+    def hook(module, args, output):
+        h = block_output_tensor(output)
+        if "z_init" not in state:
+            state["z_init"] = h[0, enc.index[0]].detach().clone()
+        h = h.clone()
+        for row in range(h.shape[0]):
+            h[row, enc.index[row]] = h[row, enc.index[row]] + delta
+        return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
+
+    handle = adapter.block(model, z_layer).register_forward_hook(hook)
+    try:
+        with frozen(model):
+            for it in range(config.v_num_grad_steps):
+                opt.zero_grad()
+                logits = model(**enc.model_inputs).logits
+                logp_all = torch.log_softmax(logits, -1)
+                nll = 0.0
+                for row in range(len(templates)):
+                    n = int(enc.lengths[row])
+                    for j, tid in enumerate(target_ids):
+                        nll = nll - logp_all[row, n - n_t + j, tid] / n_t
+                nll = nll / len(templates)
+                kl_row = len(templates)
+                log_p = logp_all[kl_row, enc.index[kl_row]]
+                if "log_p_init" not in state:
+                    state["log_p_init"] = log_p.detach().clone()
+                kl = torch.nn.functional.kl_div(state["log_p_init"][None], log_p[None], log_target=True, reduction="batchmean")
+                wd = config.v_weight_decay * delta.norm() / state["z_init"].norm() ** 2
+                loss = nll + config.kl_factor * kl + wd
+                if loss.item() < config.loss_threshold or it == config.v_num_grad_steps - 1:
+                    break
+                loss.backward()
+                opt.step()
+                max_norm = config.clamp_norm_factor * state["z_init"].norm()
+                if delta.norm() > max_norm:
+                    with torch.no_grad():
+                        delta[...] = delta * max_norm / delta.norm()
+    finally:
+        handle.remove()
+    return (state["z_init"] + delta).detach()
+
+
+def plain_memit_delta(keys, resid, cov, lam):
+    """Δ = Rᵀ K (λC + KᵀK)⁻¹ by a fresh float64 solve (keys m×f, resid m×d)."""
+    K, R, C = keys.double(), resid.double(), cov.double()
+    A = lam * C + K.T @ K
+    return torch.linalg.solve(A, K.T @ R).T
+
+
+def plain_lambda(K, R, C, W, budget: float) -> float:
+    """The library's disruption rule and bisection, each trial a fresh float64 solve."""
+    def disruption(lam):
+        delta = plain_memit_delta(K, R, C, lam)
+        return float((delta @ C * delta).sum())
+
+    target = budget * float((W @ C * W).sum())
+    # the library's bracket: λ relative to the largest eigenvalue of C^{-1/2} G C^{-1/2} (computed once)
+    L = torch.linalg.cholesky(C)
+    M = torch.linalg.solve_triangular(L, torch.linalg.solve_triangular(L, K.T @ K, upper=False).T, upper=False)
+    scale = float(torch.linalg.eigvalsh(0.5 * (M + M.T)).max())
+    lo, hi = 1e-10 * scale, 1e10 * scale
+    if disruption(lo) <= target:
+        return lo
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        if disruption(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+        if hi / lo < 1 + 1e-6:
+            break
+    return hi
+
+
+def plain_law(delta0, keys, cov, config):
+    """The reference's update_upd_matrix: autograd through K in float64, returns the final iterate and first contact."""
+    U = delta0.T.double().clone().requires_grad_(True)
+    K = keys.double().T  # f×m
+    C = cov.double()
+    beta = config.beta_ratio * float(torch.trace(U.detach().T @ C @ U.detach()) / torch.trace(C))
+    opt = torch.optim.Adam([U], lr=config.learning_rate)
+    first = None
+    for t in range(config.total_iters):
+        opt.zero_grad()
+        loss = -((U.T @ K) ** 2).sum()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            rho = float(torch.trace(U.T @ C @ U) / torch.trace(C))
+            if rho > beta:
+                U.data = U.data * (beta / rho) ** 0.5
+                if first is None:
+                    first = t
+                    if config.lr_after_hitting_boundary is not None:
+                        for g in opt.param_groups:
+                            g["lr"] = config.lr_after_hitting_boundary
+    return U.detach().T, first

@@ -1,0 +1,48 @@
+"""``wash()``: the one entry point of every washing method, and the registry of methods.
+
+Adding a method is one entry in :data:`METHODS`: a runner
+``runner(model, tokenizer, facts, config, *, corpus, final_check, progress) -> WashResult`` that
+builds on :func:`law_fast.washing.result.run_method` (and its name in ``law_fast.config.METHODS``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+from ..baselines.methods import run_baseline
+from ..config import METHODS as METHOD_NAMES
+from ..config import WashConfig
+from ..facts import Fact
+from ..hf.adapters import get_adapter
+from .closed_form import run_closed_form
+from .result import WashResult
+
+log = logging.getLogger(__name__)
+
+Runner = Callable[..., WashResult]
+
+#: method name → runner
+METHODS: dict[str, Runner] = {"law": run_closed_form, "memit": run_closed_form,
+                              **{name: run_baseline for name in ("ft", "me-ft", "ft-ul", "seul", "woh")}}
+assert tuple(METHODS) == METHOD_NAMES, "law_fast.config.METHODS and the registry must name the same methods"
+
+
+def wash(model, tokenizer, facts: Sequence[Fact], config: WashConfig | None = None, *, method: str | None = None,
+         corpus=None, final_check: bool = True, progress: bool = True) -> WashResult:
+    """Wash ``facts`` out of ``model`` in place and return a :class:`~law_fast.washing.result.WashResult`.
+
+    ``config`` defaults to :meth:`WashConfig.preset`; ``method`` overrides ``config.method``:
+    "law" (default), "memit" (the closed-form init alone) or a fine-tuning baseline — "ft",
+    "me-ft", "ft-ul", "seul", "woh" (:mod:`law_fast.baselines`, docs/baselines.md).  ``corpus``
+    (a path, a list of texts or a :class:`~law_fast.corpus.Corpus`) overrides ``config.stats.corpus``
+    for the covariance statistics (the baselines: the perplexity guard's held-out texts).  On any
+    error — up to the final check — the model's original weights are restored before the
+    exception propagates.
+    """
+    get_adapter(model)   # an unsupported architecture fails here, with what to do about it
+    config = config or WashConfig.preset(model)
+    if method is not None:
+        config = config.replace(method=method)
+    return METHODS[config.method](model, tokenizer, facts, config, corpus=corpus, final_check=final_check,
+                                  progress=progress)

@@ -1,0 +1,342 @@
+"""Covariance statistics C_ℓ = E[k kᵀ] of down-projection inputs over a corpus (law-reference §3).
+
+One pass over the corpus serves every requested layer: each batch runs the model only up to
+the deepest missing layer and accumulates the keys of all layers (padding excluded) with the
+``cov_accumulate_`` op.  Results are cached per layer on disk as the raw sum and the token
+count, keyed by model identity (name + weight fingerprint), layer, corpus identity (which
+includes the sample count and seed), max length, accumulator dtype and block size; files are
+written atomically and a corrupt or mismatching file is recomputed with a warning.
+
+Resume: every ``checkpoint_every_tokens`` tokens the partial sums, the token count and the
+position in the (deterministic) batch stream are written atomically to a checkpoint file next
+to the cache files, keyed like them plus the layer set and ``batch_tokens``.  A rerun with the
+same arguments continues from it and gives bit-identical sums; the checkpoint is deleted once
+the per-layer cache files are written.  See docs/statistics.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..corpus import Corpus
+from ..hf.adapters import Adapter, model_device, model_fingerprint, model_name
+from ..hf.compat import pad_id
+from ..hf.hooks import capture, run_until
+from ..hf.loading import cache_dir
+from ..ops import cov_accumulate_
+
+log = logging.getLogger(__name__)
+
+SORT_GROUP = 256  # documents are length-sorted within consecutive groups of this many (limits padding)
+DTYPES = ("float32", "float64")
+
+
+@dataclass
+class LayerStats:
+    """Raw second-moment sum and token count of one layer's keys."""
+
+    sum: torch.Tensor    # (f, f) float32/float64: Σ k kᵀ
+    count: int           # number of tokens
+
+    @property
+    def cov(self) -> torch.Tensor:
+        """C = Σ k kᵀ / count (uncentred)."""
+        if self.count == 0:
+            raise ValueError("no tokens were accumulated")
+        return self.sum / self.count
+
+
+# ------------------------------------------------------------------------------------------
+# Cache and checkpoint files
+# ------------------------------------------------------------------------------------------
+def _stats_key(name: str, fingerprint: str, layer: int, corpus: Corpus, max_length: int, dtype: str,
+               block_tokens: int | None = None) -> dict:
+    return {"model": name, "fingerprint": fingerprint, "layer": layer, "corpus": corpus.identity,
+            "max_length": max_length, "dtype": dtype, "block_tokens": block_tokens, "version": 1}
+
+
+def _checkpoint_key(layer_keys: Sequence[dict], batch_tokens: int) -> dict:
+    """A partial run is keyed by everything its layers' cache keys hold, plus the batching."""
+    return {"kind": "checkpoint", "layers": list(layer_keys), "batch_tokens": batch_tokens,
+            "sort_group": SORT_GROUP, "version": 1}
+
+
+def _key_path(key: dict, model: str, fingerprint: str, stem: str) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model)[-60:]
+    return cache_dir() / "stats" / f"{safe}-{fingerprint}" / f"{stem}-{digest}.pt"
+
+
+def _cache_path(key: dict) -> Path:
+    return _key_path(key, key["model"], key["fingerprint"], f"layer{key['layer']}")
+
+
+def _checkpoint_path(key: dict) -> Path:
+    first = key["layers"][0]
+    return _key_path(key, first["model"], first["fingerprint"], "checkpoint")
+
+
+def _write_atomic(path: Path, blob: dict) -> None:
+    """torch.save to a temporary file in the same directory, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load_cached(path: Path, key: dict) -> LayerStats | None:
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if blob["key"] != json.dumps(key, sort_keys=True):
+            raise ValueError("key mismatch")
+        stats = LayerStats(blob["sum"], int(blob["count"]))
+        if stats.sum.ndim != 2 or stats.sum.shape[0] != stats.sum.shape[1] or stats.count <= 0:
+            raise ValueError("bad shapes or count")
+        return stats
+    except Exception as e:  # corrupt, truncated or foreign file: recompute, never use it
+        warnings.warn(f"covariance cache {path} is unusable ({type(e).__name__}: {e}); recomputing", stacklevel=3)
+        return None
+
+
+def _save_atomic(path: Path, key: dict, stats: LayerStats) -> None:
+    _write_atomic(path, {"key": json.dumps(key, sort_keys=True), "sum": stats.sum.cpu(), "count": stats.count})
+
+
+# ------------------------------------------------------------------------------------------
+# Accumulation
+# ------------------------------------------------------------------------------------------
+class _Accumulator:
+    """Σ k kᵀ and the token count of one layer's keys, on the model's device.
+
+    Plain (``block_tokens=None``): every batch goes into one (f, f) ``dtype`` matrix.
+    Blocked: batches go into a fresh ``dtype`` block that is added to a float64 total once it
+    holds ``block_tokens`` tokens, so the rounding error of a float32 block never grows with
+    the corpus (docs/statistics.md has the measured errors).
+    """
+
+    def __init__(self, f: int, dtype: torch.dtype, block_tokens: int | None, device: torch.device):
+        self.block = torch.zeros((f, f), dtype=dtype, device=device)
+        self.total = torch.zeros((f, f), dtype=torch.float64, device=device) if block_tokens else None
+        self.count = torch.zeros((), dtype=torch.long, device=device)
+        self.block_tokens = block_tokens
+        self.tokens_in_block = 0  # host-side, so folding needs no device sync
+
+    def add(self, keys: torch.Tensor) -> None:
+        """keys: (n, f) float32/bf16/fp16 (float64 with a float64 accumulator)."""
+        cov_accumulate_(keys, self.block, self.count)
+        if self.total is not None:
+            self.tokens_in_block += keys.shape[0]
+            if self.tokens_in_block >= self.block_tokens:
+                self.total.add_(self.block)
+                self.block.zero_()
+                self.tokens_in_block = 0
+
+    def state(self) -> dict:
+        return {"block": self.block, "total": self.total, "count": self.count, "tokens_in_block": self.tokens_in_block}
+
+    def check_state(self, state: dict) -> None:
+        """Raise ValueError unless ``state`` (from :meth:`state`) fits this accumulator."""
+        for name in ("block", "total", "count"):
+            mine, theirs = getattr(self, name), state[name]
+            if (mine is None) != (theirs is None) or (mine is not None and (
+                    theirs.shape != mine.shape or theirs.dtype != mine.dtype)):
+                raise ValueError(f"{name} does not match the accumulator")
+        if not 0 <= int(state["tokens_in_block"]) < (self.block_tokens or 1):
+            raise ValueError("bad tokens_in_block")
+
+    def load_state(self, state: dict) -> None:
+        for name in ("block", "total", "count"):
+            if state[name] is not None:
+                getattr(self, name).copy_(state[name])
+        self.tokens_in_block = int(state["tokens_in_block"])
+
+    def result(self) -> LayerStats:
+        total = self.block if self.total is None else self.total.add_(self.block)
+        return LayerStats(total.cpu(), int(self.count))
+
+
+class _KeyCollector:
+    """Forward pre-hooks on the down-projections that add each layer's keys to its accumulator
+    during the forward pass (so no layer's keys outlive its MLP).  Padding is excluded: call
+    :meth:`set_mask` with the batch's attention mask before each forward pass."""
+
+    def __init__(self, model, adapter: Adapter, accumulators: dict[int, _Accumulator]):
+        self.rows: torch.Tensor | None = None  # flat indices of the real tokens; None: all
+        self.handles = [adapter.down_proj_module(model, layer).register_forward_pre_hook(self._hook(accumulator))
+                        for layer, accumulator in accumulators.items()]
+
+    def set_mask(self, mask: torch.Tensor) -> int:
+        """mask: (B, T) attention mask on the host; returns the number of real tokens."""
+        flat = mask.reshape(-1).bool()
+        n_tokens = int(flat.sum())
+        self.rows = None if n_tokens == flat.numel() else flat.nonzero().squeeze(1)
+        return n_tokens
+
+    def _hook(self, accumulator: _Accumulator):
+        def hook(module, args):
+            keys = args[0].reshape(-1, args[0].shape[-1])  # (B·T, f)
+            if self.rows is not None:
+                self.rows = self.rows.to(keys.device, non_blocking=True)  # once per batch (per device)
+                keys = keys.index_select(0, self.rows)
+            accumulator.add(keys)
+        return hook
+
+    def __enter__(self) -> "_KeyCollector":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _load_checkpoint(path: Path, key: dict, accumulators: dict[int, _Accumulator], n_documents: int) -> tuple[int, int]:
+    """Load a checkpoint into ``accumulators``; returns (documents consumed, tokens) or (0, 0)."""
+    if not path.is_file():
+        return 0, 0
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if blob["key"] != json.dumps(key, sort_keys=True):
+            raise ValueError("key mismatch")
+        documents, tokens, states = int(blob["documents"]), int(blob["tokens"]), blob["layers"]
+        if not 0 <= documents <= n_documents:
+            raise ValueError(f"position {documents} outside the corpus of {n_documents} documents")
+        for layer, accumulator in accumulators.items():
+            accumulator.check_state(states[str(layer)])
+            if int(states[str(layer)]["count"]) != tokens:
+                raise ValueError(f"layer {layer}: token count does not match the checkpoint's")
+    except Exception as e:  # corrupt, truncated or foreign file: start from the beginning
+        warnings.warn(f"statistics checkpoint {path} is unusable ({type(e).__name__}: {e}); starting from the "
+                      "beginning", stacklevel=3)
+        return 0, 0
+    for layer, accumulator in accumulators.items():
+        accumulator.load_state(states[str(layer)])
+    log.info("resuming statistics from %s: %d documents, %d tokens done", path, documents, tokens)
+    return documents, tokens
+
+
+def _save_checkpoint(path: Path, key: dict, accumulators: dict[int, _Accumulator], documents: int, tokens: int) -> None:
+    _write_atomic(path, {"key": json.dumps(key, sort_keys=True), "documents": documents, "tokens": tokens,
+                         "layers": {str(layer): acc.state() for layer, acc in accumulators.items()}})
+
+
+# ------------------------------------------------------------------------------------------
+# Batching
+# ------------------------------------------------------------------------------------------
+def tokenize_documents(tokenizer, texts: Sequence[str], max_length: int, progress: bool = False) -> list[torch.Tensor]:
+    """Token ids of every document, truncated to ``max_length``: a list of 1-D int32 tensors."""
+    documents: list[torch.Tensor] = []
+    with tqdm(total=len(texts), desc="tokenizing", unit="doc", disable=not progress) as bar:
+        for start in range(0, len(texts), SORT_GROUP):
+            batch = tokenizer(list(texts[start:start + SORT_GROUP]), truncation=True, max_length=max_length)["input_ids"]
+            documents.extend(torch.tensor(ids, dtype=torch.int32) for ids in batch)
+            bar.update(len(batch))
+    return documents
+
+
+def token_batches(documents: Sequence[torch.Tensor], batch_tokens: int, pad_id: int,
+                  start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Right-padded batches ``(input_ids, attention_mask, position)`` (both (B, T) int64) of
+    padded size ≤ ``batch_tokens`` (or one sequence); empty documents are skipped.
+
+    Documents are taken in consecutive groups of ``SORT_GROUP``, longest first within a group.
+    ``position`` counts the documents consumed after this batch: those of earlier groups plus
+    the ones of this group (in its sorted order) used so far.  The stream is deterministic, so
+    ``token_batches(..., start=position)`` yields exactly the batches that followed.
+    """
+    for group_start in range(start - start % SORT_GROUP, len(documents), SORT_GROUP):
+        group_end = min(group_start + SORT_GROUP, len(documents))
+        order = sorted((d for d in documents[group_start:group_end] if len(d) > 0), key=len, reverse=True)
+        i = start - group_start if group_start < start else 0
+        while i < len(order):
+            width = len(order[i])
+            chunk = order[i:i + max(1, batch_tokens // width)]
+            i += len(chunk)
+            input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, ids in enumerate(chunk):
+                input_ids[row, :len(ids)] = ids
+                mask[row, :len(ids)] = 1
+            yield input_ids, mask, (group_start + i if i < len(order) else group_end)
+
+
+# ------------------------------------------------------------------------------------------
+# Statistics
+# ------------------------------------------------------------------------------------------
+@torch.no_grad()
+def layer_stats(model, adapter: Adapter, tokenizer, corpus: Corpus, layers: Sequence[int], max_length: int = 1024,
+                batch_tokens: int = 4096, dtype: str = "float64", use_cache: bool = True, progress: bool = True, *,
+                block_tokens: int | None = None, checkpoint_every_tokens: int | None = 1_000_000) -> dict[int, LayerStats]:
+    """Statistics of every layer in ``layers`` from one pass over ``corpus`` (cached layers are skipped).
+
+    dtype: accumulator dtype, "float32" or "float64".  block_tokens: accumulate blocks of about
+    this many tokens in ``dtype`` and add them to a float64 total (then ``sum`` is float64);
+    None accumulates everything in ``dtype``.  checkpoint_every_tokens: write a resumable
+    checkpoint every this many tokens (None or 0: never); only with ``use_cache`` (with
+    ``use_cache=False`` nothing is read from or written to disk).
+    Returns {layer: LayerStats(sum (f, f), count)} for every layer in ``layers``.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if block_tokens is not None and block_tokens < 1:
+        raise ValueError(f"block_tokens must be None or a positive integer, got {block_tokens!r}")
+    max_length = min(max_length, getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", max_length))
+    name, fingerprint = model_name(model), model_fingerprint(model)
+    keys = {layer: _stats_key(name, fingerprint, layer, corpus, max_length, dtype, block_tokens) for layer in layers}
+    result: dict[int, LayerStats] = {}
+    if use_cache:
+        for layer in layers:
+            cached = _load_cached(_cache_path(keys[layer]), keys[layer])
+            if cached is not None:
+                result[layer] = cached
+    missing = sorted(set(layers) - set(result))
+    if not missing:
+        return result
+
+    documents = tokenize_documents(tokenizer, corpus.texts, max_length, progress)
+    total_tokens = sum(len(d) for d in documents)
+    if total_tokens == 0:
+        raise ValueError(f"corpus {corpus.identity} yielded no tokens")
+    device = model_device(model)
+    accumulators = {layer: _Accumulator(adapter.dims(model, layer)[1], getattr(torch, dtype), block_tokens,
+                                        adapter.weight(model, layer).device) for layer in missing}
+    checkpointing = bool(use_cache and checkpoint_every_tokens)
+    checkpoint_key = _checkpoint_key([keys[layer] for layer in missing], batch_tokens)
+    checkpoint_path = _checkpoint_path(checkpoint_key)
+    position, tokens_done = (_load_checkpoint(checkpoint_path, checkpoint_key, accumulators, len(documents))
+                             if checkpointing else (0, 0))
+    tokens_since_checkpoint = 0
+    bar = tqdm(total=total_tokens, initial=tokens_done, desc=f"covariance layers {missing}", unit="tok",
+               unit_scale=True, disable=not progress)
+    with bar, capture(model, adapter, stop_after=missing[-1]), _KeyCollector(model, adapter, accumulators) as collector:
+        for input_ids, mask, position in token_batches(documents, batch_tokens, pad_id(tokenizer), position):
+            n_tokens = collector.set_mask(mask)
+            run_until(model, input_ids=input_ids.to(device), attention_mask=mask.to(device))
+            bar.update(n_tokens)
+            tokens_done += n_tokens
+            tokens_since_checkpoint += n_tokens
+            if checkpointing and tokens_since_checkpoint >= checkpoint_every_tokens:
+                _save_checkpoint(checkpoint_path, checkpoint_key, accumulators, position, tokens_done)
+                tokens_since_checkpoint = 0
+    for layer, accumulator in accumulators.items():
+        result[layer] = accumulator.result()
+        if use_cache:
+            _save_atomic(_cache_path(keys[layer]), keys[layer], result[layer])
+    if checkpointing:
+        checkpoint_path.unlink(missing_ok=True)
+    return {layer: result[layer] for layer in layers}

@@ -1,0 +1,120 @@
+"""Adapters on tiny random models of every family: keys, block outputs, weight orientation, errors."""
+
+import pytest
+import torch
+
+from law_fast.hf.adapters import get_adapter, model_fingerprint
+from law_fast.hf.hooks import capture, run_until
+from law_fast.hf.tokens import encode_at, fill
+
+
+def _mlp_input_to_key(family, mlp, x):
+    """The down-projection input computed by hand from the MLP's input x."""
+    if family == "gpt2":
+        return mlp.act(mlp.c_fc(x))
+    if family == "gptj":
+        return mlp.act(mlp.fc_in(x))
+    if family == "gpt_neox":
+        return mlp.act(mlp.dense_h_to_4h(x))
+    return mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)
+
+
+def _batch(tok):
+    return tok(["The capital of France is", "Apple was founded by Steve"], return_tensors="pt", padding=True)
+
+
+def test_keys_equal_manual_computation(tiny):
+    model, tok = tiny
+    adapter = get_adapter(model)
+    family = model.config.model_type
+    enc = _batch(tok)
+    layer = 2
+    mlp = adapter.block(model, layer).mlp
+    seen = {}
+    handle = mlp.register_forward_pre_hook(lambda m, args: seen.__setitem__("x", args[0]))
+    try:
+        with torch.no_grad(), capture(model, adapter, key_layers=[layer]) as store:
+            model(**enc)
+    finally:
+        handle.remove()
+    manual = _mlp_input_to_key(family, mlp, seen["x"])
+    assert store[("key", layer)].shape[-1] == adapter.dims(model, layer)[1]
+    torch.testing.assert_close(store[("key", layer)], manual, rtol=1e-5, atol=1e-6)
+
+
+def test_block_outputs_and_early_stop(tiny):
+    model, tok = tiny
+    adapter = get_adapter(model)
+    enc = _batch(tok)
+    with torch.no_grad():
+        full = model(**enc, output_hidden_states=True).hidden_states
+        with capture(model, adapter, key_layers=[1], block_layers=[1, 2], stop_after=2) as store:
+            run_until(model, **enc)
+    # hidden_states[l + 1] is the output of block l (the last one is normed in some models; 1, 2 < n - 1)
+    torch.testing.assert_close(store[("block", 1)], full[2])
+    torch.testing.assert_close(store[("block", 2)], full[3])
+
+
+def test_weight_orientation_and_edit_is_used(tiny):
+    model, tok = tiny
+    adapter = get_adapter(model)
+    layer = 1
+    d, f = adapter.dims(model, layer)
+    assert (d, f) == (32, 64)
+    module = adapter.down_proj_module(model, layer)
+    k = torch.randn(3, f)
+    with torch.no_grad():
+        before = module(k)
+        W = adapter.weight(model, layer).clone()
+        bias = before - k @ W.T
+        delta = torch.randn(d, f) * 0.1
+        adapter.add_to_weight(model, layer, delta)
+        after = module(k)
+    torch.testing.assert_close(after - before, k @ delta.T, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bias, before - k @ W.T)
+    with pytest.raises(ValueError, match="expected \\(d, f\\)"):
+        adapter.add_to_weight(model, layer, torch.zeros(f, d))
+
+
+def test_fingerprint_changes_with_weights(tiny):
+    model, _ = tiny
+    adapter = get_adapter(model)
+    before = model_fingerprint(model)
+    assert model_fingerprint(model) == before
+    adapter.add_to_weight(model, 0, torch.ones(adapter.dims(model, 0)))
+    assert model_fingerprint(model) != before
+
+
+def test_unsupported_model_names_class_and_how_to_add():
+    from transformers import BertConfig, BertForMaskedLM
+
+    model = BertForMaskedLM(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
+    with pytest.raises(NotImplementedError, match="BertForMaskedLM.*ADAPTERS"):
+        get_adapter(model)
+
+
+def test_subject_index_by_offsets(tiny_tokenizer):
+    tok = tiny_tokenizer
+    text, end = fill("The mother tongue of {} is", "Danielle Darrieux")
+    assert text[:end].endswith("Darrieux")
+    enc = encode_at(tok, [text, "x"], [end, 1])
+    ids = enc.input_ids[0, : enc.index[0] + 1].tolist()
+    assert tok.decode(ids).endswith("Darrieux")
+    assert tok.decode(enc.input_ids[0, enc.index[0] + 1 : enc.lengths[0]].tolist()) == " is"
+    assert int(enc.index[1]) == 0
+
+
+def test_subject_index_with_bos_tokenizer(tiny_tokenizer):
+    """A BOS-adding tokenizer shifts the index by one (the reference's piecewise count does not)."""
+    import copy
+
+    from tokenizers import processors
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 0)])
+    text, end = fill("The capital of {} is", "France")
+    plain = encode_at(tiny_tokenizer, [text], [end])
+    bos = encode_at(tok, [text], [end])
+    assert int(bos.input_ids[0, 0]) == 0
+    assert int(bos.index[0]) == int(plain.index[0]) + 1
