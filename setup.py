@@ -99,9 +99,18 @@ def native_extensions() -> tuple[list, dict]:
             extra_compile_args={"cxx": cxx_flags},
             extra_link_args=extra_link_args,
         )
-    print(f"law_fast: building law_fast._C with {'CPU + CUDA' if with_cuda else 'CPU'} kernels "
-          f"against torch {torch.__version__}")
-    build_ext = cpp_extension.BuildExtension.with_options(use_ninja=True)
+    print(
+        f"law_fast: building law_fast._C with {'CPU + CUDA' if with_cuda else 'CPU'} kernels "
+        f"against torch {torch.__version__}"
+    )
+    # ninja builds the sources in parallel; without it torch falls back to a serial distutils build
+    # (with --no-build-isolation the build-system requirements are not installed: `pip install ninja`)
+    use_ninja = cpp_extension.is_ninja_available()
+    if not use_ninja:
+        print(
+            "law_fast: ninja not found, building law_fast._C serially (slower); `pip install ninja` to build in parallel"
+        )
+    build_ext = cpp_extension.BuildExtension.with_options(use_ninja=use_ninja)
     return [extension], {"build_ext": build_ext}
 
 

@@ -83,20 +83,43 @@ def main(argv=None) -> int:
             finally:
                 result.revert()
             still = result.report["still_known_after"]
-            layers = [{"layer": r["layer"], **{k: r["memit"][k] for k in ("lambda", "disruption", "fit_residual")},
-                       "law_rho_final": r.get("law", {}).get("rho_final"), "n_requests": r.get("n_requests")}
-                      for r in result.report["per_layer"]]
-            run = {"n": n, "rule": rule, "washed_still_known": still, "washed_frac": still / n,
-                   "controls_kept": sum(kept), "controls_frac": sum(kept) / len(controls), "wash_s": seconds,
-                   "per_layer": layers}
+            layers = [
+                {
+                    "layer": r["layer"],
+                    **{k: r["memit"][k] for k in ("lambda", "disruption", "fit_residual")},
+                    "law_rho_final": r.get("law", {}).get("rho_final"),
+                    "n_requests": r.get("n_requests"),
+                }
+                for r in result.report["per_layer"]
+            ]
+            run = {
+                "n": n,
+                "rule": rule,
+                "washed_still_known": still,
+                "washed_frac": still / n,
+                "controls_kept": sum(kept),
+                "controls_frac": sum(kept) / len(controls),
+                "wash_s": seconds,
+                "per_layer": layers,
+            }
             runs.append(run)
             fits = [round(x["fit_residual"], 2) for x in layers]
             disruptions = [float(f"{x['disruption']:.2g}") for x in layers]
-            print(f"N={n} {rule}: still {still}/{n}, controls {sum(kept)}/{len(controls)}, fit {fits}, "
-                  f"disruption {disruptions} ({seconds:.0f} s)", flush=True)
-    path = write_result(args.name, {"benchmark": "lambda rule budget", "model": "SmolLM2-135M-Instruct",
-                                    "controls": len(controls), "settings": {k: str(v) for k, v in vars(args).items()},
-                                    "runs": runs})
+            print(
+                f"N={n} {rule}: still {still}/{n}, controls {sum(kept)}/{len(controls)}, fit {fits}, "
+                f"disruption {disruptions} ({seconds:.0f} s)",
+                flush=True,
+            )
+    path = write_result(
+        args.name,
+        {
+            "benchmark": "lambda rule budget",
+            "model": "SmolLM2-135M-Instruct",
+            "controls": len(controls),
+            "settings": {k: str(v) for k, v in vars(args).items()},
+            "runs": runs,
+        },
+    )
     print(path)
     return 0
 

@@ -80,32 +80,42 @@ def main(argv: list[str] | None = None) -> None:
 
     report = ops.backend_report()
     if report["ops"]["cov_accumulate_"]["cpu"] != "cpp":
-        print(f"warning: the CPU op is served by {report['ops']['cov_accumulate_']['cpu']!r}, not the C++ "
-              f"kernel (native module: {report['native']})", file=sys.stderr)
+        print(
+            f"warning: the CPU op is served by {report['ops']['cov_accumulate_']['cpu']!r}, not the C++ "
+            f"kernel (native module: {report['native']})",
+            file=sys.stderr,
+        )
 
     machine_gemm = gemm_rate()
     print(f"machine GEMM rate (fp32 {machine_gemm['size']}³ torch.mm): {machine_gemm['gflops_median']:.1f} GFLOP/s")
     rows = []
-    print(f"{'f':>6} {'n':>6} {'law_fast s':>11} {'addmm_ s':>10} {'law_fast GF/s':>14} {'addmm_ GF/s':>12} "
-          f"{'speed-up':>9} {'per-round median':>17}  per round")
+    print(
+        f"{'f':>6} {'n':>6} {'law_fast s':>11} {'addmm_ s':>10} {'law_fast GF/s':>14} {'addmm_ GF/s':>12} "
+        f"{'speed-up':>9} {'per-round median':>17}  per round"
+    )
     for f in args.sizes:
         row = bench_size(args.n, f, args.repeats, args.warmup)
         rows.append(row)
-        print(f"{f:>6} {args.n:>6} {row['law_fast']['seconds']['median']:>11.4f} "
-              f"{row['addmm_']['seconds']['median']:>10.4f} {row['law_fast']['gflops_median']:>14.1f} "
-              f"{row['addmm_']['gflops_median']:>12.1f} {row['speedup_ratio_of_medians']:>8.2f}x "
-              f"{row['speedup_per_round_median']:>16.2f}x  "
-              + " ".join(f"{r:.2f}" for r in row["speedup_per_round"]), flush=True)
+        print(
+            f"{f:>6} {args.n:>6} {row['law_fast']['seconds']['median']:>11.4f} "
+            f"{row['addmm_']['seconds']['median']:>10.4f} {row['law_fast']['gflops_median']:>14.1f} "
+            f"{row['addmm_']['gflops_median']:>12.1f} {row['speedup_ratio_of_medians']:>8.2f}x "
+            f"{row['speedup_per_round_median']:>16.2f}x  " + " ".join(f"{r:.2f}" for r in row["speedup_per_round"]),
+            flush=True,
+        )
 
-    path = write_result(args.name, {
-        "benchmark": "cov_accumulate_ CPU: law_fast C++ kernel vs cov.addmm_(x.T, x)",
-        "dtype": {"x": "float32", "cov": "float32"},
-        "flop_count": "2*n*f^2 for both (full-GEMM equivalent), although the op computes ~half",
-        "speedup": "addmm_ seconds / law_fast seconds: ratio of the medians, and median of the per-round ratios",
-        "served_by": report["ops"]["cov_accumulate_"],
-        "machine_gemm": machine_gemm,
-        "results": rows,
-    })
+    path = write_result(
+        args.name,
+        {
+            "benchmark": "cov_accumulate_ CPU: law_fast C++ kernel vs cov.addmm_(x.T, x)",
+            "dtype": {"x": "float32", "cov": "float32"},
+            "flop_count": "2*n*f^2 for both (full-GEMM equivalent), although the op computes ~half",
+            "speedup": "addmm_ seconds / law_fast seconds: ratio of the medians, and median of the per-round ratios",
+            "served_by": report["ops"]["cov_accumulate_"],
+            "machine_gemm": machine_gemm,
+            "results": rows,
+        },
+    )
     print(f"wrote {path}")
 
 

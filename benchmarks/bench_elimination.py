@@ -54,10 +54,12 @@ def main() -> None:
         result = wash(model, tok, washed, progress=False)
         washed_ids = [f.case_id for f in washed]
         facts = list(washed) + facts
-        print("washed:", result.report.get("still_known_after"), "of", result.report.get("n_washed_requests"), flush=True)
+        print(
+            "washed:", result.report.get("still_known_after"), "of", result.report.get("n_washed_requests"), flush=True
+        )
 
     timings, decisions = {}, {}
-    for name, stop in (("full_generation", False), ("stop_when_decided", True)) * args.repeats:   # interleaved
+    for name, stop in (("full_generation", False), ("stop_when_decided", True)) * args.repeats:  # interleaved
         start = time.perf_counter()
         known, _ = known_facts(model, tok, facts, 10, 32, stop_when_decided=stop)
         timings.setdefault(name, []).append(time.perf_counter() - start)
@@ -65,11 +67,18 @@ def main() -> None:
         print(name, f"{timings[name][-1]:.1f} s", flush=True)
     assert decisions["full_generation"] == decisions["stop_when_decided"], "a decision changed"
     best = {name: min(t) for name, t in timings.items()}
-    payload = {"benchmark": "elimination check", "model": "SmolLM2-135M-Instruct", "facts": len(facts),
-               "washed_demo_facts": washed_ids, "threads": torch.get_num_threads(),
-               "known": sum(decisions["full_generation"]), "decisions_identical": True,
-               "seconds": timings, "best_seconds": best,
-               "speedup": best["full_generation"] / best["stop_when_decided"]}
+    payload = {
+        "benchmark": "elimination check",
+        "model": "SmolLM2-135M-Instruct",
+        "facts": len(facts),
+        "washed_demo_facts": washed_ids,
+        "threads": torch.get_num_threads(),
+        "known": sum(decisions["full_generation"]),
+        "decisions_identical": True,
+        "seconds": timings,
+        "best_seconds": best,
+        "speedup": best["full_generation"] / best["stop_when_decided"],
+    }
     print(write_result(args.name or ("elimination_washed_cpu" if args.wash else "elimination_cpu"), payload))
     print({k: payload[k] for k in ("facts", "known", "best_seconds", "speedup")})
 

@@ -9,7 +9,7 @@ facts that are not washed.  Both runs use the default preset, the same covarianc
     fast    ``law_fast.wash`` (prefix-cached batched z*, streamed key moments, one
             factorisation per layer for the λ search, Gram-form LaW with the fused ops,
             first-token elimination check)
-    plain   the reference's structure, stage by stage (tests/plain.py): z* one fact at a time
+    plain   the reference's structure, stage by stage (law_fast/testing.py): z* one fact at a time
             with full forwards; keys in batches of 4; a fresh float64 f×f solve per λ trial
             (same disruption rule, same bisection); LaW by autograd through K in float64; the
             elimination check by full 10-token generation
@@ -35,11 +35,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_methods import select_facts  # noqa: E402
 from common import REPO_ROOT, write_result  # noqa: E402
-from law_fast.testing import plain_compute_z, plain_lambda, plain_law, plain_memit_delta  # noqa: E402
 
 from law_fast import WashConfig, load_model, wash  # noqa: E402
 from law_fast.corpus import default_corpus  # noqa: E402
 from law_fast.hf.adapters import get_adapter, model_device  # noqa: E402
+from law_fast.testing import plain_compute_z, plain_lambda, plain_law, plain_memit_delta  # noqa: E402
 from law_fast.washing.elimination import known_facts  # noqa: E402
 from law_fast.washing.keys import compute_keys  # noqa: E402
 from law_fast.washing.stats import layer_stats  # noqa: E402
@@ -70,14 +70,27 @@ def plain_wash(model, tok, facts, config: WashConfig, stages: _Stages) -> list:
     requests = [f for f, k in zip(facts, known) if k]
     stages.done("check")
     device = model_device(model)
-    stats = layer_stats(model, adapter, tok, default_corpus(model, tok), layers, config.stats.stats_max_length,
-                        config.stats.stats_batch_tokens, config.stats.stats_dtype, progress=False)
+    stats = layer_stats(
+        model,
+        adapter,
+        tok,
+        default_corpus(model, tok),
+        layers,
+        config.stats.stats_max_length,
+        config.stats.stats_batch_tokens,
+        config.stats.stats_dtype,
+        progress=False,
+    )
     covs = {layer: stats[layer].cov.to(device, torch.float64) for layer in layers}
     templates = context_templates(model, tok, seed=config.seed, length=config.targets.template_length)
     target_ids = target_token_ids(tok, adapter.eos_token_id(model, tok), config.target)
     stages.done("stats")
-    z_star = torch.stack([plain_compute_z(model, adapter, tok, f, templates, config.targets, z_layer, target_ids).float()
-                          for f in requests])
+    z_star = torch.stack(
+        [
+            plain_compute_z(model, adapter, tok, f, templates, config.targets, z_layer, target_ids).float()
+            for f in requests
+        ]
+    )
     stages.done("targets")
     original = {layer: adapter.weight(model, layer).detach().clone() for layer in layers}
     inits = {}
@@ -124,21 +137,30 @@ def main() -> None:
     adapter = get_adapter(model)
     facts, controls, scanned = select_facts(model, tok, args.source, args.facts, args.controls)
     print(f"{len(facts)} facts + {len(controls)} controls (known, among the first {scanned} records)", flush=True)
-    default_corpus(model, tok)   # sampled and cached before timing (both runs use it)
+    default_corpus(model, tok)  # sampled and cached before timing (both runs use it)
     before = {layer: adapter.weight(model, layer).detach().clone() for layer in config.layers}
 
     runs = {}
     start = time.perf_counter()
     result = wash(model, tok, facts, config, progress=False)
-    runs["fast"] = {"seconds": time.perf_counter() - start, "still_known": result.report["still_known_ids"],
-                    "timings_s": result.report["timings_s"]}
+    runs["fast"] = {
+        "seconds": time.perf_counter() - start,
+        "still_known": result.report["still_known_ids"],
+        "timings_s": result.report["timings_s"],
+    }
     runs["fast"]["controls_kept"] = sum(known_facts(model, tok, controls)[0])
     result.revert()
     print("fast", runs["fast"]["seconds"], runs["fast"]["timings_s"], flush=True)
-    payload = {"benchmark": "end-to-end wash", "model": "SmolLM2-135M-Instruct", "facts": len(facts),
-               "controls": len(controls), "layers": list(config.layers), "threads": torch.get_num_threads(),
-               "runs": runs}
-    write_result(args.name, {**payload, "complete": False})   # the plain run takes hours: keep the fast one
+    payload = {
+        "benchmark": "end-to-end wash",
+        "model": "SmolLM2-135M-Instruct",
+        "facts": len(facts),
+        "controls": len(controls),
+        "layers": list(config.layers),
+        "threads": torch.get_num_threads(),
+        "runs": runs,
+    }
+    write_result(args.name, {**payload, "complete": False})  # the plain run takes hours: keep the fast one
 
     start, stages = time.perf_counter(), _Stages()
     still = plain_wash(model, tok, facts, config, stages)
@@ -148,11 +170,16 @@ def main() -> None:
         adapter.add_to_weight(model, layer, weight - adapter.weight(model, layer).detach())
     print("plain", runs["plain"]["seconds"], flush=True)
 
-    payload.update(complete=True, speedup=runs["plain"]["seconds"] / runs["fast"]["seconds"],
-                   same_outcome=sorted(map(str, runs["fast"]["still_known"])) == sorted(map(str, still)))
+    payload.update(
+        complete=True,
+        speedup=runs["plain"]["seconds"] / runs["fast"]["seconds"],
+        same_outcome=sorted(map(str, runs["fast"]["still_known"])) == sorted(map(str, still)),
+    )
     print(write_result(args.name, payload))
-    print({k: payload[k] for k in ("facts", "speedup", "same_outcome")},
-          {name: (len(r["still_known"]), r["controls_kept"]) for name, r in runs.items()})
+    print(
+        {k: payload[k] for k in ("facts", "speedup", "same_outcome")},
+        {name: (len(r["still_known"]), r["controls_kept"]) for name, r in runs.items()},
+    )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ through the keys, as the pipeline does; otherwise the f-dimensional one through 
 residuals R (m×d), all float64 (the solver's precision).  Candidates:
 
     per_trial   the reference's structure: for each λ a fresh f×f solve
-                Δ(λ) = Rᵀ K (λC + KᵀK)⁻¹ (tests/plain.py ``plain_memit_delta``) and its disruption
+                Δ(λ) = Rᵀ K (λC + KᵀK)⁻¹ (``law_fast.testing.plain_memit_delta``) and its disruption
                 tr(ΔCΔᵀ) (the quantity the library's default λ rule needs)
     factorised  ``MemitSolver.from_moments`` once (Cholesky of C, eigendecomposition of
                 L⁻¹GL⁻ᵀ), then ``solver.disruption(λ)`` (O(f)) and ``solver.norm(λ)`` (O(f²), the
@@ -33,9 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
-from law_fast.testing import plain_memit_delta  # noqa: E402
 
 from law_fast.config import MemitConfig  # noqa: E402
+from law_fast.testing import plain_memit_delta  # noqa: E402
 from law_fast.washing.memit import MemitSolver, choose_lambda  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def problem(f: int, d: int, m: int, seed: int = 0):
     C = X.T @ X / X.shape[0]
     K = torch.randn(m, f, generator=g, dtype=torch.float64)
     R = torch.randn(m, d, generator=g, dtype=torch.float64)
-    W = torch.randn(d, f, generator=g, dtype=torch.float64) / f ** 0.5
+    W = torch.randn(d, f, generator=g, dtype=torch.float64) / f**0.5
     return K, R, C, W
 
 
@@ -55,7 +55,7 @@ def run(f: int, d: int, m: int, plain_trials: int, fast_trials: int) -> dict:
     lambdas = [10.0 ** (k - 2) for k in range(max(plain_trials, fast_trials))]
 
     start = time.perf_counter()
-    few = 2 * m < f   # the pipeline keeps the keys then (KeyMoments.keys): m-dimensional eigenproblem
+    few = 2 * m < f  # the pipeline keeps the keys then (KeyMoments.keys): m-dimensional eigenproblem
     solver = MemitSolver.from_moments(G, B, C, keys=K if few else None)
     factor_s = time.perf_counter() - start
 
@@ -77,18 +77,34 @@ def run(f: int, d: int, m: int, plain_trials: int, fast_trials: int) -> dict:
 
     lam, trials = choose_lambda(solver, W, C, MemitConfig(disruption_budget=5e-4, disruption_per_fact=None))
     return {
-        "f": f, "d": d, "m": m, "eigenproblem": f"{m}-dimensional (keys)" if few else f"{f}-dimensional (Gram)",
+        "f": f,
+        "d": d,
+        "m": m,
+        "eigenproblem": f"{m}-dimensional (keys)" if few else f"{f}-dimensional (Gram)",
         "factorisation_s": factor_s,
-        "per_trial_s": {"per_trial_solve": plain_trial_s, "factorised_disruption": disruption_trial_s,
-                        "factorised_norm": norm_trial_s},
-        "trials_per_s": {"per_trial_solve": 1 / plain_trial_s, "factorised_disruption": 1 / disruption_trial_s,
-                         "factorised_norm": 1 / norm_trial_s},
+        "per_trial_s": {
+            "per_trial_solve": plain_trial_s,
+            "factorised_disruption": disruption_trial_s,
+            "factorised_norm": norm_trial_s,
+        },
+        "trials_per_s": {
+            "per_trial_solve": 1 / plain_trial_s,
+            "factorised_disruption": 1 / disruption_trial_s,
+            "factorised_norm": 1 / norm_trial_s,
+        },
         "speedup_per_trial": {"disruption": plain_trial_s / disruption_trial_s, "norm": plain_trial_s / norm_trial_s},
         "break_even_trials": factor_s / max(plain_trial_s - norm_trial_s, 1e-12),
-        "disruption_rule": {"lambda": lam, "trials": trials,
-                            "per_trial_search_s": trials * plain_trial_s,
-                            "factorised_search_s": factor_s + trials * disruption_trial_s,
-                            "speedup": trials * plain_trial_s / (factor_s + trials * disruption_trial_s)},
+        "disruption_rule": {
+            "lambda": lam,
+            "trials": trials,
+            "per_trial_search_s": trials * plain_trial_s,
+            "factorised_search_s": factor_s + trials * disruption_trial_s,
+            "speedup": trials * plain_trial_s / (factor_s + trials * disruption_trial_s),
+            "extrapolated": f"per_trial_search_s = trials x the per-trial solve time measured on "
+            f"{plain_trials} trials; factorised_search_s = the measured factorisation + "
+            f"trials x the per-trial time measured on {fast_trials} trials; speedup from "
+            "these two",
+        },
         "max_rel_diff_disruption": rel,
         "timed_trials": {"per_trial_solve": plain_trials, "factorised": fast_trials},
     }
@@ -109,7 +125,9 @@ def main() -> None:
             r = run(f, d, m, args.plain_trials, args.fast_trials)
             results.append(r)
             print({k: r[k] for k in ("f", "m", "factorisation_s", "per_trial_s", "disruption_rule")}, flush=True)
-    path = write_result(args.name, {"benchmark": "lambda search", "threads": torch.get_num_threads(), "results": results})
+    path = write_result(
+        args.name, {"benchmark": "lambda search", "threads": torch.get_num_threads(), "results": results}
+    )
     print(path)
 
 

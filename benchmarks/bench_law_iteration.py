@@ -56,8 +56,9 @@ def random_cov(f: int, seed: int) -> torch.Tensor:
     return x.T @ x / 256 + 0.1 * torch.eye(f, dtype=torch.float64)
 
 
-def build_gram(m: int, f: int, seed: int, keep_keys: bool,
-               device: str = "cpu") -> tuple[torch.Tensor, float, torch.Tensor | None]:
+def build_gram(
+    m: int, f: int, seed: int, keep_keys: bool, device: str = "cpu"
+) -> tuple[torch.Tensor, float, torch.Tensor | None]:
     """G = KᵀK (float32, cov_accumulate_ per chunk of K's N(0, 1) rows) on ``device``, its build
     seconds (chunk generation excluded), and K (m, f) float64 when keep_keys (the autograd baseline)."""
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -69,7 +70,7 @@ def build_gram(m: int, f: int, seed: int, keep_keys: bool,
         chunk = torch.randn(min(CHUNK_ROWS, m - r0), f, generator=generator, device=device)
         seconds += timeit(lambda: ops.cov_accumulate_(chunk, gram, count), repeats=1, warmup=0, device=device)["median"]
         if keys is not None:
-            keys[r0:r0 + chunk.shape[0]] = chunk
+            keys[r0 : r0 + chunk.shape[0]] = chunk
     return gram, seconds, keys
 
 
@@ -120,11 +121,18 @@ class AutogradLoop:
 
 
 def summarise(timing: dict, iterations: int, flops: float) -> dict:
-    per_iteration = {key: (value / iterations if key != "samples" else [v / iterations for v in value])
-                     for key, value in timing.items() if key != "stdev"}
+    per_iteration = {
+        key: (value / iterations if key != "samples" else [v / iterations for v in value])
+        for key, value in timing.items()
+        if key != "stdev"
+    }
     per_iteration["stdev"] = timing["stdev"] / iterations
-    return {"iterations_per_sample": iterations, "seconds_per_iteration": per_iteration,
-            "flops_per_iteration": flops, "gflops_median": flops / per_iteration["median"] / 1e9}
+    return {
+        "iterations_per_sample": iterations,
+        "seconds_per_iteration": per_iteration,
+        "flops_per_iteration": flops,
+        "gflops_median": flops / per_iteration["median"] / 1e9,
+    }
 
 
 def bench_case(f: int, d: int, m: int, args, skip_autograd: bool) -> dict:
@@ -147,12 +155,24 @@ def bench_case(f: int, d: int, m: int, args, skip_autograd: bool) -> dict:
         loops["autograd_fp64"] = AutogradLoop(keys, cov, U0)
     heavy = big or m >= 100_000
     repeats, warmup = (args.big_repeats, args.big_warmup) if heavy else (args.repeats, args.warmup)
-    fns = {name: (lambda loop=loop, n=iterations["autograd" if name.startswith("autograd") else "gram"]: loop.run(n))
-           for name, loop in loops.items()}
+    fns = {
+        name: (lambda loop=loop, n=iterations["autograd" if name.startswith("autograd") else "gram"]: loop.run(n))
+        for name, loop in loops.items()
+    }
     timings = interleaved(fns, repeats=repeats, warmup=warmup)
-    row = {"f": f, "d": d, "m": m, "repeats": repeats, "warmup_rounds": warmup,
-           "gram_build": {"seconds": build_seconds, "flops": float(m) * f * f, "dtype": "float32",
-                          "note": "cov_accumulate_ over chunks of K (upper triangle, ~m·f² FLOPs); once per layer"}}
+    row = {
+        "f": f,
+        "d": d,
+        "m": m,
+        "repeats": repeats,
+        "warmup_rounds": warmup,
+        "gram_build": {
+            "seconds": build_seconds,
+            "flops": float(m) * f * f,
+            "dtype": "float32",
+            "note": "cov_accumulate_ over chunks of K (upper triangle, ~m·f² FLOPs); once per layer",
+        },
+    }
     for name, timing in timings.items():
         n = iterations["autograd" if name.startswith("autograd") else "gram"]
         row[name] = summarise(timing, n, autograd_flops if name.startswith("autograd") else gram_flops)
@@ -167,8 +187,9 @@ def bench_case(f: int, d: int, m: int, args, skip_autograd: bool) -> dict:
                 "per_round_median": statistics.median(x / y for x, y in zip(a["samples"], g["samples"])),
             }
         # including the one-time Gram build, amortised over 1000 iterations
-        row["speedup_gram_fp32_vs_autograd_incl_build_1000_iters"] = (
-            a["median"] / (row["gram_fp32"]["seconds_per_iteration"]["median"] + build_seconds / 1000))
+        row["speedup_gram_fp32_vs_autograd_incl_build_1000_iters"] = a["median"] / (
+            row["gram_fp32"]["seconds_per_iteration"]["median"] + build_seconds / 1000
+        )
     return row
 
 
@@ -182,10 +203,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--big-warmup", type=int, default=0, help="warm-up rounds for f >= 4096 or m >= 100000")
     parser.add_argument("--gram-iters", type=int, default=5, help="Gram iterations per timed sample (f < 4096)")
     parser.add_argument("--torch-default-max-f", type=int, default=2048)
-    parser.add_argument("--skip-autograd", nargs="*", default=["6400x1600:200000"],
-                        help="f x d:m cases without the autograd baseline")
-    parser.add_argument("--skip-reason", default="not run: K* alone is 10 GB in float64 and one iteration is "
-                        "about 8 TFLOP (minutes per iteration on this machine)")
+    parser.add_argument(
+        "--skip-autograd", nargs="*", default=["6400x1600:200000"], help="f x d:m cases without the autograd baseline"
+    )
+    parser.add_argument(
+        "--skip-reason",
+        default="not run: K* alone is 10 GB in float64 and one iteration is "
+        "about 8 TFLOP (minutes per iteration on this machine)",
+    )
     parser.add_argument("--note", default="", help="free text stored in the JSON (e.g. machine load)")
     parser.add_argument("--name", default="law_iteration_cpu", help="results/<name>.json")
     args = parser.parse_args(argv)
@@ -193,20 +218,26 @@ def main(argv: list[str] | None = None) -> None:
     report = ops.backend_report()
     for op in ("law_quadratic", "law_adam_step_"):
         if report["ops"][op]["cpu"] != "cpp":
-            print(f"warning: {op} on CPU is served by {report['ops'][op]['cpu']!r}, not the C++ kernel",
-                  file=sys.stderr)
+            print(
+                f"warning: {op} on CPU is served by {report['ops'][op]['cpu']!r}, not the C++ kernel", file=sys.stderr
+            )
     gemm = {}
     for dtype in (torch.float32, torch.float64):
         a = torch.randn(1536, 1536, dtype=dtype)
         b = torch.randn(1536, 576, dtype=dtype)
         timing = timeit(lambda: torch.mm(a, b), repeats=5)
-        gemm[str(dtype)[6:]] = {"shape": "1536x1536 @ 1536x576", "gflops_median": 2 * 1536**2 * 576 / timing["median"] / 1e9}
+        gemm[str(dtype)[6:]] = {
+            "shape": "1536x1536 @ 1536x576",
+            "gflops_median": 2 * 1536**2 * 576 / timing["median"] / 1e9,
+        }
     print("machine GEMM rate: " + ", ".join(f"{k} {v['gflops_median']:.1f} GFLOP/s" for k, v in gemm.items()))
 
     rows = []
     started = time.time()
-    header = (f"{'f':>5} {'d':>5} {'m':>7} | {'gram32 s/it':>11} {'gram64 s/it':>11} {'autograd s/it':>13} | "
-              f"{'x fp32':>7} {'x fp64':>7} | {'GF/s 32':>7} {'GF/s 64':>7} {'GF/s ag':>7} | build s")
+    header = (
+        f"{'f':>5} {'d':>5} {'m':>7} | {'gram32 s/it':>11} {'gram64 s/it':>11} {'autograd s/it':>13} | "
+        f"{'x fp32':>7} {'x fp64':>7} | {'GF/s 32':>7} {'GF/s 64':>7} {'GF/s ag':>7} | build s"
+    )
     print(header, flush=True)
     for size in args.sizes:
         f, d = parse_size(size)
@@ -217,26 +248,36 @@ def main(argv: list[str] | None = None) -> None:
             g32, g64 = row["gram_fp32"], row["gram_fp64"]
             ag = row["autograd_fp64"]
             ag_s = ag["seconds_per_iteration"]["median"] if "skipped" not in ag else float("nan")
-            ratios = [row.get(f"speedup_{n}_vs_autograd", {}).get("ratio_of_medians", float("nan"))
-                      for n in ("gram_fp32", "gram_fp64")]
-            print(f"{f:>5} {d:>5} {m:>7} | {g32['seconds_per_iteration']['median']:>11.4f} "
-                  f"{g64['seconds_per_iteration']['median']:>11.4f} {ag_s:>13.4f} | {ratios[0]:>6.1f}x {ratios[1]:>6.1f}x | "
-                  f"{g32['gflops_median']:>7.1f} {g64['gflops_median']:>7.1f} "
-                  f"{ag.get('gflops_median', float('nan')):>7.1f} | {row['gram_build']['seconds']:.2f}", flush=True)
+            ratios = [
+                row.get(f"speedup_{n}_vs_autograd", {}).get("ratio_of_medians", float("nan"))
+                for n in ("gram_fp32", "gram_fp64")
+            ]
+            print(
+                f"{f:>5} {d:>5} {m:>7} | {g32['seconds_per_iteration']['median']:>11.4f} "
+                f"{g64['seconds_per_iteration']['median']:>11.4f} {ag_s:>13.4f} | {ratios[0]:>6.1f}x {ratios[1]:>6.1f}x | "
+                f"{g32['gflops_median']:>7.1f} {g64['gflops_median']:>7.1f} "
+                f"{ag.get('gflops_median', float('nan')):>7.1f} | {row['gram_build']['seconds']:.2f}",
+                flush=True,
+            )
 
-    path = write_result(args.name, {
-        "benchmark": "one LaW iteration on CPU: Gram form (law_adam_step_ + law_quadratic) vs autograd through K* (fp64)",
-        "note": args.note,
-        "wall_seconds": time.time() - started,
-        "flop_counts": {"gram": "4*f^2*d per iteration ([G; C]·U), independent of m",
-                        "autograd": "4*m*f*d (forward + gradient of U) + 2*f^2*d + 2*f*d^2 (rho via C)",
-                        "gram_build": "m*f^2 (cov_accumulate_, upper triangle), once per layer"},
-        "speedup": "autograd seconds / Gram seconds per iteration: ratio of the medians, and median of the "
-                   "per-round ratios (candidates timed back to back)",
-        "served_by": {op: report["ops"][op] for op in ("law_quadratic", "law_adam_step_", "cov_accumulate_")},
-        "machine_gemm": gemm,
-        "results": rows,
-    })
+    path = write_result(
+        args.name,
+        {
+            "benchmark": "one LaW iteration on CPU: Gram form (law_adam_step_ + law_quadratic) vs autograd through K* (fp64)",
+            "note": args.note,
+            "wall_seconds": time.time() - started,
+            "flop_counts": {
+                "gram": "4*f^2*d per iteration ([G; C]·U), independent of m",
+                "autograd": "4*m*f*d (forward + gradient of U) + 2*f^2*d + 2*f*d^2 (rho via C)",
+                "gram_build": "m*f^2 (cov_accumulate_, upper triangle), once per layer",
+            },
+            "speedup": "autograd seconds / Gram seconds per iteration: ratio of the medians, and median of the "
+            "per-round ratios (candidates timed back to back)",
+            "served_by": {op: report["ops"][op] for op in ("law_quadratic", "law_adam_step_", "cov_accumulate_")},
+            "machine_gemm": gemm,
+            "results": rows,
+        },
+    )
     print(f"wrote {path}")
 
 

@@ -62,21 +62,23 @@ def select_facts(model, tok, path: Path, n: int, n_controls: int, scan_batch: in
     candidates = [f for f in lf.load_facts(path) if f.answer.lower() not in f.subject.lower()]
     chosen = []
     for start in range(0, len(candidates), scan_batch):
-        chunk = candidates[start:start + scan_batch]
+        chunk = candidates[start : start + scan_batch]
         known, _ = known_facts(model, tok, chunk)
         chosen += [f for f, k in zip(chunk, known) if k]
         if len(chosen) >= n + n_controls:
             break
     if len(chosen) < n + n_controls:
         raise SystemExit(f"{path}: only {len(chosen)} known facts, {n + n_controls} needed")
-    return chosen[:n], chosen[n:n + n_controls], start + len(chunk)
+    return chosen[:n], chosen[n : n + n_controls], start + len(chunk)
 
 
 def method_config(method: str, model, args):
     from law_fast.config import BASELINE_METHODS, WashConfig
 
     if method in BASELINE_METHODS:
-        overrides = dict(guard_texts=2, guard_max_length=32, ft_max_steps=2, woh_reinforce_epochs=1) if args.quick else {}
+        overrides = (
+            dict(guard_texts=2, guard_max_length=32, ft_max_steps=2, woh_reinforce_epochs=1) if args.quick else {}
+        )
         return WashConfig.baseline_preset(method, model, **overrides)
     overrides = dict(mom2_n_samples=args.stats_samples)
     if args.quick:
@@ -88,13 +90,23 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=64, help="washed facts (default 64)")
     parser.add_argument("--controls", type=int, default=32, help="control facts, not washed (default 32)")
-    parser.add_argument("--methods", default=",".join(ALL_METHODS), help=f"comma-separated subset of {','.join(ALL_METHODS)}")
-    parser.add_argument("--model", default=None, help="model directory or .gguf (default: embedded SmolLM2-135M-Instruct)")
+    parser.add_argument(
+        "--methods", default=",".join(ALL_METHODS), help=f"comma-separated subset of {','.join(ALL_METHODS)}"
+    )
+    parser.add_argument(
+        "--model", default=None, help="model directory or .gguf (default: embedded SmolLM2-135M-Instruct)"
+    )
     parser.add_argument("--device", default=None)
     parser.add_argument("--facts", type=Path, default=DATA / "counterfact" / "counterfact-val.json")
-    parser.add_argument("--corpus", type=Path, default=DATA / "wikitext2" / "wiki.test.raw",
-                        help="covariance statistics, the perplexity guard and the perplexity metric")
-    parser.add_argument("--stats-samples", type=int, default=2000, help="corpus documents for the covariance (law, memit)")
+    parser.add_argument(
+        "--corpus",
+        type=Path,
+        default=DATA / "wikitext2" / "wiki.test.raw",
+        help="covariance statistics, the perplexity guard and the perplexity metric",
+    )
+    parser.add_argument(
+        "--stats-samples", type=int, default=2000, help="corpus documents for the covariance (law, memit)"
+    )
     parser.add_argument("--ppl-tokens", type=int, default=8192, help="tokens of --corpus scored for perplexity")
     parser.add_argument("--reasoning", default="lambada,hellaswag,arc_easy", help="reasoning tasks ('' for none)")
     parser.add_argument("--reasoning-limit", type=int, default=50, help="items per reasoning task")
@@ -117,18 +129,38 @@ def main(argv=None) -> int:
 
     model, tok = lf.load_model(args.model, device=args.device)
     washed, controls, scanned = select_facts(model, tok, args.facts, args.n, args.controls)
-    print(f"{len(washed)} washed + {len(controls)} control facts (first known ones among {scanned} scanned)", flush=True)
+    print(
+        f"{len(washed)} washed + {len(controls)} control facts (first known ones among {scanned} scanned)", flush=True
+    )
     ppl_corpus = load_corpus(str(args.corpus))
 
     def measure(label: str, subset=None):
-        return evaluate(model, tok, facts=washed, controls=controls, corpus=ppl_corpus, reasoning=reasoning,
-                        limit=args.reasoning_limit, ppl_max_tokens=args.ppl_tokens, known_only=subset is None,
-                        subset=subset, label=label, progress=False)
+        return evaluate(
+            model,
+            tok,
+            facts=washed,
+            controls=controls,
+            corpus=ppl_corpus,
+            reasoning=reasoning,
+            limit=args.reasoning_limit,
+            ppl_max_tokens=args.ppl_tokens,
+            known_only=subset is None,
+            subset=subset,
+            label=label,
+            progress=False,
+        )
 
     t = time.perf_counter()
     original = measure("original")
-    rows = [{"method": "original", "wash_s": None, "eval_s": time.perf_counter() - t, "metrics": original.flat(),
-             "report": original.to_dict()}]
+    rows = [
+        {
+            "method": "original",
+            "wash_s": None,
+            "eval_s": time.perf_counter() - t,
+            "metrics": original.flat(),
+            "report": original.to_dict(),
+        }
+    ]
     print(f"original evaluated in {rows[0]['eval_s']:.0f} s", flush=True)
     for method in methods:
         config = method_config(method, model, args)
@@ -142,20 +174,38 @@ def main(argv=None) -> int:
         finally:
             result.revert()
         training = result.report.get("training", {})
-        rows.append({"method": method, "wash_s": wash_s, "eval_s": eval_s, "metrics": report.flat(),
-                     "config": result.config.to_dict(), "wash_report": result.report.to_dict(), "report": report.to_dict(),
-                     "guard_stopped": training.get("guard", {}).get("stopped")})
-        print(f"{method}: wash {wash_s:.0f} s, eval {eval_s:.0f} s, washed Acc {report.flat().get('facts.rewrite.acc')}",
-              flush=True)
+        rows.append(
+            {
+                "method": method,
+                "wash_s": wash_s,
+                "eval_s": eval_s,
+                "metrics": report.flat(),
+                "config": result.config.to_dict(),
+                "wash_report": result.report.to_dict(),
+                "report": report.to_dict(),
+                "guard_stopped": training.get("guard", {}).get("stopped"),
+            }
+        )
+        print(
+            f"{method}: wash {wash_s:.0f} s, eval {eval_s:.0f} s, washed Acc {report.flat().get('facts.rewrite.acc')}",
+            flush=True,
+        )
 
     columns = COLUMNS + [(f"{task} acc", f"reasoning.{task}.acc") for task in sorted(original.reasoning)]
     table = markdown(rows, columns, args, len(washed), len(controls))
-    payload = {"benchmark": "methods", "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-               "n_washed": len(washed), "n_controls": len(controls), "washed_ids": [f.case_id for f in washed],
-               "control_ids": [f.case_id for f in controls], "columns": dict(columns),
-               "table": [{"method": r["method"], "wash_s": r["wash_s"], **{t: r["metrics"].get(k) for t, k in columns}}
-                         for r in rows],
-               "runs": rows}
+    payload = {
+        "benchmark": "methods",
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "n_washed": len(washed),
+        "n_controls": len(controls),
+        "washed_ids": [f.case_id for f in washed],
+        "control_ids": [f.case_id for f in controls],
+        "columns": dict(columns),
+        "table": [
+            {"method": r["method"], "wash_s": r["wash_s"], **{t: r["metrics"].get(k) for t, k in columns}} for r in rows
+        ],
+        "runs": rows,
+    }
     path = write_result(name, json.loads(json.dumps(payload, default=str)))
     (RESULTS_DIR / f"{name}.md").write_text(table)
     print(table)
@@ -169,16 +219,19 @@ def markdown(rows, columns, args, n_washed: int, n_controls: int) -> str:
             return "—"
         return f"{value:.2f}" if key == "fluency.perplexity" else f"{100 * value:.1f}%"
 
-    lines = [f"Washing methods on {n_washed} known CounterFact facts ({n_controls} controls), "
-             f"{'quick settings' if args.quick else 'default settings per method'}.",
-             "",
-             "| method | " + " | ".join(t for t, _ in columns) + " | wash time (s) |",
-             "|---|" + "---:|" * (len(columns) + 1)]
+    lines = [
+        f"Washing methods on {n_washed} known CounterFact facts ({n_controls} controls), "
+        f"{'quick settings' if args.quick else 'default settings per method'}.",
+        "",
+        "| method | " + " | ".join(t for t, _ in columns) + " | wash time (s) |",
+        "|---|" + "---:|" * (len(columns) + 1),
+    ]
     for r in rows:
         wash = "—" if r["wash_s"] is None else f"{r['wash_s']:.1f}"
         note = " (guard stopped)" if r.get("guard_stopped") else ""
-        lines.append(f"| {r['method']}{note} | " + " | ".join(cell(k, r["metrics"].get(k)) for _, k in columns)
-                     + f" | {wash} |")
+        lines.append(
+            f"| {r['method']}{note} | " + " | ".join(cell(k, r["metrics"].get(k)) for _, k in columns) + f" | {wash} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -80,8 +80,10 @@ class KahanReference:
 
 def relative_errors(value: torch.Tensor, reference: torch.Tensor) -> dict:
     diff = value.double() - reference
-    return {"frobenius": float(diff.norm() / reference.norm()),
-            "max_abs_over_max_abs": float(diff.abs().max() / reference.abs().max())}
+    return {
+        "frobenius": float(diff.norm() / reference.norm()),
+        "max_abs_over_max_abs": float(diff.abs().max() / reference.abs().max()),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -110,8 +112,11 @@ def main(argv: list[str] | None = None) -> None:
     reference = KahanReference(args.f)
     seconds = dict.fromkeys(schemes, 0.0)
     rows, done = [], 0
-    print(f"f = {args.f}, {total:.3g} tokens in batches of {args.batch}, blocks of {args.block_tokens}; "
-          f"{torch.get_num_threads()} threads", flush=True)
+    print(
+        f"f = {args.f}, {total:.3g} tokens in batches of {args.batch}, blocks of {args.block_tokens}; "
+        f"{torch.get_num_threads()} threads",
+        flush=True,
+    )
     print(f"{'tokens':>10} " + " ".join(f"{name + ' (Frobenius)':>28}" for name in schemes), flush=True)
     start = time.perf_counter()
     for mark in marks:
@@ -131,19 +136,29 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row)
         print(f"{mark:>10.3g} " + " ".join(f"{row[name]['frobenius']:>28.3e}" for name in schemes), flush=True)
     mean = reference.total.diagonal() / done  # E[x²] per feature: the keys' scale
-    path = write_result(args.name, {
-        "benchmark": "covariance accumulation error vs a Kahan-summed float64 reference (synthetic GELU keys)",
-        "command": "python benchmarks/bench_stats_numerics.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "f": args.f, "batch_tokens": args.batch, "block_tokens": args.block_tokens, "seed": args.seed,
-        "keys": {"generator": "GELU(s*(0.7*g@A + 0.7*eps) + b), s~LogNormal(0,0.5), b~N(-0.5,0.5), rank(A)=32",
-                 "rms_per_feature_median": float(mean.sqrt().median()), "rms_per_feature_max": float(mean.sqrt().max())},
-        "error": "relative to the reference: Frobenius norm of the difference / Frobenius norm of the reference, "
-                 "and max |difference| / max |reference|",
-        "results": rows,
-        "seconds_in_accumulate": seconds,
-        "wall_seconds": time.perf_counter() - start,
-        "threads": torch.get_num_threads(),
-    })
+    path = write_result(
+        args.name,
+        {
+            "benchmark": "covariance accumulation error vs a Kahan-summed float64 reference (synthetic GELU keys)",
+            "command": "python benchmarks/bench_stats_numerics.py "
+            + " ".join(argv if argv is not None else sys.argv[1:]),
+            "f": args.f,
+            "batch_tokens": args.batch,
+            "block_tokens": args.block_tokens,
+            "seed": args.seed,
+            "keys": {
+                "generator": "GELU(s*(0.7*g@A + 0.7*eps) + b), s~LogNormal(0,0.5), b~N(-0.5,0.5), rank(A)=32",
+                "rms_per_feature_median": float(mean.sqrt().median()),
+                "rms_per_feature_max": float(mean.sqrt().max()),
+            },
+            "error": "relative to the reference: Frobenius norm of the difference / Frobenius norm of the reference, "
+            "and max |difference| / max |reference|",
+            "results": rows,
+            "seconds_in_accumulate": seconds,
+            "wall_seconds": time.perf_counter() - start,
+            "threads": torch.get_num_threads(),
+        },
+    )
     print("seconds in accumulate: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
     print(f"wrote {path}")
 

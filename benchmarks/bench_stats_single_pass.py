@@ -104,15 +104,27 @@ def run_phase(args, layers: list[int], out: Path) -> None:
     model, tokenizer = load_model()
     adapter = get_adapter(model)
     corpus, n_tokens = corpus_prefix(tokenizer, args.corpus, args.tokens, args.max_length)
-    kwargs = dict(max_length=args.max_length, batch_tokens=args.batch_tokens, dtype=args.dtype, use_cache=False,
-                  progress=False, block_tokens=args.block_tokens)
+    kwargs = dict(
+        max_length=args.max_length,
+        batch_tokens=args.batch_tokens,
+        dtype=args.dtype,
+        use_cache=False,
+        progress=False,
+        block_tokens=args.block_tokens,
+    )
     with torch.no_grad():  # page in every weight (safetensors are memory-mapped lazily): "model" = all of it
         for tensor in [*model.parameters(), *model.buffers()]:
             tensor.sum()
-    record = {"rss_after_model_load": rss_bytes(), "load_average_1min_before": os.getloadavg()[0],
-              "documents": len(corpus), "tokens": n_tokens, "identity": corpus.identity,
-              "model_bytes": sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]),
-              "f": adapter.dims(model, layers[0])[1], "threads": torch.get_num_threads()}
+    record = {
+        "rss_after_model_load": rss_bytes(),
+        "load_average_1min_before": os.getloadavg()[0],
+        "documents": len(corpus),
+        "tokens": n_tokens,
+        "identity": corpus.identity,
+        "model_bytes": sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]),
+        "f": adapter.dims(model, layers[0])[1],
+        "threads": torch.get_num_threads(),
+    }
     record["peak_reset"] = reset_peak_rss()
     start = time.perf_counter()
     sums = {}
@@ -143,7 +155,9 @@ def spawn_phase(phase: str, argv: list[str], workdir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=200_000, help="corpus size in tokens (a prefix of WikiText-2 test)")
+    parser.add_argument(
+        "--tokens", type=int, default=200_000, help="corpus size in tokens (a prefix of WikiText-2 test)"
+    )
     parser.add_argument("--layers", default="4-8", help="first-last layer")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float64", help="accumulator dtype")
     parser.add_argument("--block-tokens", type=int, default=None, help="blocked accumulation (see layer_stats)")
@@ -166,9 +180,12 @@ def main(argv: list[str] | None = None) -> None:
         for phase in ("forward", "single", "per_layer"):
             phases[phase] = spawn_phase(phase, argv, Path(workdir))
             rec = phases[phase]["record"]
-            print(f"{phase}: {rec['seconds']:.1f} s, peak RSS {rec['peak_rss'] / MIB:.0f} MiB "
-                  f"(after model load {rec['rss_after_model_load'] / MIB:.0f} MiB), load average "
-                  f"{rec['load_average_1min_before']:.2f} -> {rec['load_average_1min_after']:.2f}", flush=True)
+            print(
+                f"{phase}: {rec['seconds']:.1f} s, peak RSS {rec['peak_rss'] / MIB:.0f} MiB "
+                f"(after model load {rec['rss_after_model_load'] / MIB:.0f} MiB), load average "
+                f"{rec['load_average_1min_before']:.2f} -> {rec['load_average_1min_after']:.2f}",
+                flush=True,
+            )
     forward, single, per_layer = (phases[p]["record"] for p in ("forward", "single", "per_layer"))
     n_tokens, f = single["tokens"], single["f"]
 
@@ -176,8 +193,10 @@ def main(argv: list[str] | None = None) -> None:
     for layer in layers:
         (a, count_a), (b, count_b) = phases["single"]["sums"][layer], phases["per_layer"]["sums"][layer]
         assert count_a == count_b == n_tokens, (layer, count_a, count_b, n_tokens)
-        agreement[layer] = {"bit_identical": bool(torch.equal(a, b)),
-                            "max_abs_diff_over_max_abs": float((a - b).abs().max() / b.abs().max())}
+        agreement[layer] = {
+            "bit_identical": bool(torch.equal(a, b)),
+            "max_abs_diff_over_max_abs": float((a - b).abs().max() / b.abs().max()),
+        }
         assert agreement[layer]["max_abs_diff_over_max_abs"] < 1e-6, (layer, agreement[layer])
 
     accumulator_bytes = len(layers) * f * f * 8
@@ -185,44 +204,70 @@ def main(argv: list[str] | None = None) -> None:
     bound = single["rss_after_model_load"] + 2 * accumulator_bytes + activation_bytes
     speedup = per_layer["seconds"] / single["seconds"]
     blocks_single, blocks_per_layer = last + 1, sum(layer + 1 for layer in layers)
-    print(f"{n_tokens} tokens, layers {layers}, f = {f}, accumulator {args.dtype}; speed-up {speedup:.2f}x "
-          f"(block-count bound {blocks_per_layer / blocks_single:.2f}x); single-pass peak RSS "
-          f"{single['peak_rss'] / MIB:.0f} MiB vs bound {bound / MIB:.0f} MiB; all matrices agree "
-          f"(bit-identical: {all(a['bit_identical'] for a in agreement.values())})", flush=True)
+    print(
+        f"{n_tokens} tokens, layers {layers}, f = {f}, accumulator {args.dtype}; speed-up {speedup:.2f}x "
+        f"(block-count bound {blocks_per_layer / blocks_single:.2f}x); single-pass peak RSS "
+        f"{single['peak_rss'] / MIB:.0f} MiB vs bound {bound / MIB:.0f} MiB; all matrices agree "
+        f"(bit-identical: {all(a['bit_identical'] for a in agreement.values())})",
+        flush=True,
+    )
 
-    path = write_result(args.name, {
-        "benchmark": "covariance statistics: one pass for all layers vs one pass per layer (reference structure)",
-        "command": "python benchmarks/bench_stats_single_pass.py " + " ".join(argv),
-        "method": "each phase in a fresh process (model loaded, then the phase timed and its peak RSS taken)",
-        "model": "SmolLM2-135M-Instruct (law_fast.load_model(), float32)",
-        "corpus": {"path": str(args.corpus.name), "identity": single["identity"], "documents": single["documents"],
-                   "tokens": n_tokens, "max_length": args.max_length, "batch_tokens": args.batch_tokens},
-        "layers": layers, "f": f, "accumulator": {"dtype": args.dtype, "block_tokens": args.block_tokens},
-        "threads": single["threads"],
-        "load_average_1min": {p: [phases[p]["record"]["load_average_1min_before"],
-                                  phases[p]["record"]["load_average_1min_after"]] for p in phases},
-        "seconds": {"forward_only": forward["seconds"], "single_pass": single["seconds"],
-                    "per_layer_total": per_layer["seconds"], "per_layer": per_layer["seconds_per_layer"]},
-        "tokens_per_second": {"forward_only": n_tokens / forward["seconds"], "single_pass": n_tokens / single["seconds"],
-                              "per_layer_passes": n_tokens / per_layer["seconds"]},
-        "speedup_single_vs_per_layer": speedup,
-        "speedup_target": 3.0,
-        "speedup_bound_from_block_counts": {"blocks_single_pass": blocks_single, "blocks_per_layer_passes": blocks_per_layer,
-                                            "ratio": blocks_per_layer / blocks_single},
-        "accumulation_overhead_over_forward": single["seconds"] / forward["seconds"] - 1,
-        "agreement_single_vs_per_layer": agreement,
-        "memory_bytes": {
-            "model_parameters_and_buffers": single["model_bytes"],
-            "rss_after_model_load": single["rss_after_model_load"],
-            "one_batch_of_activations_measured": activation_bytes,
-            "accumulators_layers_f2_8B": accumulator_bytes,
-            "bound_rss_after_load_plus_2x_accumulators_plus_activations": bound,
-            "peak_rss_forward_only": forward["peak_rss"],
-            "peak_rss_single_pass": single["peak_rss"],
-            "peak_rss_per_layer_passes": per_layer["peak_rss"],
-            "single_pass_within_bound": single["peak_rss"] <= bound,
+    path = write_result(
+        args.name,
+        {
+            "benchmark": "covariance statistics: one pass for all layers vs one pass per layer (reference structure)",
+            "command": "python benchmarks/bench_stats_single_pass.py " + " ".join(argv),
+            "method": "each phase in a fresh process (model loaded, then the phase timed and its peak RSS taken)",
+            "model": "SmolLM2-135M-Instruct (law_fast.load_model(), float32)",
+            "corpus": {
+                "path": str(args.corpus.name),
+                "identity": single["identity"],
+                "documents": single["documents"],
+                "tokens": n_tokens,
+                "max_length": args.max_length,
+                "batch_tokens": args.batch_tokens,
+            },
+            "layers": layers,
+            "f": f,
+            "accumulator": {"dtype": args.dtype, "block_tokens": args.block_tokens},
+            "threads": single["threads"],
+            "load_average_1min": {
+                p: [phases[p]["record"]["load_average_1min_before"], phases[p]["record"]["load_average_1min_after"]]
+                for p in phases
+            },
+            "seconds": {
+                "forward_only": forward["seconds"],
+                "single_pass": single["seconds"],
+                "per_layer_total": per_layer["seconds"],
+                "per_layer": per_layer["seconds_per_layer"],
+            },
+            "tokens_per_second": {
+                "forward_only": n_tokens / forward["seconds"],
+                "single_pass": n_tokens / single["seconds"],
+                "per_layer_passes": n_tokens / per_layer["seconds"],
+            },
+            "speedup_single_vs_per_layer": speedup,
+            "speedup_target": 3.0,
+            "speedup_bound_from_block_counts": {
+                "blocks_single_pass": blocks_single,
+                "blocks_per_layer_passes": blocks_per_layer,
+                "ratio": blocks_per_layer / blocks_single,
+            },
+            "accumulation_overhead_over_forward": single["seconds"] / forward["seconds"] - 1,
+            "agreement_single_vs_per_layer": agreement,
+            "memory_bytes": {
+                "model_parameters_and_buffers": single["model_bytes"],
+                "rss_after_model_load": single["rss_after_model_load"],
+                "one_batch_of_activations_measured": activation_bytes,
+                "accumulators_layers_f2_8B": accumulator_bytes,
+                "bound_rss_after_load_plus_2x_accumulators_plus_activations": bound,
+                "peak_rss_forward_only": forward["peak_rss"],
+                "peak_rss_single_pass": single["peak_rss"],
+                "peak_rss_per_layer_passes": per_layer["peak_rss"],
+                "single_pass_within_bound": single["peak_rss"] <= bound,
+            },
         },
-    })
+    )
     print(f"wrote {path}")
 
 

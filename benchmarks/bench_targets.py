@@ -5,7 +5,7 @@ validation records (``../shared/data/counterfact/counterfact-val.json``); the de
 (z layer 8, 20 steps, EOS target) and the model's seeded context templates.  Candidates, each
 on the same facts:
 
-    per_fact      the reference's structure (tests/plain.py ``plain_compute_z``): one fact at a
+    per_fact      the reference's structure (``law_fast.testing.plain_compute_z``): one fact at a
                   time, torch.optim.Adam, a full forward (all positions, all blocks, full-vocabulary
                   logits) per step
     batched_full  (``--with-full``) ``compute_targets(..., prefix_cache=False)``: all facts of a chunk in one batch,
@@ -35,10 +35,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO_ROOT, write_result  # noqa: E402
-from law_fast.testing import plain_compute_z  # noqa: E402
 
 from law_fast import WashConfig, load_facts, load_model  # noqa: E402
 from law_fast.hf.adapters import get_adapter  # noqa: E402
+from law_fast.testing import plain_compute_z  # noqa: E402
 from law_fast.washing.targets import _rows, compute_targets, target_token_ids  # noqa: E402
 from law_fast.washing.templates import context_templates  # noqa: E402
 
@@ -68,35 +68,57 @@ def main() -> None:
     candidates = [("batched", {})] + ([("batched_full", {"prefix_cache": False})] if args.with_full else [])
     for name, kwargs in candidates:
         start = time.perf_counter()
-        out = compute_targets(model, adapter, tok, facts, templates, config.targets, z_layer, target_ids, progress=False,
-                              **kwargs)
+        out = compute_targets(
+            model, adapter, tok, facts, templates, config.targets, z_layer, target_ids, progress=False, **kwargs
+        )
         seconds = time.perf_counter() - start
-        evaluated = out.steps + 1   # forward passes per fact (the last one decides early stop)
-        results[name] = {"seconds": seconds, "facts": len(facts), "mean_steps": float(out.steps.float().mean()),
-                         "tokens_per_s": float((per_fact_tokens * evaluated).sum()) / seconds}
+        evaluated = out.steps + 1  # forward passes per fact (the last one decides early stop)
+        results[name] = {
+            "seconds": seconds,
+            "facts": len(facts),
+            "mean_steps": float(out.steps.float().mean()),
+            "tokens_per_s": float((per_fact_tokens * evaluated).sum()) / seconds,
+        }
         z[name] = out.z_star
-        passes = evaluated   # identical trajectories: the per-fact loop runs as many passes per fact
+        passes = evaluated  # identical trajectories: the per-fact loop runs as many passes per fact
         print(f"{name}: {seconds:.1f} s", flush=True)
 
     n_plain = min(args.plain_facts, len(facts))
     start = time.perf_counter()
-    plain = torch.stack([plain_compute_z(model, adapter, tok, f, templates, config.targets, z_layer, target_ids)
-                         for f in facts[:n_plain]])
+    plain = torch.stack(
+        [
+            plain_compute_z(model, adapter, tok, f, templates, config.targets, z_layer, target_ids)
+            for f in facts[:n_plain]
+        ]
+    )
     seconds = time.perf_counter() - start
-    results["per_fact"] = {"seconds_measured": seconds, "facts_measured": n_plain,
-                           "seconds": seconds * len(facts) / n_plain, "scaled_to_facts": len(facts),
-                           "tokens_per_s": float((per_fact_tokens[:n_plain] * passes[:n_plain]).sum()) / seconds,
-                           "note": "time for all facts = measured time x facts / facts_measured"}
+    results["per_fact"] = {
+        "seconds_measured": seconds,
+        "facts_measured": n_plain,
+        "seconds": seconds * len(facts) / n_plain,
+        "scaled_to_facts": len(facts),
+        "tokens_per_s": float((per_fact_tokens[:n_plain] * passes[:n_plain]).sum()) / seconds,
+        "extrapolated": True,
+        "note": "time for all facts = measured time x facts / facts_measured",
+    }
     print(f"per_fact: {seconds:.1f} s for {n_plain} facts", flush=True)
     for name in z:
         diff = (z[name][:n_plain].double() - plain.double()).norm(dim=1) / plain.double().norm(dim=1)
         results[name]["max_rel_diff_vs_per_fact"] = float(diff.max())
         results[name]["speedup_vs_per_fact"] = results["per_fact"]["seconds"] / results[name]["seconds"]
     if "batched_full" in results:
-        results["batched"]["speedup_vs_batched_full"] = results["batched_full"]["seconds"] / results["batched"]["seconds"]
-    payload = {"benchmark": "targets z*", "model": "SmolLM2-135M-Instruct", "z_layer": z_layer,
-               "steps": config.targets.v_num_grad_steps, "templates": len(templates), "threads": torch.get_num_threads(),
-               "results": results}
+        results["batched"]["speedup_vs_batched_full"] = (
+            results["batched_full"]["seconds"] / results["batched"]["seconds"]
+        )
+    payload = {
+        "benchmark": "targets z*",
+        "model": "SmolLM2-135M-Instruct",
+        "z_layer": z_layer,
+        "steps": config.targets.v_num_grad_steps,
+        "templates": len(templates),
+        "threads": torch.get_num_threads(),
+        "results": results,
+    }
     print(write_result(args.name, payload))
     for name, r in results.items():
         print(name, {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()})

@@ -18,6 +18,7 @@ imports a module that may be missing, so only its location is looked up.
 Exits 1 if any listed fact (main prompt) is not known, or if a file breaks
 the format rules; paraphrases are reported but do not affect the exit code.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -116,11 +117,18 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", nargs="*", type=Path, help="JSONL fact files (default: the two demo files)")
     ap.add_argument("--paraphrases", action="store_true", help="also generate for the paraphrases")
-    ap.add_argument("--batch-size", type=int, default=BATCH,
-                    help=f"prompts per generate() call, left-padded (default {BATCH}; 1 = no padding)")
-    ap.add_argument("--write-known", type=Path, default=None,
-                    help="write the records whose main prompt is known to this JSONL file "
-                         "(used to filter a candidate list)")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=BATCH,
+        help=f"prompts per generate() call, left-padded (default {BATCH}; 1 = no padding)",
+    )
+    ap.add_argument(
+        "--write-known",
+        type=Path,
+        default=None,
+        help="write the records whose main prompt is known to this JSONL file (used to filter a candidate list)",
+    )
     args = ap.parse_args(argv)
     files = args.files or DEFAULT_FILES
 
@@ -174,8 +182,9 @@ def main(argv=None) -> int:
         ok = is_known(r["object"], conts[k])
         main_known.append(ok)
         unknown += not ok
-        print(f"{'OK  ' if ok else 'MISS'} {name:20s} {r['case_id']:28s} "
-              f"{prompts[k]!r} -> {conts[k]!r}  [{r['object']}]")
+        print(
+            f"{'OK  ' if ok else 'MISS'} {name:20s} {r['case_id']:28s} {prompts[k]!r} -> {conts[k]!r}  [{r['object']}]"
+        )
     if args.paraphrases:
         print("\nparaphrases (informational):")
         pk = 0

@@ -3,7 +3,11 @@
     from common import timeit, interleaved, write_result, machine_info
 
 Benchmarks are data: every script writes ``benchmarks/results/<name>.json`` with the machine,
-the versions, the git sha, the medians and spreads, the FLOP (or byte) counts and the rates.
+the versions, the git sha, the medians and spreads, the FLOP (or byte) counts and the rates, and
+its provenance: the script and the arguments of the one run that produced it.  Only a run from a
+clean work tree at a committed revision (``git_sha`` without ``-dirty``) writes into
+``benchmarks/results/``; any other run writes into ``benchmarks/results/unclean/`` (ignored by
+git), so that a long run is never lost and never committed as data.
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -57,8 +61,9 @@ def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, device: 
     return _summary(samples)
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
-                device: str | None = None) -> dict[str, dict]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1, device: str | None = None
+) -> dict[str, dict]:
     """Time several candidates round-robin (a, b, a, b, ...) so that a noisy or shared machine
     (frequency changes, other jobs) affects them alike; same result format as ``timeit``."""
     for _ in range(warmup):
@@ -78,12 +83,16 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: 
 def git_sha() -> str | None:
     """HEAD of the repository (with "-dirty" when the work tree has changes), None if unknown."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                             text=True, timeout=10)
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -100,16 +109,17 @@ def _cpu_model() -> str:
 
 
 def machine_info() -> dict:
-    """Machine and software versions (JSON-able)."""
+    """Machine and software versions (JSON-able); the versions come from ``law_fast.info.versions``."""
     import torch
+
+    from law_fast.info import versions
 
     info = {
         "hostname": platform.node(),
         "platform": platform.platform(),
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
+        **versions(),
         "torch_cuda": torch.version.cuda,
         "torch_threads": torch.get_num_threads(),
         "blas": _blas_name(torch),
@@ -118,18 +128,22 @@ def machine_info() -> dict:
         "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except Exception:
-        info["triton"] = None
-    try:
         import law_fast.ops
 
         info["law_fast_backends"] = law_fast.ops.backend_report()
-    except Exception as error:  # benchmarks of pure-torch code still run without law_fast
+    except Exception as error:  # benchmarks of pure-torch code still run without the native module
         info["law_fast_backends"] = f"unavailable: {error}"
     return info
+
+
+def provenance() -> dict:
+    """The one run that produces a result: script (relative to the repository), its arguments, the sha."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script_name = str(script.relative_to(REPO_ROOT))
+    except ValueError:
+        script_name = str(script)
+    return {"script": script_name, "argv": sys.argv[1:], "git_sha": git_sha()}
 
 
 def _blas_name(torch) -> str:
@@ -140,10 +154,23 @@ def _blas_name(torch) -> str:
 
 
 def write_result(name: str, payload: dict) -> Path:
-    """Write ``benchmarks/results/<name>.json`` (payload + "machine" if absent); returns the path."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    """Write ``benchmarks/results/<name>.json`` (payload + "machine" and "provenance"); returns the path.
+
+    From a work tree with uncommitted changes (the sha would not say what ran) the file goes to
+    ``benchmarks/results/unclean/`` instead, with a warning."""
     payload = dict(payload)
     payload.setdefault("machine", machine_info())
-    path = RESULTS_DIR / f"{name}.json"
+    payload["provenance"] = provenance()
+    sha = payload["provenance"]["git_sha"]
+    folder = RESULTS_DIR
+    if sha is None or sha.endswith("-dirty"):
+        folder = RESULTS_DIR / "unclean"
+        print(
+            f"warning: the work tree is not a clean committed revision (git sha {sha}): writing {name}.json into "
+            f"{folder} (ignored by git), not benchmarks/results",
+            file=sys.stderr,
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     return path

@@ -22,8 +22,8 @@ Contents:
 
 from __future__ import annotations
 
-import logging
 import contextlib
+import logging
 import os
 
 import torch
@@ -56,8 +56,9 @@ def check_cov_accumulate_args(x: torch.Tensor, cov: torch.Tensor, count: torch.T
         raise RuntimeError(f"cov must be a 2-D tensor of shape (f, f), got shape {list(cov.shape)}")
     f = x.shape[1]
     if tuple(cov.shape) != (f, f):
-        raise RuntimeError(f"cov must have shape (f, f) = ({f}, {f}) to match x of shape "
-                           f"{list(x.shape)}, got shape {list(cov.shape)}")
+        raise RuntimeError(
+            f"cov must have shape (f, f) = ({f}, {f}) to match x of shape {list(x.shape)}, got shape {list(cov.shape)}"
+        )
     if cov.dtype not in COV_DTYPES:
         raise RuntimeError(f"cov must be float32 or float64, got {cov.dtype}")
     if x.dtype == torch.float64 and cov.dtype != torch.float64:
@@ -65,8 +66,7 @@ def check_cov_accumulate_args(x: torch.Tensor, cov: torch.Tensor, count: torch.T
     if not cov.is_contiguous():
         raise RuntimeError("cov must be contiguous")
     if count.dim() != 0 or count.dtype != torch.int64:
-        raise RuntimeError(f"count must be a 0-dim int64 tensor, got shape {list(count.shape)} "
-                           f"and dtype {count.dtype}")
+        raise RuntimeError(f"count must be a 0-dim int64 tensor, got shape {list(count.shape)} and dtype {count.dtype}")
     if cov.device != x.device:
         raise RuntimeError(f"cov must be on the same device as x ({x.device}), got {cov.device}")
     if count.device != x.device:
@@ -115,8 +115,16 @@ if HAS_TRITON:
 
     @triton.jit
     def _cov_accumulate_upper_kernel(
-        x_ptr, cov_ptr, n, f, stride_xn, stride_xf,
-        BLOCK_F: tl.constexpr, BLOCK_N: tl.constexpr, ACC_FP64: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+        x_ptr,
+        cov_ptr,
+        n,
+        f,
+        stride_xn,
+        stride_xf,
+        BLOCK_F: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        ACC_FP64: tl.constexpr,
+        DOT_IN_FP32: tl.constexpr,
     ):
         """One program per tile (ti, tj), ti <= tj, of the (f, f) matrix cov.
 
@@ -133,7 +141,7 @@ if HAS_TRITON:
 
         offs_i = ti * BLOCK_F + tl.arange(0, BLOCK_F).to(tl.int64)  # rows of the cov tile
         offs_j = tj * BLOCK_F + tl.arange(0, BLOCK_F).to(tl.int64)  # columns of the cov tile
-        offs_k = tl.arange(0, BLOCK_N).to(tl.int64)                 # rows of x
+        offs_k = tl.arange(0, BLOCK_N).to(tl.int64)  # rows of x
         mask_i = offs_i < f
         mask_j = offs_j < f
         if ACC_FP64:
@@ -144,10 +152,16 @@ if HAS_TRITON:
         for k0 in range(0, n, BLOCK_N):
             rows = k0 + offs_k
             mask_k = rows < n
-            x_i = tl.load(x_ptr + rows[:, None] * stride_xn + offs_i[None, :] * stride_xf,
-                          mask=mask_k[:, None] & mask_i[None, :], other=0.0)  # (BLOCK_N, BLOCK_F)
-            x_j = tl.load(x_ptr + rows[:, None] * stride_xn + offs_j[None, :] * stride_xf,
-                          mask=mask_k[:, None] & mask_j[None, :], other=0.0)
+            x_i = tl.load(
+                x_ptr + rows[:, None] * stride_xn + offs_i[None, :] * stride_xf,
+                mask=mask_k[:, None] & mask_i[None, :],
+                other=0.0,
+            )  # (BLOCK_N, BLOCK_F)
+            x_j = tl.load(
+                x_ptr + rows[:, None] * stride_xn + offs_j[None, :] * stride_xf,
+                mask=mask_k[:, None] & mask_j[None, :],
+                other=0.0,
+            )
             if ACC_FP64:
                 x_i = x_i.to(tl.float64)
                 x_j = x_j.to(tl.float64)
@@ -177,12 +191,13 @@ def cov_accumulate_triton(x: torch.Tensor, cov: torch.Tensor, count: torch.Tenso
     Runs on CUDA tensors, or on CPU tensors when triton runs in interpreter mode.
     """
     if not HAS_TRITON:
-        raise RuntimeError(f"triton is not available ({TRITON_IMPORT_ERROR}); "
-                           "install it with `pip install triton`")
+        raise RuntimeError(f"triton is not available ({TRITON_IMPORT_ERROR}); install it with `pip install triton`")
     check_cov_accumulate_args(x, cov, count)
     if x.device.type == "cpu" and not triton_interpret_enabled():
-        raise RuntimeError("cov_accumulate_triton got CPU tensors: set TRITON_INTERPRET=1 before "
-                           "importing triton to run the kernel in the interpreter")
+        raise RuntimeError(
+            "cov_accumulate_triton got CPU tensors: set TRITON_INTERPRET=1 before "
+            "importing triton to run the kernel in the interpreter"
+        )
     n, f = x.shape
     if f > 0:
         settings = launch_settings(n, f, x.dtype, cov.dtype)
@@ -190,12 +205,18 @@ def cov_accumulate_triton(x: torch.Tensor, cov: torch.Tensor, count: torch.Tenso
         grid = (tiles * (tiles + 1) // 2,)
         with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
             _cov_accumulate_upper_kernel[grid](
-                x, cov, n, f, x.stride(0), x.stride(1),
-                BLOCK_F=settings["BLOCK_F"], BLOCK_N=settings["BLOCK_N"],
+                x,
+                cov,
+                n,
+                f,
+                x.stride(0),
+                x.stride(1),
+                BLOCK_F=settings["BLOCK_F"],
+                BLOCK_N=settings["BLOCK_N"],
                 ACC_FP64=cov.dtype == torch.float64,
                 # the interpreter (triton 3.9) computes bf16 tl.dot on the raw uint16 bits
                 DOT_IN_FP32=x.dtype == torch.bfloat16 and x.device.type == "cpu",
-                num_warps=settings["num_warps"], num_stages=settings["num_stages"],
+                num_warps=settings["num_warps"],
+                num_stages=settings["num_stages"],
             )
     count.add_(n)
-

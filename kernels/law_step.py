@@ -59,8 +59,8 @@ Contents:
 
 from __future__ import annotations
 
-import logging
 import contextlib
+import logging
 import math
 
 import torch
@@ -74,28 +74,35 @@ DTYPES = (torch.float32, torch.float64)
 
 # ---------------------------------------------------------------- state layout
 # Updated by every law_adam_step_ call:
-STATE_STEP = 0                   # Adam steps taken so far (an integer, stored as float64)
-STATE_LR = 1                     # current learning rate
-STATE_FIRST_CONTACT = 2          # 0-based iteration whose step first crossed ρ > β; −1 before
-STATE_RHO = 3                    # ρ of the iterate the last call started from, before its rescale
-STATE_SCALE = 4                  # rescale factor the last call applied (1 inside the constraint)
-STATE_STEP_SIZE = 5              # lr / (1 − β1^step) of the last Adam update
+STATE_STEP = 0  # Adam steps taken so far (an integer, stored as float64)
+STATE_LR = 1  # current learning rate
+STATE_FIRST_CONTACT = 2  # 0-based iteration whose step first crossed ρ > β; −1 before
+STATE_RHO = 3  # ρ of the iterate the last call started from, before its rescale
+STATE_SCALE = 4  # rescale factor the last call applied (1 inside the constraint)
+STATE_STEP_SIZE = 5  # lr / (1 − β1^step) of the last Adam update
 STATE_BIAS_CORRECTION2_SQRT = 6  # √(1 − β2^step) of the last Adam update
-STATE_BETA1_POWER = 7            # β1^step
-STATE_BETA2_POWER = 8            # β2^step
+STATE_BETA1_POWER = 7  # β1^step
+STATE_BETA2_POWER = 8  # β2^step
 # Constants, set by law_state():
-STATE_BOUND = 9                  # β, the bound on ρ
-STATE_TRACE_C = 10               # tr(C)
-STATE_LR_AFTER = 11              # lr after the first contact; NaN: keep the lr
-STATE_BETA1 = 12                 # Adam β1
-STATE_BETA2 = 13                 # Adam β2
-STATE_EPS = 14                   # Adam eps
-STATE_SIZE = 16                  # (one spare entry)
+STATE_BOUND = 9  # β, the bound on ρ
+STATE_TRACE_C = 10  # tr(C)
+STATE_LR_AFTER = 11  # lr after the first contact; NaN: keep the lr
+STATE_BETA1 = 12  # Adam β1
+STATE_BETA2 = 13  # Adam β2
+STATE_EPS = 14  # Adam eps
+STATE_SIZE = 16  # (one spare entry)
 
 
-def law_state(lr: float, bound: torch.Tensor | float, trace_c: torch.Tensor | float,
-              lr_after_hitting_boundary: float | None = None, beta1: float = 0.9, beta2: float = 0.999,
-              eps: float = 1e-8, device: torch.device | str | None = None) -> torch.Tensor:
+def law_state(
+    lr: float,
+    bound: torch.Tensor | float,
+    trace_c: torch.Tensor | float,
+    lr_after_hitting_boundary: float | None = None,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """A fresh state vector: (STATE_SIZE,) float64 on ``device`` (default: that of ``bound``).
 
     bound (β) and trace_c may be 0-dim device tensors (no host sync) or numbers.
@@ -133,17 +140,24 @@ def check_law_quadratic_args(U: torch.Tensor, G: torch.Tensor, C: torch.Tensor) 
     f = U.shape[0]
     for name, matrix in (("G", G), ("C", C)):
         if matrix.dim() != 2 or tuple(matrix.shape) != (f, f):
-            raise RuntimeError(f"{name} must have shape (f, f) = ({f}, {f}) to match U of shape "
-                               f"{list(U.shape)}, got shape {list(matrix.shape)}")
+            raise RuntimeError(
+                f"{name} must have shape (f, f) = ({f}, {f}) to match U of shape "
+                f"{list(U.shape)}, got shape {list(matrix.shape)}"
+            )
         if matrix.dtype != U.dtype:
-            raise RuntimeError(f"{name} must have U's dtype ({_dtype_name(U.dtype)}), got "
-                               f"{_dtype_name(matrix.dtype)}")
+            raise RuntimeError(f"{name} must have U's dtype ({_dtype_name(U.dtype)}), got {_dtype_name(matrix.dtype)}")
         if matrix.device != U.device:
             raise RuntimeError(f"{name} must be on the same device as U ({U.device}), got {matrix.device}")
 
 
-def check_law_adam_step_args(U: torch.Tensor, GU: torch.Tensor, exp_avg: torch.Tensor,
-                             exp_avg_sq: torch.Tensor, state: torch.Tensor, uCu: torch.Tensor) -> None:
+def check_law_adam_step_args(
+    U: torch.Tensor,
+    GU: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    state: torch.Tensor,
+    uCu: torch.Tensor,
+) -> None:
     """Raise RuntimeError naming the offending argument (works on fake/meta tensors too)."""
     if U.dim() != 2:
         raise RuntimeError(f"U must be a 2-D tensor of shape (f, d), got shape {list(U.shape)}")
@@ -161,15 +175,18 @@ def check_law_adam_step_args(U: torch.Tensor, GU: torch.Tensor, exp_avg: torch.T
         if t.device != U.device:
             raise RuntimeError(f"{name} must be on the same device as U ({U.device}), got {t.device}")
     if state.dim() != 1 or state.shape[0] != STATE_SIZE or state.dtype != torch.float64:
-        raise RuntimeError(f"state must be a float64 tensor of shape [{STATE_SIZE}] (see law_state), got "
-                           f"shape {list(state.shape)} and dtype {_dtype_name(state.dtype)}")
+        raise RuntimeError(
+            f"state must be a float64 tensor of shape [{STATE_SIZE}] (see law_state), got "
+            f"shape {list(state.shape)} and dtype {_dtype_name(state.dtype)}"
+        )
     if not state.is_contiguous():
         raise RuntimeError("state must be contiguous")
     if state.device != U.device:
         raise RuntimeError(f"state must be on the same device as U ({U.device}), got {state.device}")
     if uCu.dim() != 0 or uCu.dtype != torch.float64:
-        raise RuntimeError(f"uCu must be a 0-dim float64 tensor, got shape {list(uCu.shape)} and dtype "
-                           f"{_dtype_name(uCu.dtype)}")
+        raise RuntimeError(
+            f"uCu must be a 0-dim float64 tensor, got shape {list(uCu.shape)} and dtype {_dtype_name(uCu.dtype)}"
+        )
     if uCu.device != U.device:
         raise RuntimeError(f"uCu must be on the same device as U ({U.device}), got {uCu.device}")
 
@@ -178,7 +195,9 @@ def check_law_adam_step_args(U: torch.Tensor, GU: torch.Tensor, exp_avg: torch.T
 
 
 @torch.no_grad()
-def law_quadratic_ref(U: torch.Tensor, G: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def law_quadratic_ref(
+    U: torch.Tensor, G: torch.Tensor, C: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pure torch: GU = G·U (U's dtype), uGu = Σ U∘GU and uCu = Σ U∘(C·U) in float64.
 
     U (f, d), G and C (f, f), float32/float64, any device.  Materialises C·U (f, d) once.
@@ -217,8 +236,15 @@ def law_state_update_ref(state: torch.Tensor, uCu: torch.Tensor, adam_update: bo
 
 
 @torch.no_grad()
-def law_adam_step_ref(U: torch.Tensor, GU: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-                      state: torch.Tensor, uCu: torch.Tensor, adam_update: bool = True) -> None:
+def law_adam_step_ref(
+    U: torch.Tensor,
+    GU: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    state: torch.Tensor,
+    uCu: torch.Tensor,
+    adam_update: bool = True,
+) -> None:
     """Pure torch: pending rescale, lr drop at the first contact, Adam step with gradient −2·s·GU.
 
     U, GU, exp_avg, exp_avg_sq: (f, d) float32/float64 contiguous; state (STATE_SIZE,) float64;
@@ -258,8 +284,14 @@ def launch_settings(f: int, d: int, dtype: torch.dtype) -> dict:
         block_m = max(16, min(block_m, triton.next_power_of_2(max(f, 1))))
         block_n = max(16, min(block_n, triton.next_power_of_2(max(d, 1))))
         block_k = max(16, min(block_k, triton.next_power_of_2(max(f, 1))))
-    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": num_warps,
-            "num_stages": 3, "BLOCK": 1024}
+    return {
+        "BLOCK_M": block_m,
+        "BLOCK_N": block_n,
+        "BLOCK_K": block_k,
+        "num_warps": num_warps,
+        "num_stages": 3,
+        "BLOCK": 1024,
+    }
 
 
 if HAS_TRITON:
@@ -282,10 +314,21 @@ if HAS_TRITON:
 
     @triton.jit
     def _law_quadratic_kernel(
-        a_ptr, u_ptr, out_ptr, partial_ptr, f, d,
-        stride_am, stride_ak, stride_uf, stride_ud,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        ACC_FP64: tl.constexpr, STORE_PRODUCT: tl.constexpr,
+        a_ptr,
+        u_ptr,
+        out_ptr,
+        partial_ptr,
+        f,
+        d,
+        stride_am,
+        stride_ak,
+        stride_uf,
+        stride_ud,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        ACC_FP64: tl.constexpr,
+        STORE_PRODUCT: tl.constexpr,
     ):
         """One program per (BLOCK_M × BLOCK_N) tile P of A·U (A = G or C, (f, f); U (f, d)).
 
@@ -308,10 +351,16 @@ if HAS_TRITON:
         for k0 in range(0, f, BLOCK_K):
             ks = k0 + inner
             mask_k = ks < f
-            a = tl.load(a_ptr + rows[:, None] * stride_am + ks[None, :] * stride_ak,
-                        mask=mask_rows[:, None] & mask_k[None, :], other=0.0)
-            u = tl.load(u_ptr + ks[:, None] * stride_uf + cols[None, :] * stride_ud,
-                        mask=mask_k[:, None] & mask_cols[None, :], other=0.0)
+            a = tl.load(
+                a_ptr + rows[:, None] * stride_am + ks[None, :] * stride_ak,
+                mask=mask_rows[:, None] & mask_k[None, :],
+                other=0.0,
+            )
+            u = tl.load(
+                u_ptr + ks[:, None] * stride_uf + cols[None, :] * stride_ud,
+                mask=mask_k[:, None] & mask_cols[None, :],
+                other=0.0,
+            )
             acc = tl.dot(a, u, acc, input_precision="ieee")
         mask = mask_rows[:, None] & mask_cols[None, :]
         if STORE_PRODUCT:
@@ -348,8 +397,17 @@ if HAS_TRITON:
             tl.store(state_ptr + _BETA2_POWER, beta2_power)
 
     @triton.jit
-    def _law_adam_kernel(u_ptr, gu_ptr, exp_avg_ptr, exp_avg_sq_ptr, state_ptr, n,
-                         BLOCK: tl.constexpr, ADAM_UPDATE: tl.constexpr, IEEE_FP32: tl.constexpr):
+    def _law_adam_kernel(
+        u_ptr,
+        gu_ptr,
+        exp_avg_ptr,
+        exp_avg_sq_ptr,
+        state_ptr,
+        n,
+        BLOCK: tl.constexpr,
+        ADAM_UPDATE: tl.constexpr,
+        IEEE_FP32: tl.constexpr,
+    ):
         """The elementwise part of law_adam_step_ over n = f·d contiguous elements, in U's dtype."""
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
         mask = offs < n
@@ -384,18 +442,21 @@ if HAS_TRITON:
 
 def _require_triton(name: str, device: torch.device) -> None:
     if not HAS_TRITON:
-        raise RuntimeError(f"triton is not available ({TRITON_IMPORT_ERROR}); "
-                           "install it with `pip install triton`")
+        raise RuntimeError(f"triton is not available ({TRITON_IMPORT_ERROR}); install it with `pip install triton`")
     if device.type == "cpu" and not triton_interpret_enabled():
-        raise RuntimeError(f"{name} got CPU tensors: set TRITON_INTERPRET=1 before importing triton "
-                           "to run the kernel in the interpreter")
+        raise RuntimeError(
+            f"{name} got CPU tensors: set TRITON_INTERPRET=1 before importing triton "
+            "to run the kernel in the interpreter"
+        )
 
 
 def _device_context(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def law_quadratic_triton(U: torch.Tensor, G: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def law_quadratic_triton(
+    U: torch.Tensor, G: torch.Tensor, C: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton implementation; same contract as law_quadratic_ref, C·U kept only per tile.
 
     Two launches of one tiled kernel (A = G storing the product, A = C reducing only), each
@@ -414,17 +475,37 @@ def law_quadratic_triton(U: torch.Tensor, G: torch.Tensor, C: torch.Tensor) -> t
     with _device_context(U):
         for which, (A, store) in enumerate(((G, True), (C, False))):
             _law_quadratic_kernel[grid](
-                A, U, GU, partials[which], f, d, A.stride(0), A.stride(1), U.stride(0), U.stride(1),
-                BLOCK_M=settings["BLOCK_M"], BLOCK_N=settings["BLOCK_N"], BLOCK_K=settings["BLOCK_K"],
-                ACC_FP64=U.dtype == torch.float64, STORE_PRODUCT=store,
-                num_warps=settings["num_warps"], num_stages=settings["num_stages"],
+                A,
+                U,
+                GU,
+                partials[which],
+                f,
+                d,
+                A.stride(0),
+                A.stride(1),
+                U.stride(0),
+                U.stride(1),
+                BLOCK_M=settings["BLOCK_M"],
+                BLOCK_N=settings["BLOCK_N"],
+                BLOCK_K=settings["BLOCK_K"],
+                ACC_FP64=U.dtype == torch.float64,
+                STORE_PRODUCT=store,
+                num_warps=settings["num_warps"],
+                num_stages=settings["num_stages"],
             )
     sums = partials.sum(dim=1)
     return GU, sums[0], sums[1]
 
 
-def law_adam_step_triton(U: torch.Tensor, GU: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-                         state: torch.Tensor, uCu: torch.Tensor, adam_update: bool = True) -> None:
+def law_adam_step_triton(
+    U: torch.Tensor,
+    GU: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    state: torch.Tensor,
+    uCu: torch.Tensor,
+    adam_update: bool = True,
+) -> None:
     """Triton implementation; same contract as law_adam_step_ref.  Two launches on the current
     stream: the one-program scalar kernel updates ``state``, then the elementwise kernel reads it."""
     _require_triton("law_adam_step_triton", U.device)
@@ -434,6 +515,15 @@ def law_adam_step_triton(U: torch.Tensor, GU: torch.Tensor, exp_avg: torch.Tenso
     with _device_context(U):
         _law_state_kernel[(1,)](state, uCu, ADAM_UPDATE=adam_update, num_warps=1)
         if n > 0:
-            _law_adam_kernel[(triton.cdiv(n, block),)](U, GU, exp_avg, exp_avg_sq, state, n, BLOCK=block,
-                                                       ADAM_UPDATE=adam_update,
-                                                       IEEE_FP32=U.dtype == torch.float32, num_warps=4)
+            _law_adam_kernel[(triton.cdiv(n, block),)](
+                U,
+                GU,
+                exp_avg,
+                exp_avg_sq,
+                state,
+                n,
+                BLOCK=block,
+                ADAM_UPDATE=adam_update,
+                IEEE_FP32=U.dtype == torch.float32,
+                num_warps=4,
+            )

@@ -1,12 +1,12 @@
 """law_fast: fast large-scale knowledge washing (LaW, ICLR 2025) for Hugging Face causal LMs.
 
-    import law_fast as lf
-    model, tok = lf.load_model()                 # embedded default: SmolLM2-135M-Instruct
-    facts = lf.load_facts("facts.jsonl")
-    result = lf.wash(model, tok, facts)          # edits the model in place
-    result.save("washed/")                       # model + deltas + report
-    result.revert()                              # exact original weights back
-    report = lf.evaluate(model, tok, facts=facts, reasoning=["lambada"], limit=200)   # EvalReport
+import law_fast as lf
+model, tok = lf.load_model()                 # embedded default: SmolLM2-135M-Instruct
+facts = lf.load_facts("facts.jsonl")
+result = lf.wash(model, tok, facts)          # edits the model in place
+result.save("washed/")                       # model + deltas + report
+result.revert()                              # exact original weights back
+report = lf.evaluate(model, tok, facts=facts, reasoning=["lambada"], limit=200)   # EvalReport
 """
 
 from __future__ import annotations
@@ -15,12 +15,22 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "WashConfig": ".config",
-    "Fact": ".facts", "load_facts": ".facts", "FactError": ".facts", "FactFormatError": ".facts",
-    "Corpus": ".corpus", "load_corpus": ".corpus",
-    "load_model": ".hf.loading", "get_adapter": ".hf.adapters", "Adapter": ".hf.adapters",
-    "wash": ".washing.api", "WashResult": ".washing.result", "WashReport": ".washing.result",
+    "Fact": ".facts",
+    "load_facts": ".facts",
+    "FactError": ".facts",
+    "FactFormatError": ".facts",
+    "Corpus": ".corpus",
+    "load_corpus": ".corpus",
+    "load_model": ".hf.loading",
+    "get_adapter": ".hf.adapters",
+    "Adapter": ".hf.adapters",
+    "wash": ".washing.api",
+    "WashResult": ".washing.result",
+    "WashReport": ".washing.result",
     "layer_stats": ".washing.stats",
-    "evaluate": ".eval.report", "EvalReport": ".eval.report", "EvalConfig": ".eval.report",
+    "evaluate": ".eval.report",
+    "EvalReport": ".eval.report",
+    "EvalConfig": ".eval.report",
     "versions": ".info",
 }
 

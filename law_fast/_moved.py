@@ -7,10 +7,10 @@ The table is the record of what moved where (docs/architecture.md).
 
 from __future__ import annotations
 
-import logging
 import importlib
 import importlib.abc
 import importlib.machinery
+import logging
 import sys
 import types
 import warnings
@@ -21,16 +21,24 @@ log = logging.getLogger(__name__)
 MOVED: dict[str, tuple[str, ...]] = {
     "law_fast.models": ("law_fast.hf.adapters", "law_fast.hf.hooks", "law_fast.hf.compat", "law_fast.hf.loading"),
     "law_fast.tokens": ("law_fast.hf.tokens", "law_fast.hf.hooks"),
-    "law_fast.generation": ("law_fast.hf.generate", "law_fast.washing.templates", "law_fast.washing.elimination",
-                            "law_fast.facts"),
+    "law_fast.generation": (
+        "law_fast.hf.generate",
+        "law_fast.washing.templates",
+        "law_fast.washing.elimination",
+        "law_fast.facts",
+    ),
     "law_fast.pipeline": ("law_fast.washing.api", "law_fast.washing.result"),
     "law_fast.stats": ("law_fast.washing.stats", "law_fast.corpus"),
     "law_fast.targets": ("law_fast.washing.targets",),
     "law_fast.keys": ("law_fast.washing.keys",),
     "law_fast.memit": ("law_fast.washing.memit",),
     "law_fast.law": ("law_fast.washing.law",),
-    "law_fast.evaluation": ("law_fast.eval.report", "law_fast.eval.knowledge", "law_fast.eval.lm",
-                            "law_fast.eval.compare"),
+    "law_fast.evaluation": (
+        "law_fast.eval.report",
+        "law_fast.eval.knowledge",
+        "law_fast.eval.lm",
+        "law_fast.eval.compare",
+    ),
     "law_fast.reasoning": ("law_fast.eval.tasks", "law_fast.eval.lm", "law_fast.eval.harness"),
     "law_fast.metrics": ("law_fast.eval.metrics",),
 }
@@ -47,8 +55,12 @@ def forwarding_getattr(name: str, targets: tuple[str, ...], warn: bool = False):
             value = getattr(importlib.import_module(target), attribute, _MISSING)
             if value is not _MISSING:
                 if warn:
-                    warnings.warn(f"{name}.{attribute} is deprecated and will be removed in law_fast 0.3; import it "
-                                  f"from {target}", DeprecationWarning, stacklevel=2)
+                    warnings.warn(
+                        f"{name}.{attribute} is deprecated and will be removed in law_fast 0.3; import it "
+                        f"from {target}",
+                        DeprecationWarning,
+                        stacklevel=2,
+                    )
                 return value
         raise AttributeError(f"module {name!r} has no attribute {attribute!r} (it moved to {', '.join(targets)})")
 
@@ -71,8 +83,12 @@ class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return None
 
     def create_module(self, spec):
-        warnings.warn(f"{spec.name} is deprecated and will be removed in law_fast 0.3; import from "
-                      f"{' / '.join(MOVED[spec.name])} instead", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"{spec.name} is deprecated and will be removed in law_fast 0.3; import from "
+            f"{' / '.join(MOVED[spec.name])} instead",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return _forwarding_module(spec.name)
 
     def exec_module(self, module):

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def _layers(text: str) -> tuple[int, ...]:
-    """"4-8" or "4,5,6" → (4, 5, ...)."""
+    """ "4-8" or "4,5,6" → (4, 5, ...)."""
     out: list[int] = []
     for part in text.split(","):
         if "-" in part:
@@ -63,12 +63,23 @@ def cmd_demo(args) -> int:
     t0 = time.perf_counter()
     model, tok = load_model(args.model)
     washed, control = demo_facts()
-    held_out = [p + c for p, c in zip(FLUENCY_PROMPTS * 3, sample_continuations(model, tok, FLUENCY_PROMPTS * 3, 48, 40, seed=99))]
+    held_out = [
+        p + c
+        for p, c in zip(FLUENCY_PROMPTS * 3, sample_continuations(model, tok, FLUENCY_PROMPTS * 3, 48, 40, seed=99))
+    ]
 
     def measure(subset=None):
         # the same metrics as `law-fast eval`; after the wash, on the facts the original model knew
-        report = evaluate(model, tok, facts=washed, controls=control, corpus=held_out, known_only=subset is None,
-                          subset=subset, progress=False)
+        report = evaluate(
+            model,
+            tok,
+            facts=washed,
+            controls=control,
+            corpus=held_out,
+            known_only=subset is None,
+            subset=subset,
+            progress=False,
+        )
         return report, greedy_continuations(model, tok, FLUENCY_PROMPTS, max_new_tokens=16)
 
     before, gens_before = measure()
@@ -105,7 +116,7 @@ def cmd_demo(args) -> int:
 
 
 def _task_limits(reasoning: str | None, limit: int | None) -> tuple[list[str], int | dict[str, int] | None]:
-    """"lambada,hellaswag,gsm8k:50" and --limit 200 → (tasks, {"default": 200, "gsm8k": 50})."""
+    """ "lambada,hellaswag,gsm8k:50" and --limit 200 → (tasks, {"default": 200, "gsm8k": 50})."""
     tasks, limits = [], {}
     for part in (reasoning or "").split(","):
         if not part.strip():
@@ -133,8 +144,10 @@ def cmd_eval(args) -> int:
     if not (args.facts or args.controls or args.corpus or tasks or args.entropy):
         raise ValueError("nothing to evaluate: give --facts, --controls, --corpus, --reasoning and/or --entropy")
     if args.known_only and args.subset:
-        raise ValueError("--known-only and --subset exclude each other (use --known-only on the original model, "
-                         "--subset ITS_REPORT.json on the washed one)")
+        raise ValueError(
+            "--known-only and --subset exclude each other (use --known-only on the original model, "
+            "--subset ITS_REPORT.json on the washed one)"
+        )
     t0 = time.perf_counter()
     model, tok = load_model(args.model)
     facts = load_facts(args.facts, format=args.format, limit=args.facts_limit) if args.facts else None
@@ -146,11 +159,28 @@ def cmd_eval(args) -> int:
         if not sep or not task.strip() or not path.strip():
             raise ValueError(f"--task-file {item!r}: expected TASK=PATH, e.g. hellaswag=my/hellaswag_val.jsonl")
         paths[task.strip()] = path.strip()
-    report = evaluate(model, tok, facts=facts, controls=controls, corpus=args.corpus, reasoning=tasks, limit=limit,
-                      seed=args.seed, batch_size=args.batch_size, known_only=args.known_only, subset=subset,
-                      ppl_window=args.window, ppl_stride=args.stride, ppl_max_tokens=args.ppl_tokens or None,
-                      entropy=args.entropy, reasoning_paths=paths, data_dir=args.data_dir,
-                      gsm8k_fewshot=args.gsm8k_fewshot, use_lm_eval=args.lm_eval, label=args.label or "")
+    report = evaluate(
+        model,
+        tok,
+        facts=facts,
+        controls=controls,
+        corpus=args.corpus,
+        reasoning=tasks,
+        limit=limit,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        known_only=args.known_only,
+        subset=subset,
+        ppl_window=args.window,
+        ppl_stride=args.stride,
+        ppl_max_tokens=args.ppl_tokens or None,
+        entropy=args.entropy,
+        reasoning_paths=paths,
+        data_dir=args.data_dir,
+        gsm8k_fewshot=args.gsm8k_fewshot,
+        use_lm_eval=args.lm_eval,
+        label=args.label or "",
+    )
     print(text_table([report]))
     print(f"total {time.perf_counter() - t0:.1f} s")
     if args.out:
@@ -190,7 +220,12 @@ def cmd_wash(args) -> int:
     result = wash(model, tok, facts, cfg)
     out = result.save(args.out, overwrite=args.overwrite)
     rep = result.report
-    print(json.dumps({k: rep.get(k) for k in ("n_facts", "known_before", "n_washed_requests", "still_known_after", "timings_s")}, indent=2))
+    print(
+        json.dumps(
+            {k: rep.get(k) for k in ("n_facts", "known_before", "n_washed_requests", "still_known_after", "timings_s")},
+            indent=2,
+        )
+    )
     print(f"saved to {out}")
     return 0
 
@@ -204,9 +239,19 @@ def cmd_stats(args) -> int:
     model, tok = load_model(args.model)
     corpus = resolve(args.corpus, model, tok, n_samples=args.samples)
     t = time.perf_counter()
-    stats = layer_stats(model, get_adapter(model), tok, corpus, _layers(args.layers), args.max_length, args.batch_tokens,
-                        args.dtype, use_cache=not args.no_cache, block_tokens=args.block_tokens,
-                        checkpoint_every_tokens=args.checkpoint_every)
+    stats = layer_stats(
+        model,
+        get_adapter(model),
+        tok,
+        corpus,
+        _layers(args.layers),
+        args.max_length,
+        args.batch_tokens,
+        args.dtype,
+        use_cache=not args.no_cache,
+        block_tokens=args.block_tokens,
+        checkpoint_every_tokens=args.checkpoint_every,
+    )
     for layer, s in stats.items():
         print(f"layer {layer}: {s.count} tokens, f = {s.sum.shape[0]}, trace(C) = {float(s.cov.trace()):.4g}")
     print(f"{time.perf_counter() - t:.1f} s")
@@ -226,7 +271,9 @@ def main(argv=None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="wash built-in facts from the embedded default model and print a before/after table")
+    p = sub.add_parser(
+        "demo", help="wash built-in facts from the embedded default model and print a before/after table"
+    )
     p.add_argument("--model", default=None, help="model directory or .gguf (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--method", choices=METHODS)
     p.add_argument("--layers")
@@ -242,18 +289,22 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--method", choices=METHODS,
-                   help="law (default), memit, or a fine-tuning baseline (docs/baselines.md)")
+    p.add_argument(
+        "--method", choices=METHODS, help="law (default), memit, or a fine-tuning baseline (docs/baselines.md)"
+    )
     p.add_argument("--layers")
     p.add_argument("--config")
     p.add_argument("--corpus", help="statistics corpus: .txt, .jsonl or hf:NAME[:CONFIG[:SPLIT]] (default: embedded)")
     p.add_argument("--samples", type=int, help="documents sampled from the corpus")
     p.set_defaults(func=cmd_wash)
 
-    p = sub.add_parser("stats", help="compute (and cache) covariance statistics; an interrupted run resumes",
-                       description="Covariance statistics of the down-projection inputs of --layers, one pass over "
-                                   "the corpus for all of them; cached per layer, checkpointed, resumed when rerun "
-                                   "with the same arguments (docs/statistics.md).")
+    p = sub.add_parser(
+        "stats",
+        help="compute (and cache) covariance statistics; an interrupted run resumes",
+        description="Covariance statistics of the down-projection inputs of --layers, one pass over "
+        "the corpus for all of them; cached per layer, checkpointed, resumed when rerun "
+        "with the same arguments (docs/statistics.md).",
+    )
     p.add_argument("--model", default=None)
     p.add_argument("--corpus", default=None, help=".txt, .jsonl, .json or hf:NAME[:CONFIG[:SPLIT]] (default: embedded)")
     p.add_argument("--layers", required=True, help='e.g. "4-8" or "4,6"')
@@ -261,31 +312,53 @@ def main(argv=None) -> int:
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64", help="accumulator dtype")
-    p.add_argument("--block-tokens", type=int, default=None,
-                   help="accumulate blocks of this many tokens in --dtype, added to a float64 total (e.g. 65536)")
-    p.add_argument("--checkpoint-every", type=int, default=1_000_000, metavar="TOKENS",
-                   help="write a resumable checkpoint every this many tokens (0: never)")
+    p.add_argument(
+        "--block-tokens",
+        type=int,
+        default=None,
+        help="accumulate blocks of this many tokens in --dtype, added to a float64 total (e.g. 65536)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=1_000_000,
+        metavar="TOKENS",
+        help="write a resumable checkpoint every this many tokens (0: never)",
+    )
     p.add_argument("--no-cache", action="store_true", help="neither read nor write cache files or checkpoints")
     p.set_defaults(func=cmd_stats)
 
-    p = sub.add_parser("eval", help="evaluate a model: forgetting, retention, fluency, reasoning (JSON report)",
-                       description="Knowledge (Acc, QA-F1, first-token NLL on prompts, paraphrases, neighbourhood), "
-                                   "sliding-window perplexity and lm-evaluation-harness-style reasoning scores, "
-                                   "from local files (docs/evaluation.md).")
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a model: forgetting, retention, fluency, reasoning (JSON report)",
+        description="Knowledge (Acc, QA-F1, first-token NLL on prompts, paraphrases, neighbourhood), "
+        "sliding-window perplexity and lm-evaluation-harness-style reasoning scores, "
+        "from local files (docs/evaluation.md).",
+    )
     p.add_argument("--model", default=None, help="model directory or .gguf (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--facts", help="facts that were washed (any format load_facts reads)")
     p.add_argument("--controls", help="facts that were not washed and must stay")
     p.add_argument("--format", default=None, help="facts format (default: detected from the content)")
     p.add_argument("--facts-limit", type=int, default=None, help="only the first N facts (and controls) of the files")
-    p.add_argument("--known-only", action="store_true", help="only the facts this model knows (use on the original model)")
-    p.add_argument("--subset", metavar="REPORT", help="evaluate exactly the facts of an earlier report (before vs after)")
+    p.add_argument(
+        "--known-only", action="store_true", help="only the facts this model knows (use on the original model)"
+    )
+    p.add_argument(
+        "--subset", metavar="REPORT", help="evaluate exactly the facts of an earlier report (before vs after)"
+    )
     p.add_argument("--corpus", help="perplexity text: .txt, .jsonl, .json or hf:NAME[:CONFIG[:SPLIT]]")
-    p.add_argument("--ppl-tokens", type=int, default=16384,
-                   help="score the first N corpus tokens (default 16384, a few minutes on a CPU; 0 = all)")
+    p.add_argument(
+        "--ppl-tokens",
+        type=int,
+        default=16384,
+        help="score the first N corpus tokens (default 16384, a few minutes on a CPU; 0 = all)",
+    )
     p.add_argument("--window", type=int, default=None, help="perplexity window in tokens (default: min(1024, context))")
     p.add_argument("--stride", type=int, default=None, help="perplexity stride (default: window // 2)")
     p.add_argument("--entropy", action="store_true", help="also the n-gram entropy of sampled generations")
-    p.add_argument("--reasoning", default=None, help='tasks, e.g. "lambada,hellaswag,arc_easy,gsm8k:50" (":N" = own limit)')
+    p.add_argument(
+        "--reasoning", default=None, help='tasks, e.g. "lambada,hellaswag,arc_easy,gsm8k:50" (":N" = own limit)'
+    )
     p.add_argument("--limit", type=int, default=None, help="items per reasoning task (fixed-seed subset; default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="folder of the reasoning files (default: ../shared/data/reasoning)")
@@ -308,7 +381,9 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_info)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, ModuleNotFoundError) as e:

@@ -19,18 +19,19 @@ nested form.
 
 from __future__ import annotations
 
-import logging
 import dataclasses
 import json
+import logging
 import numbers
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 log = logging.getLogger(__name__)
 
-BASELINE_METHODS = ("ft", "me-ft", "ft-ul", "seul", "woh")   # fine-tuning baselines (law_fast.baselines)
+BASELINE_METHODS = ("ft", "me-ft", "ft-ul", "seul", "woh")  # fine-tuning baselines (law_fast.baselines)
 METHODS = ("law", "memit") + BASELINE_METHODS
 LAMBDA_RULES = ("disruption", "fit", "reference", "fixed")
 
@@ -54,7 +55,9 @@ class _Section:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)}
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)
+        }
 
 
 @dataclass(frozen=True)
@@ -62,20 +65,25 @@ class TargetConfig(_Section):
     """Context templates (§2.1) and the targets z* (§2.3): per fact, Adam on a δ added at the last
     edited layer until the model emits ``target`` after the prompt."""
 
-    target: str = "eos"                 # "eos": the EOS token alone; "space+eos": " " + EOS as the reference; else literal text
+    target: str = "eos"  # "eos": the EOS token alone; "space+eos": " " + EOS as the reference; else literal text
     template_length: int = 10
     v_num_grad_steps: int = 20
     v_lr: float = 0.5
-    v_loss_layer: int = -1              # -1: the last block
+    v_loss_layer: int = -1  # -1: the last block
     v_weight_decay: float = 0.5
     clamp_norm_factor: float = 0.75
     kl_factor: float = 0.0625
     loss_threshold: float = 0.05
-    target_batch_tokens: int = 16384    # aligned prompt tokens per z* chunk (bounds memory; facts sorted by prefix length)
+    target_batch_tokens: int = (
+        16384  # aligned prompt tokens per z* chunk (bounds memory; facts sorted by prefix length)
+    )
 
     def problems(self) -> list[str]:
-        bad = [name for name in ("v_num_grad_steps", "target_batch_tokens", "template_length")
-               if not _positive_int(getattr(self, name))]
+        bad = [
+            name
+            for name in ("v_num_grad_steps", "target_batch_tokens", "template_length")
+            if not _positive_int(getattr(self, name))
+        ]
         return [f"{name} must be an integer >= 1, got {getattr(self, name)!r}" for name in bad]
 
 
@@ -83,16 +91,18 @@ class TargetConfig(_Section):
 class StatsConfig(_Section):
     """The covariance statistics C = E[kkᵀ] (§3)."""
 
-    corpus: str | None = None           # None: the embedded default corpus (text sampled from the model, seeded)
-    mom2_n_samples: int = 100_000       # documents sampled from the corpus
+    corpus: str | None = None  # None: the embedded default corpus (text sampled from the model, seeded)
+    mom2_n_samples: int = 100_000  # documents sampled from the corpus
     stats_max_length: int = 1024
-    stats_dtype: str = "float64"        # accumulator dtype
+    stats_dtype: str = "float64"  # accumulator dtype
     stats_batch_tokens: int = 4096
 
     def problems(self) -> list[str]:
-        problems = [f"{name} must be an integer >= 1, got {getattr(self, name)!r}"
-                    for name in ("mom2_n_samples", "stats_max_length", "stats_batch_tokens")
-                    if not _positive_int(getattr(self, name))]
+        problems = [
+            f"{name} must be an integer >= 1, got {getattr(self, name)!r}"
+            for name in ("mom2_n_samples", "stats_max_length", "stats_batch_tokens")
+            if not _positive_int(getattr(self, name))
+        ]
         if self.stats_dtype not in ("float32", "float64"):
             problems.append(f"stats_dtype must be 'float32' or 'float64', got {self.stats_dtype!r}")
         return problems
@@ -116,9 +126,9 @@ class MemitConfig(_Section):
 
     mom2_update_weight: float = 20_000.0
     lambda_rule: str = "disruption"
-    disruption_per_fact: float | None = 6.25e-5   # measured trade-off on SmolLM2, 16 and 64 facts (README)
-    disruption_budget: float = 0.02    # the cap (reached at 320 facts), or the whole budget without per-fact scaling
-    fit_target: float = 0.5            # lambda_rule="fit"
+    disruption_per_fact: float | None = 6.25e-5  # measured trade-off on SmolLM2, 16 and 64 facts (README)
+    disruption_budget: float = 0.02  # the cap (reached at 320 facts), or the whole budget without per-fact scaling
+    fit_target: float = 0.5  # lambda_rule="fit"
     norm_bounds: tuple[float, float] = (1 / 3, 3 / 4)
     lambda_step: float = 100_000.0
     decay_factor: float = 0.75
@@ -183,8 +193,11 @@ class CheckConfig(_Section):
     check_batch_size: int = 32
 
     def problems(self) -> list[str]:
-        return [f"{name} must be an integer >= 1, got {getattr(self, name)!r}"
-                for name in ("check_max_new_tokens", "check_batch_size") if not _positive_int(getattr(self, name))]
+        return [
+            f"{name} must be an integer >= 1, got {getattr(self, name)!r}"
+            for name in ("check_max_new_tokens", "check_batch_size")
+            if not _positive_int(getattr(self, name))
+        ]
 
 
 @dataclass(frozen=True)
@@ -199,29 +212,31 @@ class FinetuneConfig(_Section):
     ft_epochs: int | None = None
     ft_batch_size: int | None = None
     ft_shuffle: bool | None = None
-    ft_weight_decay: float = 0.0        # AdamW decoupled weight decay
-    ft_max_steps: int | None = None     # cap on optimizer steps (None: epochs × batches)
-    ft_dropout: bool = False            # train with the model's own dropout (seeded); default: eval mode, no dropout
-    ft_mixed_precision: bool = True     # bf16 autocast on CUDA when supported; fp32 elsewhere
-    ft_use_lora: bool = False           # LoRA adapters (needs `peft`), merged into the weights at the end
+    ft_weight_decay: float = 0.0  # AdamW decoupled weight decay
+    ft_max_steps: int | None = None  # cap on optimizer steps (None: epochs × batches)
+    ft_dropout: bool = False  # train with the model's own dropout (seeded); default: eval mode, no dropout
+    ft_mixed_precision: bool = True  # bf16 autocast on CUDA when supported; fp32 elsewhere
+    ft_use_lora: bool = False  # LoRA adapters (needs `peft`), merged into the weights at the end
     ft_lora_rank: int = 8
     ft_lora_alpha: float = 32.0
-    ft_lora_dropout: float = 0.0        # seeded when > 0
-    ft_lora_targets: tuple[str, ...] = ()   # module-name suffixes; (): the family's attention q/v projections
-    meft_layer: int | None = None       # me-ft: the block whose MLP down-projection is trained (None: layers[0])
-    meft_linf: float | None = None      # me-ft: |W − W₀| ≤ meft_linf elementwise
-    woh_alpha: float | None = None      # woh: v = ℓ_base − α·ReLU(ℓ_reinforced − ℓ_base)
+    ft_lora_dropout: float = 0.0  # seeded when > 0
+    ft_lora_targets: tuple[str, ...] = ()  # module-name suffixes; (): the family's attention q/v projections
+    meft_layer: int | None = None  # me-ft: the block whose MLP down-projection is trained (None: layers[0])
+    meft_linf: float | None = None  # me-ft: |W − W₀| ≤ meft_linf elementwise
+    woh_alpha: float | None = None  # woh: v = ℓ_base − α·ReLU(ℓ_reinforced − ℓ_base)
     woh_reinforce_lr: float | None = None
     woh_reinforce_epochs: int | None = None
     guard_ppl_ratio: float | None = 2.0  # stop when held-out perplexity > ratio × its value before training (None: off)
-    guard_every: int = 10               # optimizer steps between perplexity checks (and one after the last step)
-    guard_texts: int = 8                # held-out documents for the guard
-    guard_max_length: int = 128         # tokens per guard document
+    guard_every: int = 10  # optimizer steps between perplexity checks (and one after the last step)
+    guard_texts: int = 8  # held-out documents for the guard
+    guard_max_length: int = 128  # tokens per guard document
 
     def __post_init__(self):
         if isinstance(self.ft_lora_targets, str):
-            raise ValueError(f"invalid FinetuneConfig: ft_lora_targets must be a list of module-name suffixes, "
-                             f"got the string {self.ft_lora_targets!r}")
+            raise ValueError(
+                f"invalid FinetuneConfig: ft_lora_targets must be a list of module-name suffixes, "
+                f"got the string {self.ft_lora_targets!r}"
+            )
         object.__setattr__(self, "ft_lora_targets", tuple(str(x) for x in self.ft_lora_targets))
         super().__post_init__()
 
@@ -231,8 +246,15 @@ class FinetuneConfig(_Section):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 problems.append(f"{name} must be positive, got {value!r}")
-        for name in ("ft_epochs", "ft_batch_size", "ft_max_steps", "woh_reinforce_epochs", "ft_lora_rank", "guard_every",
-                     "guard_texts"):
+        for name in (
+            "ft_epochs",
+            "ft_batch_size",
+            "ft_max_steps",
+            "woh_reinforce_epochs",
+            "ft_lora_rank",
+            "guard_every",
+            "guard_texts",
+        ):
             value = getattr(self, name)
             if value is not None and not _positive_int(value):
                 problems.append(f"{name} must be an integer >= 1, got {value!r}")
@@ -243,15 +265,23 @@ class FinetuneConfig(_Section):
         if not 0 <= self.ft_lora_dropout < 1:
             problems.append(f"ft_lora_dropout must be in [0, 1), got {self.ft_lora_dropout}")
         if self.guard_ppl_ratio is not None and not self.guard_ppl_ratio > 1:
-            problems.append(f"guard_ppl_ratio must be > 1 (a ratio to the perplexity before training) or None, got {self.guard_ppl_ratio}")
+            problems.append(
+                f"guard_ppl_ratio must be > 1 (a ratio to the perplexity before training) or None, got {self.guard_ppl_ratio}"
+            )
         if self.meft_layer is not None and self.meft_layer < 0:
             problems.append(f"meft_layer must be >= 0, got {self.meft_layer}")
         return problems
 
 
 #: section attribute → its class, in the order ``to_dict`` writes them
-SECTIONS: dict[str, type] = {"targets": TargetConfig, "stats": StatsConfig, "memit": MemitConfig, "law": LawConfig,
-                             "checks": CheckConfig, "finetune": FinetuneConfig}
+SECTIONS: dict[str, type] = {
+    "targets": TargetConfig,
+    "stats": StatsConfig,
+    "memit": MemitConfig,
+    "law": LawConfig,
+    "checks": CheckConfig,
+    "finetune": FinetuneConfig,
+}
 #: flat field name → the section that holds it
 SECTION_OF: dict[str, str] = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 
@@ -267,9 +297,9 @@ class WashConfig:
 
     layers: tuple[int, ...]
     method: str = "law"
-    only_known: bool = True             # wash only facts the model produces before the wash
+    only_known: bool = True  # wash only facts the model produces before the wash
     seed: int = 0
-    key_batch_size: int = 16            # facts per keys forward, all of their template sentences in it (GPU: raise it)
+    key_batch_size: int = 16  # facts per keys forward, all of their template sentences in it (GPU: raise it)
     targets: TargetConfig = field(default_factory=TargetConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     memit: MemitConfig = field(default_factory=MemitConfig)
@@ -278,9 +308,12 @@ class WashConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def __post_init__(self):
-        if isinstance(self.layers, (str, bytes)) or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool)
-                                                           for x in self.layers):
-            raise ValueError(f"invalid WashConfig: layers must be a list of block indices (integers), got {self.layers!r}")
+        if isinstance(self.layers, (str, bytes)) or not all(
+            isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in self.layers
+        ):
+            raise ValueError(
+                f"invalid WashConfig: layers must be a list of block indices (integers), got {self.layers!r}"
+            )
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
         problems = []
         if not self.layers:
@@ -302,7 +335,7 @@ class WashConfig:
         """What the washed model should emit after a fact prompt (``targets.target``)."""
         return self.targets.target
 
-    def resolved(self) -> "WashConfig":
+    def resolved(self) -> WashConfig:
         """This config with the baseline fields left at None filled in from ``BASELINE_DEFAULTS[method]``
         (and ``meft_layer`` from ``layers[0]``); unchanged for "law"/"memit"."""
         if self.method not in BASELINE_METHODS:
@@ -312,7 +345,7 @@ class WashConfig:
             changes["meft_layer"] = self.layers[0]
         return self.replace(**changes) if changes else self
 
-    def replace(self, **changes) -> "WashConfig":
+    def replace(self, **changes) -> WashConfig:
         """A copy with ``changes``: common fields, whole sections, or fields of any section by name."""
         top, per_section = _route(changes, "WashConfig.replace")
         for name, fields_ in per_section.items():
@@ -333,12 +366,12 @@ class WashConfig:
         return text
 
     @classmethod
-    def create(cls, **fields) -> "WashConfig":
+    def create(cls, **fields) -> WashConfig:
         """Keyword form of :meth:`from_dict`: ``WashConfig.create(layers=(4, 5), total_iters=250, v_lr=0.1)``."""
         return cls.from_dict(fields)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "WashConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> WashConfig:
         """From the nested form (:meth:`to_dict`) or a flat one (every field at the top level, as
         config files were written before sections existed), or a mix of both."""
         if not isinstance(data, Mapping):
@@ -354,13 +387,15 @@ class WashConfig:
                 raise ValueError(f"WashConfig section {name!r} must be an object, got {type(nested).__name__}")
             unknown = sorted(set(nested) - {f.name for f in dataclasses.fields(SECTIONS[name])})
             if unknown:
-                raise ValueError(f"unknown field(s) {unknown} in WashConfig section {name!r}; known fields: "
-                                 f"{sorted(f.name for f in dataclasses.fields(SECTIONS[name]))}")
+                raise ValueError(
+                    f"unknown field(s) {unknown} in WashConfig section {name!r}; known fields: "
+                    f"{sorted(f.name for f in dataclasses.fields(SECTIONS[name]))}"
+                )
             top[name] = SECTIONS[name](**{**nested, **per_section.get(name, {})})
         return cls(**top)
 
     @classmethod
-    def from_json(cls, path_or_text: str | os.PathLike) -> "WashConfig":
+    def from_json(cls, path_or_text: str | os.PathLike) -> WashConfig:
         text = str(path_or_text)
         if not text.lstrip().startswith("{"):
             path = Path(path_or_text)
@@ -372,7 +407,7 @@ class WashConfig:
 
     # -- presets -------------------------------------------------------------------------
     @classmethod
-    def preset(cls, model, **overrides) -> "WashConfig":
+    def preset(cls, model, **overrides) -> WashConfig:
         """Hyper-parameters for ``model`` (a HF model or its config).
 
         GPT2-XL and GPT-J-6B get the reference's settings (law-reference §9, mcf files, with
@@ -381,18 +416,28 @@ class WashConfig:
         starting at 15% depth (fewer for shallow models) and the GPT2-XL solver settings.
         """
         config = getattr(model, "config", model)
-        n_layers = int(getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer"))
+        n_layers = int(getattr(config, "num_hidden_layers", None) or config.n_layer)
         model_type = getattr(config, "model_type", "")
         hidden = int(getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0))
-        if model_type == "gpt2" and n_layers == 48 and hidden == 1600:          # gpt2-xl
+        if model_type == "gpt2" and n_layers == 48 and hidden == 1600:  # gpt2-xl
             base = dict(layers=(13, 14, 15, 16, 17), mom2_update_weight=20_000.0, learning_rate=1e-7)
-        elif model_type == "gptj" and n_layers == 28 and hidden == 4096:        # gpt-j-6B
-            base = dict(layers=(3, 4, 5, 6, 7, 8), v_num_grad_steps=25, mom2_update_weight=100_000.0,
-                        learning_rate=1e-8, lr_after_hitting_boundary=1e-10)
-        elif model_type == "llama" and n_layers == 30 and hidden == 576:        # SmolLM2-135M
+        elif model_type == "gptj" and n_layers == 28 and hidden == 4096:  # gpt-j-6B
+            base = dict(
+                layers=(3, 4, 5, 6, 7, 8),
+                v_num_grad_steps=25,
+                mom2_update_weight=100_000.0,
+                learning_rate=1e-8,
+                lr_after_hitting_boundary=1e-10,
+            )
+        elif model_type == "llama" and n_layers == 30 and hidden == 576:  # SmolLM2-135M
             # 250 LaW steps at 4× the lr move Δ as far as 1000 steps at lr 1e-6 (Adam steps ≈ lr), 4× cheaper
-            base = dict(layers=(4, 5, 6, 7, 8), learning_rate=4e-6, lr_after_hitting_boundary=4e-8, total_iters=250,
-                        law_dtype="float32")
+            base = dict(
+                layers=(4, 5, 6, 7, 8),
+                learning_rate=4e-6,
+                lr_after_hitting_boundary=4e-8,
+                total_iters=250,
+                law_dtype="float32",
+            )
         else:
             count = max(1, min(5, n_layers // 4))
             start = min(max(0, round(0.15 * n_layers)), n_layers - count)
@@ -401,7 +446,9 @@ class WashConfig:
         return cls.from_dict(base)
 
     @classmethod
-    def baseline_preset(cls, method: str, model, *, paper: bool = False, dataset: str = "mcf", **overrides) -> "WashConfig":
+    def baseline_preset(
+        cls, method: str, model, *, paper: bool = False, dataset: str = "mcf", **overrides
+    ) -> WashConfig:
         """Settings for a fine-tuning baseline ``method`` on ``model`` (a HF model or its config).
 
         ``paper=False``: :meth:`preset` plus ``BASELINE_DEFAULTS[method]`` (sensible for
@@ -418,8 +465,10 @@ class WashConfig:
         if paper:
             name = _reference_model_name(getattr(model, "config", model))
             if name is None:
-                raise ValueError("paper settings exist for gpt2-xl and gpt-j-6B only (law-reference §8); "
-                                 "use paper=False for other models")
+                raise ValueError(
+                    "paper settings exist for gpt2-xl and gpt-j-6B only (law-reference §8); "
+                    "use paper=False for other models"
+                )
             fields.update(PAPER_BASELINES[name][method])
             if method == "woh" and name == "gpt-j-6B":
                 fields["woh_alpha"] = 0.5 if dataset == "wiki" else 5.0
@@ -427,7 +476,7 @@ class WashConfig:
         return cls.preset(model, method=method, **fields).resolved()
 
     @classmethod
-    def from_reference_hparams(cls, path: str | os.PathLike, **overrides) -> "WashConfig":
+    def from_reference_hparams(cls, path: str | os.PathLike, **overrides) -> WashConfig:
         """Import a reference hparams JSON (``hparams/LAW/*.json`` or ``hparams/MEMIT/*.json``).
 
         Reproduces the reference choices: λ search with its norm bounds, target " " + EOS.
@@ -437,14 +486,51 @@ class WashConfig:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: line {e.lineno}: invalid JSON: {e.msg}") from None
-        mapped = {"layers", "v_num_grad_steps", "v_lr", "v_loss_layer", "v_weight_decay", "clamp_norm_factor",
-                  "kl_factor", "mom2_update_weight", "learning_rate", "lr_after_hitting_boundary", "total_iters",
-                  "beta_ratio", "decay_factor", "prune_requests", "keep_original_requests"}
-        ignored = {"fact_token", "rewrite_module_tmp", "layer_module_tmp", "mlp_module_tmp", "attn_module_tmp",
-                   "ln_f_module", "lm_head_module", "mom2_dataset", "mom2_n_samples", "mom2_dtype", "layer_selection",
-                   "mom2_adjustment", "noise_scale", "skip_search", "compute_initialization_at_once", "model",
-                   "ds_name", "scheduler", "alpha", "beta", "alphas", "betas", "random_initialize",
-                   "simply_combine_objective", "expand_prompt", "edit_to"}
+        mapped = {
+            "layers",
+            "v_num_grad_steps",
+            "v_lr",
+            "v_loss_layer",
+            "v_weight_decay",
+            "clamp_norm_factor",
+            "kl_factor",
+            "mom2_update_weight",
+            "learning_rate",
+            "lr_after_hitting_boundary",
+            "total_iters",
+            "beta_ratio",
+            "decay_factor",
+            "prune_requests",
+            "keep_original_requests",
+        }
+        ignored = {
+            "fact_token",
+            "rewrite_module_tmp",
+            "layer_module_tmp",
+            "mlp_module_tmp",
+            "attn_module_tmp",
+            "ln_f_module",
+            "lm_head_module",
+            "mom2_dataset",
+            "mom2_n_samples",
+            "mom2_dtype",
+            "layer_selection",
+            "mom2_adjustment",
+            "noise_scale",
+            "skip_search",
+            "compute_initialization_at_once",
+            "model",
+            "ds_name",
+            "scheduler",
+            "alpha",
+            "beta",
+            "alphas",
+            "betas",
+            "random_initialize",
+            "simply_combine_objective",
+            "expand_prompt",
+            "edit_to",
+        }
         unknown = sorted(set(data) - mapped - ignored)
         if unknown:
             raise ValueError(f"{path}: unknown reference hparams key(s) {unknown}")
@@ -452,9 +538,13 @@ class WashConfig:
             raise NotImplementedError(f"{path}: fact_token={data['fact_token']!r}; only 'subject_last' is supported")
         for dead in ("random_initialize", "simply_combine_objective"):
             if data.get(dead):
-                raise NotImplementedError(f"{path}: {dead}=true is dead/buggy in the reference (law-reference §5.4-5.5) and not supported")
+                raise NotImplementedError(
+                    f"{path}: {dead}=true is dead/buggy in the reference (law-reference §5.4-5.5) and not supported"
+                )
         # the reference dataclass's defaults for absent keys (law-reference §9.3)
-        kwargs = dict(total_iters=200, decay_factor=0.8, beta_ratio=1.0, prune_requests=False, keep_original_requests=False)
+        kwargs = dict(
+            total_iters=200, decay_factor=0.8, beta_ratio=1.0, prune_requests=False, keep_original_requests=False
+        )
         kwargs.update({k: data[k] for k in mapped if k in data and data[k] is not None})
         kwargs["prune_requests"] = bool(kwargs["prune_requests"])
         if "mom2_n_samples" in data:
@@ -482,13 +572,15 @@ def _route(data: Mapping[str, Any], where: str) -> tuple[dict, dict[str, dict]]:
         else:
             unknown.append(key)
     if unknown:
-        raise ValueError(f"unknown {where} field(s) {sorted(unknown)}; known fields: {sorted(own - set(SECTIONS))}, "
-                         f"sections {list(SECTIONS)} and their fields: {sorted(SECTION_OF)}")
+        raise ValueError(
+            f"unknown {where} field(s) {sorted(unknown)}; known fields: {sorted(own - set(SECTIONS))}, "
+            f"sections {list(SECTIONS)} and their fields: {sorted(SECTION_OF)}"
+        )
     return top, per_section
 
 
 def _reference_model_name(config) -> str | None:
-    """"gpt2-xl" / "gpt-j-6B" when ``config`` is one of the reference's two models, else None."""
+    """ "gpt2-xl" / "gpt-j-6B" when ``config`` is one of the reference's two models, else None."""
     n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
     shape = (getattr(config, "model_type", ""), n_layers, hidden)
@@ -502,23 +594,38 @@ BASELINE_DEFAULTS: dict[str, dict] = {
     "me-ft": dict(ft_lr=5e-4, ft_epochs=25, ft_batch_size=64, ft_shuffle=False, meft_linf=5e-3),
     "ft-ul": dict(ft_lr=2e-5, ft_epochs=3, ft_batch_size=8, ft_shuffle=True),
     "seul": dict(ft_lr=1e-5, ft_epochs=3, ft_batch_size=8, ft_shuffle=True),
-    "woh": dict(ft_lr=5e-5, ft_epochs=3, ft_batch_size=8, ft_shuffle=True, woh_alpha=5.0, woh_reinforce_lr=1e-4,
-                woh_reinforce_epochs=3),
+    "woh": dict(
+        ft_lr=5e-5,
+        ft_epochs=3,
+        ft_batch_size=8,
+        ft_shuffle=True,
+        woh_alpha=5.0,
+        woh_reinforce_lr=1e-4,
+        woh_reinforce_epochs=3,
+    ),
 }
 
 # The authors' settings (law-reference §8).  Not stated there, so kept at our defaults: dropout
 # (off), FT-UL/WOH shuffling (off, the DataLoader default).  ME-FT: ROME/MEMIT's constrained FT-L
 # (layer 0, 25 passes, Adam lr 5e-4, batch 64, L∞ 5e-4 on GPT2-XL / 5e-5 on GPT-J).
-_PAPER_LORA = dict(ft_use_lora=True, ft_lora_rank=8, ft_lora_alpha=32.0, ft_lora_dropout=0.1,
-                   ft_lora_targets=("q_proj", "v_proj"))
+_PAPER_LORA = dict(
+    ft_use_lora=True, ft_lora_rank=8, ft_lora_alpha=32.0, ft_lora_dropout=0.1, ft_lora_targets=("q_proj", "v_proj")
+)
 PAPER_BASELINES: dict[str, dict[str, dict]] = {
     "gpt2-xl": {
         "ft": dict(ft_lr=1e-5, ft_epochs=8, ft_batch_size=2, ft_shuffle=False),
         "me-ft": dict(meft_layer=0, meft_linf=5e-4, ft_lr=5e-4, ft_epochs=25, ft_batch_size=64, ft_shuffle=False),
         "ft-ul": dict(ft_lr=1e-6, ft_epochs=1, ft_batch_size=2, ft_shuffle=False),
         "seul": dict(ft_lr=1e-6, ft_epochs=3, ft_batch_size=8, ft_shuffle=True, ft_weight_decay=0.01),
-        "woh": dict(ft_lr=5e-5, ft_epochs=1, ft_batch_size=2, ft_shuffle=False, woh_alpha=0.5, woh_reinforce_lr=1e-6,
-                    woh_reinforce_epochs=1),
+        "woh": dict(
+            ft_lr=5e-5,
+            ft_epochs=1,
+            ft_batch_size=2,
+            ft_shuffle=False,
+            woh_alpha=0.5,
+            woh_reinforce_lr=1e-6,
+            woh_reinforce_epochs=1,
+        ),
     },
     "gpt-j-6B": {
         "ft": dict(_PAPER_LORA, ft_lr=1e-4, ft_epochs=8, ft_batch_size=2, ft_shuffle=False),
@@ -526,7 +633,15 @@ PAPER_BASELINES: dict[str, dict[str, dict]] = {
         "ft-ul": dict(_PAPER_LORA, ft_lr=1e-5, ft_epochs=5, ft_batch_size=2, ft_shuffle=False),
         # the reference ignores --use_lora for SeUL: full fine-tuning (torch AdamW, weight decay 0.01)
         "seul": dict(ft_lr=1e-6, ft_epochs=3, ft_batch_size=8, ft_shuffle=True, ft_weight_decay=0.01),
-        "woh": dict(_PAPER_LORA, ft_lr=5e-5, ft_epochs=1, ft_batch_size=2, ft_shuffle=False, woh_alpha=5.0,
-                    woh_reinforce_lr=1e-6, woh_reinforce_epochs=1),
+        "woh": dict(
+            _PAPER_LORA,
+            ft_lr=5e-5,
+            ft_epochs=1,
+            ft_batch_size=2,
+            ft_shuffle=False,
+            woh_alpha=5.0,
+            woh_reinforce_lr=1e-6,
+            woh_reinforce_epochs=1,
+        ),
     },
 }

@@ -28,6 +28,7 @@ kept. The reference drops empty documents after taking the first N indices inste
 end with fewer than N; with no short documents the two agree. ``n_samples=None`` keeps every
 document with at least ``min_chars`` characters, in source order.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,9 +37,10 @@ import json
 import logging
 import os
 import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from .hf.adapters import model_fingerprint, model_name
 from .hf.generate import sample_continuations
@@ -128,7 +130,7 @@ def _select(
     pos = 0
     while pos < count and (n_samples is None or len(kept) < n_samples):
         step = count if n_samples is None else n_samples - len(kept)
-        chunk = order[pos:pos + step]
+        chunk = order[pos : pos + step]
         texts = fetch(chunk)
         for index, text in zip(chunk, texts):
             if not isinstance(text, str):
@@ -138,11 +140,12 @@ def _select(
         pos += len(chunk)
     if not kept:
         raise CorpusError(
-            f"{source}: none of its {count} documents has at least {min_chars} "
-            f"character{'s' if min_chars != 1 else ''}"
+            f"{source}: none of its {count} documents has at least {min_chars} character{'s' if min_chars != 1 else ''}"
         )
     if n_samples is not None and len(kept) < n_samples:
-        logger.warning("%s: asked for %d documents, only %d have >= %d characters", source, n_samples, len(kept), min_chars)
+        logger.warning(
+            "%s: asked for %d documents, only %d have >= %d characters", source, n_samples, len(kept), min_chars
+        )
     return kept
 
 
@@ -197,8 +200,13 @@ def _json_documents(text: str, path: str, text_field: str) -> list[str]:
     except json.JSONDecodeError as err:
         raise CorpusError(f"{path}:{err.lineno}: invalid JSON: {err.msg} (column {err.colno})") from None
     if not isinstance(data, list):
-        raise CorpusError(f"{path}: expected a JSON list of strings or of objects with {text_field!r}, got {type(data).__name__}")
-    return [item if isinstance(item, str) else _text_of(item, text_field, f"{path}: item {i}") for i, item in enumerate(data)]
+        raise CorpusError(
+            f"{path}: expected a JSON list of strings or of objects with {text_field!r}, got {type(data).__name__}"
+        )
+    return [
+        item if isinstance(item, str) else _text_of(item, text_field, f"{path}: item {i}")
+        for i, item in enumerate(data)
+    ]
 
 
 # ----------------------------------------------------------------------------------------
@@ -240,7 +248,9 @@ def _load_memory(texts: Iterable[Any], n_samples: int | None, seed: int, min_cha
             raise CorpusError(f"in-memory corpus: texts[{i}] must be a string, got {type(text).__name__}")
     if not documents:
         raise CorpusError("in-memory corpus: the corpus is empty (no documents)")
-    selected = _select(len(documents), lambda idx: [documents[i] for i in idx], n_samples, seed, min_chars, "in-memory corpus")
+    selected = _select(
+        len(documents), lambda idx: [documents[i] for i in idx], n_samples, seed, min_chars, "in-memory corpus"
+    )
     base = f"memory:sha256={_texts_hash(documents)}"
     return Corpus(_identity(base, n_samples, seed, min_chars), tuple(selected))
 
@@ -252,7 +262,7 @@ def parse_hf_source(source: str) -> tuple[str, str | None, str]:
     """
     if not source.startswith(HF_PREFIX):
         raise CorpusError(f"{source!r}: a Hugging Face source starts with {HF_PREFIX!r}")
-    parts = source[len(HF_PREFIX):].split(":")
+    parts = source[len(HF_PREFIX) :].split(":")
     if len(parts) > 3 or not parts[0].strip() or (len(parts) == 3 and not parts[2].strip()):
         raise CorpusError(
             f"{source!r}: expected 'hf:NAME', 'hf:NAME:CONFIG' or 'hf:NAME:CONFIG:SPLIT' "
@@ -282,7 +292,9 @@ def _load_hf(source: str, n_samples: int | None, seed: int, min_chars: int, text
     except Exception as err:  # the datasets library raises many types; keep the cause
         raise CorpusError(f"{source}: datasets.load_dataset failed: {type(err).__name__}: {err}") from err
     if not hasattr(dataset, "__len__"):
-        raise CorpusError(f"{source}: got a {type(dataset).__name__} without a length; streaming datasets are not supported")
+        raise CorpusError(
+            f"{source}: got a {type(dataset).__name__} without a length; streaming datasets are not supported"
+        )
     columns = list(getattr(dataset, "column_names", None) or [])
     if text_field not in columns:
         raise CorpusError(f"{source}: no column {text_field!r} (columns: {columns}); pass text_field=")
@@ -353,8 +365,16 @@ def load_corpus(
     return corpus
 
 
-def resolve(source, model=None, tokenizer=None, *, n_samples: int | None = None, seed: int = 1,
-            default_texts: int = 64, default_tokens: int = 128) -> Corpus:
+def resolve(
+    source,
+    model=None,
+    tokenizer=None,
+    *,
+    n_samples: int | None = None,
+    seed: int = 1,
+    default_texts: int = 64,
+    default_tokens: int = 128,
+) -> Corpus:
     """The one way the library turns a corpus argument into a :class:`Corpus`.
 
     ``source`` None: the embedded default corpus, ``default_texts`` texts of ``default_tokens``
@@ -371,11 +391,54 @@ def resolve(source, model=None, tokenizer=None, *, n_samples: int | None = None,
 
 
 DEFAULT_CORPUS_PROMPTS = (
-    "The", "In", "A", "It", "He", "She", "They", "We", "This", "When", "After", "Although", "Many", "Some", "One",
-    "Today", "History", "Science", "According to", "During the", "My", "There", "If", "Why", "How", "What",
-    "The city of", "The team", "Scientists", "The government", "In 1990,", "Music", "The company", "Water",
-    "The first", "Students", "Our", "Every", "Most", "At the", "For", "Two", "Although the", "Researchers",
-    "The book", "The river", "People", "Yesterday",
+    "The",
+    "In",
+    "A",
+    "It",
+    "He",
+    "She",
+    "They",
+    "We",
+    "This",
+    "When",
+    "After",
+    "Although",
+    "Many",
+    "Some",
+    "One",
+    "Today",
+    "History",
+    "Science",
+    "According to",
+    "During the",
+    "My",
+    "There",
+    "If",
+    "Why",
+    "How",
+    "What",
+    "The city of",
+    "The team",
+    "Scientists",
+    "The government",
+    "In 1990,",
+    "Music",
+    "The company",
+    "Water",
+    "The first",
+    "Students",
+    "Our",
+    "Every",
+    "Most",
+    "At the",
+    "For",
+    "Two",
+    "Although the",
+    "Researchers",
+    "The book",
+    "The river",
+    "People",
+    "Yesterday",
 )
 
 
@@ -395,8 +458,16 @@ def default_corpus(model, tokenizer, n_texts: int = 64, new_tokens: int = 128, s
             texts = None
     if texts is None:
         prompts = [DEFAULT_CORPUS_PROMPTS[i % len(DEFAULT_CORPUS_PROMPTS)] for i in range(n_texts)]
-        conts = sample_continuations(model, tokenizer, prompts, max_new_tokens=new_tokens, top_k=40, seed=seed,
-                                     batch_size=64, desc="sampling default corpus")
+        conts = sample_continuations(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=new_tokens,
+            top_k=40,
+            seed=seed,
+            batch_size=64,
+            desc="sampling default corpus",
+        )
         texts = [p + c for p, c in zip(prompts, conts)]
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

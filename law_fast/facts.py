@@ -17,15 +17,17 @@ answer; washing makes it stop doing so.
 Every problem in a file is reported as a :class:`FactFormatError` that names the file, the
 line, the record, the field and what was expected; nothing is ever loaded partially.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 __all__ = [
     "FORMATS",
@@ -101,9 +103,7 @@ def _short(value: Any, limit: int = 80) -> str:
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
-    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
-        type(value), type(value).__name__
-    )
+    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(type(value), type(value).__name__)
 
 
 @dataclass(frozen=True)
@@ -284,7 +284,7 @@ def _template_from_filled(prompt: str, subject: str, field: str, *, last: bool) 
     pos = prompt.rfind(subject) if last else prompt.find(subject)
     if pos < 0:
         raise _RecordError(field, f"the subject {_short(subject)} does not occur in the prompt {_short(prompt)}")
-    return prompt[:pos] + SLOT + prompt[pos + len(subject):]
+    return prompt[:pos] + SLOT + prompt[pos + len(subject) :]
 
 
 _JSONL_KEYS = frozenset({"case_id", "subject", "prompt", "object", "paraphrases", "neighbourhood", "neighborhood"})
@@ -313,13 +313,13 @@ def _from_jsonl(record: dict, index: int) -> Fact:
         items = record[key]
         if not isinstance(items, list):
             raise _RecordError(
-                key, f"expected a list of {{\"prompt\", \"answer\"}} objects, got {_type_name(items)} {_short(items)}"
+                key, f'expected a list of {{"prompt", "answer"}} objects, got {_type_name(items)} {_short(items)}'
             )
         for i, item in enumerate(items):
             where = f"{key}[{i}]"
             if not isinstance(item, dict):
                 raise _RecordError(
-                    where, f"expected an object {{\"prompt\": ..., \"answer\": ...}}, got {_type_name(item)} {_short(item)}"
+                    where, f'expected an object {{"prompt": ..., "answer": ...}}, got {_type_name(item)} {_short(item)}'
                 )
             extra = sorted(set(item) - _NEIGHBOUR_KEYS)
             if extra:
@@ -383,7 +383,7 @@ def _from_zsre(record: dict, index: int) -> Fact:
         loc = _string(record, "loc")
         if not loc.startswith(ZSRE_LOC_PREFIX):
             raise _RecordError("loc", f"expected a string starting with {ZSRE_LOC_PREFIX!r}, got {_short(loc)}")
-        loc_prompt = loc[len(ZSRE_LOC_PREFIX):] + "?" + ZSRE_ANSWER_SUFFIX
+        loc_prompt = loc[len(ZSRE_LOC_PREFIX) :] + "?" + ZSRE_ANSWER_SUFFIX
         neighbourhood = ((loc_prompt, _string(record, "loc_ans")),)
     return Fact(subject, template, answers[0], index, paraphrases, neighbourhood)
 
@@ -455,8 +455,7 @@ def _detect_list_format(first: Any) -> str:
         return found[0]
     if not found and {"subject", "prompt", "object"} <= set(first):
         hint = (
-            "; it looks like law_fast's own records inside a JSON list: write one object per "
-            "line (JSON Lines) instead"
+            "; it looks like law_fast's own records inside a JSON list: write one object per line (JSON Lines) instead"
         )
     else:
         hint = ""
@@ -519,7 +518,7 @@ def _parse_json_list(text: str, path: str, limit: int | None) -> list[tuple[Any,
         line, _ = _line_col(text, pos)
         raise FactFormatError(
             f"{path}:{line}: expected a JSON list of records ('[') or JSON Lines (one object per "
-            f"line), found {_short(text[pos:pos + 20])}",
+            f"line), found {_short(text[pos : pos + 20])}",
             path=path,
             line=line,
         )
@@ -644,20 +643,29 @@ def _convert(
             field_part = f"field '{err.field}': " if err.field else ""
             raise FactFormatError(
                 f"{where}: {field_part}{err.message} [format {format}]",
-                path=path, line=line, index=index, field=err.field,
+                path=path,
+                line=line,
+                index=index,
+                field=err.field,
             ) from None
         except FactError as err:
             field = fields.get(err.field or "", err.field)
             raise FactFormatError(
                 f"{where}: field '{field}': {err} [format {format}]",
-                path=path, line=line, index=index, field=field,
+                path=path,
+                line=line,
+                index=index,
+                field=field,
             ) from None
         if fact.case_id in first_seen:
             first = first_seen[fact.case_id]
             first_where = f"line {records[first][1]}, record {first}" if path else f"records[{first}]"
             raise FactFormatError(
                 f"{where}: field 'case_id': duplicate case_id {fact.case_id!r}, first used at {first_where}",
-                path=path, line=line, index=index, field="case_id",
+                path=path,
+                line=line,
+                index=index,
+                field="case_id",
             )
         first_seen[fact.case_id] = index
         facts.append(fact)
@@ -728,9 +736,7 @@ def load_facts(
         try:
             detected = _detect_list_format(record)
         except _RecordError as err:
-            raise FactFormatError(
-                f"{path}:{line}: record 0: {err.message}", path=path, line=line, index=0
-            ) from None
+            raise FactFormatError(f"{path}:{line}: record 0: {err.message}", path=path, line=line, index=0) from None
     facts = _convert(records, detected, path)
     logger.info("loaded %d facts from %s (format %s)", len(facts), path, detected)
     return facts

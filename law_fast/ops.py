@@ -33,8 +33,13 @@ from . import _native
 from .kernels import cov_accumulate as _cov_accumulate_kernels
 from .kernels import law_step as _law_step_kernels
 from .kernels.cov_accumulate import check_cov_accumulate_args, cov_accumulate_ref
-from .kernels.law_step import (check_law_adam_step_args, check_law_quadratic_args, law_adam_step_ref, law_quadratic_ref,
-                               law_state)
+from .kernels.law_step import (
+    check_law_adam_step_args,
+    check_law_quadratic_args,
+    law_adam_step_ref,
+    law_quadratic_ref,
+    law_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +104,10 @@ def law_quadratic(U: torch.Tensor, G: torch.Tensor, C: torch.Tensor) -> tuple[to
 
 # ---------------------------------------------------------------- law_adam_step_
 
-_LIB.define("law_adam_step_(Tensor(a!) U, Tensor GU, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "
-            "Tensor(d!) state, Tensor uCu, bool adam_update=True) -> ()")
+_LIB.define(
+    "law_adam_step_(Tensor(a!) U, Tensor GU, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "
+    "Tensor(d!) state, Tensor uCu, bool adam_update=True) -> ()"
+)
 _LIB.impl("law_adam_step_", law_adam_step_ref, "CompositeExplicitAutograd")
 
 
@@ -109,8 +116,15 @@ def _law_adam_step_fake(U, GU, exp_avg, exp_avg_sq, state, uCu, adam_update=True
     check_law_adam_step_args(U, GU, exp_avg, exp_avg_sq, state, uCu)
 
 
-def law_adam_step_(U: torch.Tensor, GU: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-                   state: torch.Tensor, uCu: torch.Tensor, adam_update: bool = True) -> None:
+def law_adam_step_(
+    U: torch.Tensor,
+    GU: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    state: torch.Tensor,
+    uCu: torch.Tensor,
+    adam_update: bool = True,
+) -> None:
     """One fused LaW step, in place: pending rescale, lr drop at the first contact, Adam on −J.
 
     U, exp_avg, exp_avg_sq: (f, d) float32 / float64, contiguous (updated); GU: (f, d) = G·U of
@@ -138,8 +152,11 @@ _TRITON_KERNELS = {
 def _register_kernels() -> None:
     native = _native.load()
     native_info = native.build_info() if native is not None else {}
-    use_cpp, use_triton, use_cuda = (_switch("LAW_FAST_USE_CPP"), _switch("LAW_FAST_USE_TRITON"),
-                                     _switch("LAW_FAST_USE_CUDA"))
+    use_cpp, use_triton, use_cuda = (
+        _switch("LAW_FAST_USE_CPP"),
+        _switch("LAW_FAST_USE_TRITON"),
+        _switch("LAW_FAST_USE_CUDA"),
+    )
 
     served = {name: {"cpu": "torch", "cuda": "torch", "other": "torch"} for name in _TRITON_KERNELS}
     # law_fast._C registers all of its kernels for a device at once
@@ -174,14 +191,21 @@ def backend_report() -> dict:
     """
     kernels = _cov_accumulate_kernels
     return {
-        "torch": {"version": torch.__version__, "cuda": torch.version.cuda,
-                  "cuda_available": torch.cuda.is_available(), "threads": torch.get_num_threads()},
+        "torch": {
+            "version": torch.__version__,
+            "cuda": torch.version.cuda,
+            "cuda_available": torch.cuda.is_available(),
+            "threads": torch.get_num_threads(),
+        },
         "native": _native.build_info(),
-        "triton": {"available": kernels.HAS_TRITON,
-                   "version": getattr(kernels.triton, "__version__", None),
-                   "error": kernels.TRITON_IMPORT_ERROR,
-                   "interpret": kernels.triton_interpret_enabled()},
-        "switches": {name: os.environ.get(name) for name in
-                     ("LAW_FAST_USE_CPP", "LAW_FAST_USE_TRITON", "LAW_FAST_USE_CUDA")},
+        "triton": {
+            "available": kernels.HAS_TRITON,
+            "version": getattr(kernels.triton, "__version__", None),
+            "error": kernels.TRITON_IMPORT_ERROR,
+            "interpret": kernels.triton_interpret_enabled(),
+        },
+        "switches": {
+            name: os.environ.get(name) for name in ("LAW_FAST_USE_CPP", "LAW_FAST_USE_TRITON", "LAW_FAST_USE_CUDA")
+        },
         "ops": {name: dict(served) for name, served in _SERVED_BY.items()},
     }

@@ -32,31 +32,83 @@ def make_tiny_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(TOKENIZER_TEXT * 4, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"],
-                            show_progress=False)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    bpe.train_from_iterator(
+        TOKENIZER_TEXT * 4, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"], show_progress=False
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
 
 
 def make_tiny_model(family: str, vocab_size: int, n_layers: int = 4, seed: int = 0):
     """A tiny random causal LM of ``family`` (hidden 32, MLP 64 — f ≠ d so orientation errors show)."""
-    from transformers import (GPT2Config, GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM, GPTNeoXConfig,
-                              GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM)
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTJConfig,
+        GPTJForCausalLM,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     torch.manual_seed(seed)
     if family == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_positions=256, n_embd=32, n_layer=n_layers, n_head=4,
-                                           n_inner=64, eos_token_id=0, bos_token_id=0))
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=vocab_size,
+                n_positions=256,
+                n_embd=32,
+                n_layer=n_layers,
+                n_head=4,
+                n_inner=64,
+                eos_token_id=0,
+                bos_token_id=0,
+            )
+        )
     elif family == "gptj":
-        model = GPTJForCausalLM(GPTJConfig(vocab_size=vocab_size, n_positions=256, n_embd=32, n_layer=n_layers, n_head=4,
-                                           rotary_dim=8, n_inner=64, eos_token_id=0, bos_token_id=0))
+        model = GPTJForCausalLM(
+            GPTJConfig(
+                vocab_size=vocab_size,
+                n_positions=256,
+                n_embd=32,
+                n_layer=n_layers,
+                n_head=4,
+                rotary_dim=8,
+                n_inner=64,
+                eos_token_id=0,
+                bos_token_id=0,
+            )
+        )
     elif family == "gpt_neox":
-        model = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=n_layers,
-                                                 num_attention_heads=4, intermediate_size=64, max_position_embeddings=256,
-                                                 eos_token_id=0, bos_token_id=0))
+        model = GPTNeoXForCausalLM(
+            GPTNeoXConfig(
+                vocab_size=vocab_size,
+                hidden_size=32,
+                num_hidden_layers=n_layers,
+                num_attention_heads=4,
+                intermediate_size=64,
+                max_position_embeddings=256,
+                eos_token_id=0,
+                bos_token_id=0,
+            )
+        )
     elif family == "llama":
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=n_layers,
-                                             num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-                                             max_position_embeddings=256, eos_token_id=0, bos_token_id=0, pad_token_id=0))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=vocab_size,
+                hidden_size=32,
+                num_hidden_layers=n_layers,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=256,
+                eos_token_id=0,
+                bos_token_id=0,
+                pad_token_id=0,
+            )
+        )
     else:
         raise ValueError(f"unknown family {family!r}; known: {FAMILIES}")
     return model.eval()
@@ -65,7 +117,7 @@ def make_tiny_model(family: str, vocab_size: int, n_layers: int = 4, seed: int =
 def plain_compute_z(model, adapter, tok, fact, templates, config, z_layer, target_ids):
     """One fact at a time, torch.optim.Adam, full forward with the model's own logits (law-reference §2.3)."""
     suffix = tok.decode(target_ids[:-1]) if len(target_ids) > 1 else ""
-    texts, ends = rows([fact], templates, suffix)   # T rewriting prompts + the KL prompt
+    texts, ends = rows([fact], templates, suffix)  # T rewriting prompts + the KL prompt
     enc = encode_at(tok, texts, ends)
     n_t = len(target_ids)
     d = adapter.dims(model, z_layer)[0]
@@ -99,7 +151,9 @@ def plain_compute_z(model, adapter, tok, fact, templates, config, z_layer, targe
                 log_p = logp_all[kl_row, enc.index[kl_row]]
                 if "log_p_init" not in state:
                     state["log_p_init"] = log_p.detach().clone()
-                kl = torch.nn.functional.kl_div(state["log_p_init"][None], log_p[None], log_target=True, reduction="batchmean")
+                kl = torch.nn.functional.kl_div(
+                    state["log_p_init"][None], log_p[None], log_target=True, reduction="batchmean"
+                )
                 wd = config.v_weight_decay * delta.norm() / state["z_init"].norm() ** 2
                 loss = nll + config.kl_factor * kl + wd
                 if loss.item() < config.loss_threshold or it == config.v_num_grad_steps - 1:
@@ -124,6 +178,7 @@ def plain_memit_delta(keys, resid, cov, lam):
 
 def plain_lambda(K, R, C, W, budget: float) -> float:
     """The library's disruption rule and bisection, each trial a fresh float64 solve."""
+
     def disruption(lam):
         delta = plain_memit_delta(K, R, C, lam)
         return float((delta @ C * delta).sum())

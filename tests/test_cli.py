@@ -4,7 +4,6 @@ import json
 import re
 from pathlib import Path
 
-
 from law_fast.cli import _layers, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,17 +32,53 @@ def test_wash_command_on_tiny_saved_model(tmp_path, tiny_tokenizer, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"Some text about the city number {i} and the river." for i in range(30)))
     config = tmp_path / "cfg.json"
-    config.write_text(json.dumps({"layers": [1, 2], "only_known": False, "v_num_grad_steps": 2, "total_iters": 5,
-                                  "learning_rate": 1e-4, "stats_max_length": 64}))
+    config.write_text(
+        json.dumps(
+            {
+                "layers": [1, 2],
+                "only_known": False,
+                "v_num_grad_steps": 2,
+                "total_iters": 5,
+                "learning_rate": 1e-4,
+                "stats_max_length": 64,
+            }
+        )
+    )
     out = tmp_path / "out"
-    code = main(["wash", "--model", str(model_dir), "--facts", str(facts), "--out", str(out), "--config", str(config),
-                 "--corpus", str(corpus)])
+    code = main(
+        [
+            "wash",
+            "--model",
+            str(model_dir),
+            "--facts",
+            str(facts),
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+            "--corpus",
+            str(corpus),
+        ]
+    )
     assert code == 0
     assert (out / "deltas.safetensors").is_file() and (out / "report.json").is_file()
     assert json.loads((out / "report.json").read_text())["n_facts"] == 1
     # a second run refuses to overwrite, with exit code 2 and a clear message
-    code = main(["wash", "--model", str(model_dir), "--facts", str(facts), "--out", str(out), "--config", str(config),
-                 "--corpus", str(corpus)])
+    code = main(
+        [
+            "wash",
+            "--model",
+            str(model_dir),
+            "--facts",
+            str(facts),
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+            "--corpus",
+            str(corpus),
+        ]
+    )
     assert code == 2
     assert "not empty" in capsys.readouterr().err
 
@@ -51,7 +86,9 @@ def test_wash_command_on_tiny_saved_model(tmp_path, tiny_tokenizer, capsys):
 def test_bad_facts_file_is_reported(tmp_path, capsys):
     facts = tmp_path / "bad.jsonl"
     facts.write_text('{"subject": "France", "prompt": "The capital of France is", "object": "Paris"}\n')
-    assert main(["wash", "--model", str(tmp_path / "missing"), "--facts", str(facts), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["wash", "--model", str(tmp_path / "missing"), "--facts", str(facts), "--out", str(tmp_path / "o")]) == 2
+    )
     assert "does not exist" in capsys.readouterr().err
 
 

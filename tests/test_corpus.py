@@ -1,6 +1,8 @@
 """Tests for law_fast.corpus: sources, document splitting, sampling and identities."""
+
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import random
@@ -147,7 +149,7 @@ def test_corpus_object():
     assert list(corpus) == [f"doc {i}" for i in range(5)]
     assert corpus[2] == "doc 2"
     assert "documents=5" in repr(corpus) and "doc 3" not in repr(corpus)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         corpus.identity = "changed"  # frozen
     assert Corpus("x", ["a"]).texts == ("a",)
 
@@ -323,7 +325,9 @@ def test_hf_source_loads_through_datasets(fake_datasets):
     corpus = load_corpus("hf:wikitext:wikitext-2-raw-v1:test")
     assert fake_datasets.calls == [(("wikitext", "wikitext-2-raw-v1"), {"split": "test"})]
     assert corpus.texts == tuple(f"article {i}" for i in range(40) if i % 4)  # empty ones skipped
-    assert corpus.identity == "hf:wikitext:wikitext-2-raw-v1:test#fingerprint=f00dfeed;field=text;min_chars=1;n=all;seed=1"
+    assert (
+        corpus.identity == "hf:wikitext:wikitext-2-raw-v1:test#fingerprint=f00dfeed;field=text;min_chars=1;n=all;seed=1"
+    )
     load_corpus("hf:wikitext")
     assert fake_datasets.calls[-1] == (("wikitext",), {"split": "train"})
 

@@ -1,4 +1,5 @@
 """Tests for law_fast.facts: the Fact type, the five file formats, detection and errors."""
+
 from __future__ import annotations
 
 import json
@@ -169,14 +170,28 @@ def test_shared_counterfact_loads_fast():
 def test_jsonl_full_record_and_defaults(tmp_path):
     path = write(
         tmp_path / "facts.txt",  # the extension does not matter
-        json.dumps(FRANCE) + "\n\n   \n"
-        + json.dumps({"subject": "Spain", "prompt": "{} has the capital", "object": "Madrid",
-                      "neighborhood": [{"prompt": "Portugal has the capital", "answer": "Lisbon"}]}) + "\r\n",
+        json.dumps(FRANCE)
+        + "\n\n   \n"
+        + json.dumps(
+            {
+                "subject": "Spain",
+                "prompt": "{} has the capital",
+                "object": "Madrid",
+                "neighborhood": [{"prompt": "Portugal has the capital", "answer": "Lisbon"}],
+            }
+        )
+        + "\r\n",
     )
     assert detect_facts_format(path) == "jsonl"
     france, spain = load_facts(path)
-    assert france == Fact("France", "The capital of {} is", "Paris", 7,
-                          ("France's capital city is",), (("The capital of Italy is", "Rome"),))
+    assert france == Fact(
+        "France",
+        "The capital of {} is",
+        "Paris",
+        7,
+        ("France's capital city is",),
+        (("The capital of Italy is", "Rome"),),
+    )
     assert spain.case_id == 1  # default: the 0-based record index
     assert spain.neighbourhood == (("Portugal has the capital", "Lisbon"),)
     assert spain.paraphrases == ()
@@ -228,7 +243,10 @@ def test_jsonl_limit(tmp_path):
     ],
 )
 def test_jsonl_record_errors_name_file_line_and_field(tmp_path, bad, field, text):
-    path = write_jsonl(tmp_path / "facts.jsonl", [FRANCE, {"case_id": 9, "subject": "Peru", "prompt": "{} is in", "object": "America"}, bad])
+    path = write_jsonl(
+        tmp_path / "facts.jsonl",
+        [FRANCE, {"case_id": 9, "subject": "Peru", "prompt": "{} is in", "object": "America"}, bad],
+    )
     err = load_error(path)
     assert_names(err, path, 3, field)
     assert text in str(err)
@@ -267,7 +285,9 @@ def test_duplicate_case_ids_name_both_lines(tmp_path):
 
 
 def test_default_case_id_can_collide_with_explicit_one(tmp_path):
-    path = write_jsonl(tmp_path / "mix.jsonl", [{**GERMANY, "case_id": 1}, {k: v for k, v in GERMANY.items() if k != "case_id"}])
+    path = write_jsonl(
+        tmp_path / "mix.jsonl", [{**GERMANY, "case_id": 1}, {k: v for k, v in GERMANY.items() if k != "case_id"}]
+    )
     err = load_error(path)
     assert "duplicate case_id 1" in str(err) and err.line == 2
 
@@ -315,21 +335,37 @@ def test_not_utf8(tmp_path):
 
 
 def simple(case_id, prompt, subject, truth="X", **extra):
-    record = {"case_id": case_id, "prompt": prompt, "subject": subject, "ground_truth": truth,
-              "target_new": "Y", "rephrase_prompt": f"Rephrased {subject} is",
-              "locality_prompt": "Other is", "locality_ground_truth": truth}
+    record = {
+        "case_id": case_id,
+        "prompt": prompt,
+        "subject": subject,
+        "ground_truth": truth,
+        "target_new": "Y",
+        "rephrase_prompt": f"Rephrased {subject} is",
+        "locality_prompt": "Other is",
+        "locality_ground_truth": truth,
+    }
     record.update(extra)
     return record
 
 
 def test_counterfact_simple(tmp_path):
-    path = write_json(tmp_path / "cf.json", [
-        simple(3, "The mother tongue of Danielle Darrieux is", "Danielle Darrieux", "French"),
-        simple(4, "Lyon fans say: the twin city of Lyon is", "Lyon", "Beirut"),
-    ])
+    path = write_json(
+        tmp_path / "cf.json",
+        [
+            simple(3, "The mother tongue of Danielle Darrieux is", "Danielle Darrieux", "French"),
+            simple(4, "Lyon fans say: the twin city of Lyon is", "Lyon", "Beirut"),
+        ],
+    )
     first, second = load_facts(path)
-    assert first == Fact("Danielle Darrieux", "The mother tongue of {} is", "French", 3,
-                         ("Rephrased Danielle Darrieux is",), (("Other is", "French"),))
+    assert first == Fact(
+        "Danielle Darrieux",
+        "The mother tongue of {} is",
+        "French",
+        3,
+        ("Rephrased Danielle Darrieux is",),
+        (("Other is", "French"),),
+    )
     # the subject occurs twice: the last occurrence becomes the slot, the first stays literal
     assert second.template == "Lyon fans say: the twin city of {} is"
     assert second.prompt == "Lyon fans say: the twin city of Lyon is"
@@ -349,8 +385,16 @@ def test_counterfact_simple_optional_fields(tmp_path):
         (simple(2, "The capital of xFrance is", "France"), "prompt", "whitespace"),
         (simple(2, "The {} capital of France is", "France"), "prompt", "found 2"),
         (simple(2, "The capital of France is", "France", ""), "ground_truth", "non-empty"),
-        ({k: v for k, v in simple(2, "The capital of France is", "France").items() if k != "case_id"}, "case_id", "missing field"),
-        (simple(2, "The capital of France is", "France", locality_ground_truth=None), "locality_ground_truth", "expected a string"),
+        (
+            {k: v for k, v in simple(2, "The capital of France is", "France").items() if k != "case_id"},
+            "case_id",
+            "missing field",
+        ),
+        (
+            simple(2, "The capital of France is", "France", locality_ground_truth=None),
+            "locality_ground_truth",
+            "expected a string",
+        ),
         ({**simple(2, "The capital of France is", "France"), "subject": 42}, "subject", "expected a string"),
     ],
 )
@@ -366,7 +410,7 @@ def test_counterfact_simple_errors(tmp_path, bad, field, text):
 def test_json_list_record_lines_compact_layout(tmp_path):
     records = [simple(i, f"S{i} is", f"S{i}") for i in range(3)]
     records[2]["ground_truth"] = ""
-    text = '[{0},\n\n {1}, {2}]'.format(*(json.dumps(r) for r in records))
+    text = "[{},\n\n {}, {}]".format(*(json.dumps(r) for r in records))
     err = load_error(write(tmp_path / "cf.json", text))
     assert err.line == 3 and err.index == 2 and err.field == "ground_truth"
 
@@ -379,7 +423,7 @@ def test_json_list_duplicate_case_ids(tmp_path):
 
 
 def test_json_list_invalid_json(tmp_path):
-    text = json.dumps([simple(1, "A is", "A")], indent=2)[:-2] + ",\n  {\"case_id\": 2,,}\n]"
+    text = json.dumps([simple(1, "A is", "A")], indent=2)[:-2] + ',\n  {"case_id": 2,,}\n]'
     path = write(tmp_path / "cf.json", text)
     err = load_error(path)
     assert "invalid JSON" in str(err)
@@ -434,7 +478,10 @@ def test_counterfact_original(tmp_path):
     assert detect_facts_format(path) == "counterfact"
     fact = load_facts(path)[0]
     assert fact == Fact(
-        "Danielle Darrieux", "The mother tongue of {} is", "French", 0,
+        "Danielle Darrieux",
+        "The mother tongue of {} is",
+        "French",
+        0,
         ("Shayna does this. Danielle Darrieux is a native speaker of",),
         (("Michel Rocard is a native speaker of", "French"), ("Robert Schuman, a native", "French")),
     )
@@ -467,7 +514,10 @@ def test_counterfact_original_errors(tmp_path):
 
 
 def wiki(case_id, prompt="{} was born in", subject="Ada Lovelace", truth="London"):
-    return {"case_id": case_id, "requested_rewrite": {"prompt": prompt, "subject": subject, "target_true": {"str": truth}}}
+    return {
+        "case_id": case_id,
+        "requested_rewrite": {"prompt": prompt, "subject": subject, "target_true": {"str": truth}},
+    }
 
 
 def test_wiki(tmp_path):
@@ -507,13 +557,20 @@ def zsre(**overrides):
 
 
 def test_zsre(tmp_path):
-    path = write_json(tmp_path / "zsre_mend_eval.json", [
-        zsre(), zsre(subject="Lyon", src="Lyon is twinned with which city, said Lyon?", answers=["Beirut", "x"]),
-    ])
+    path = write_json(
+        tmp_path / "zsre_mend_eval.json",
+        [
+            zsre(),
+            zsre(subject="Lyon", src="Lyon is twinned with which city, said Lyon?", answers=["Beirut", "x"]),
+        ],
+    )
     assert detect_facts_format(path) == "zsre"
     first, second = load_facts(path)
     assert first == Fact(
-        "Watts Humphrey", "What university did {} attend? Answer:", "Illinois Institute of Technology", 0,
+        "Watts Humphrey",
+        "What university did {} attend? Answer:",
+        "Illinois Institute of Technology",
+        0,
         ("What university did Watts Humphrey take part in? Answer:",),
         (("who played desmond doss father in hacksaw ridge? Answer:", "Hugo Weaving"),),
     )

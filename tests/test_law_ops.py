@@ -26,8 +26,15 @@ import torch
 
 from law_fast import ops
 from law_fast.kernels import law_step as kernels
-from law_fast.kernels.law_step import (STATE_BOUND, STATE_FIRST_CONTACT, STATE_LR, STATE_RHO, STATE_SCALE,
-                                       STATE_STEP, law_state)
+from law_fast.kernels.law_step import (
+    STATE_BOUND,
+    STATE_FIRST_CONTACT,
+    STATE_LR,
+    STATE_RHO,
+    STATE_SCALE,
+    STATE_STEP,
+    law_state,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 INTERPRETING = kernels.HAS_TRITON and kernels.triton_interpret_enabled()
@@ -213,12 +220,12 @@ def test_quadratic_device_mismatch_is_named():
 # state before the call: step, first contact, lr_after; and ρ(U) = uCu / tr(C) relative to β
 ADAM_CASES = {
     #                  step, first, lr_after, rho/β, adam_update
-    "inside":          (3, -1.0, 1e-4, 0.5, True),
-    "first-contact":   (3, -1.0, 1e-4, 1.7, True),   # rescale, first_contact = 2, lr ← 1e-4
-    "contact-again":   (9, 4.0, 1e-4, 1.3, True),    # rescale, lr and first contact unchanged
-    "no-lr-after":     (3, -1.0, None, 1.7, True),   # first contact recorded, lr kept
-    "step0-outside":   (0, -1.0, 1e-4, 1.7, True),   # the initial iterate is never rescaled
-    "rescale-only":    (5, -1.0, 1e-4, 2.0, False),  # the final call: no Adam update
+    "inside": (3, -1.0, 1e-4, 0.5, True),
+    "first-contact": (3, -1.0, 1e-4, 1.7, True),  # rescale, first_contact = 2, lr ← 1e-4
+    "contact-again": (9, 4.0, 1e-4, 1.3, True),  # rescale, lr and first contact unchanged
+    "no-lr-after": (3, -1.0, None, 1.7, True),  # first contact recorded, lr kept
+    "step0-outside": (0, -1.0, 1e-4, 1.7, True),  # the initial iterate is never rescaled
+    "rescale-only": (5, -1.0, 1e-4, 2.0, False),  # the final call: no Adam update
 }
 
 
@@ -240,8 +247,9 @@ def make_adam_inputs(f: int, d: int, dtype: torch.dtype, case: str, seed: int = 
 
 
 def run_adam(impl, inputs):
-    U, GU, exp_avg, exp_avg_sq, state, uCu, adam_update = (t.clone() if isinstance(t, torch.Tensor) else t
-                                                           for t in inputs)
+    U, GU, exp_avg, exp_avg_sq, state, uCu, adam_update = (
+        t.clone() if isinstance(t, torch.Tensor) else t for t in inputs
+    )
     step = ADAM_STEP[impl] if isinstance(impl, str) else impl
     step(U, GU, exp_avg, exp_avg_sq, state, uCu, adam_update)
     return U, exp_avg, exp_avg_sq, state
@@ -320,8 +328,9 @@ def test_adam_steps_equal_torch_optim_adam(impl, dtype):
 @pytest.mark.parametrize("adam_update", [True, False])
 def test_adam_step_opcheck(dtype, adam_update):
     U, GU, exp_avg, exp_avg_sq, state, uCu, _ = make_adam_inputs(5, 4, dtype, "first-contact")
-    torch.library.opcheck(torch.ops.law_fast.law_adam_step_.default,
-                          (U, GU, exp_avg, exp_avg_sq, state, uCu, adam_update))
+    torch.library.opcheck(
+        torch.ops.law_fast.law_adam_step_.default, (U, GU, exp_avg, exp_avg_sq, state, uCu, adam_update)
+    )
 
 
 def test_adam_step_fake_on_meta():
@@ -339,12 +348,17 @@ def _bad_adam_arguments():
         pytest.param((torch.zeros(3, 4).T, GU, m, v, state, uCu), "U must be contiguous", id="U-noncontiguous"),
         pytest.param((U, torch.zeros(4, 4), m, v, state, uCu), "GU must have U's shape", id="GU-shape"),
         pytest.param((U, GU.double(), m, v, state, uCu), "GU must have U's dtype", id="GU-dtype"),
-        pytest.param((U, GU, torch.zeros(3, 4).T, v, state, uCu), "exp_avg must be contiguous", id="exp_avg-noncontiguous"),
+        pytest.param(
+            (U, GU, torch.zeros(3, 4).T, v, state, uCu), "exp_avg must be contiguous", id="exp_avg-noncontiguous"
+        ),
         pytest.param((U, GU, m, v.double(), state, uCu), "exp_avg_sq must have U's dtype", id="exp_avg_sq-dtype"),
         pytest.param((U, GU, m, v, state[:8], uCu), "state must be a float64 tensor of shape", id="state-size"),
         pytest.param((U, GU, m, v, state.float(), uCu), "state must be a float64 tensor of shape", id="state-float32"),
-        pytest.param((U, GU, m, v, torch.zeros(32, dtype=torch.float64)[::2], uCu), "state must be contiguous",
-                     id="state-noncontiguous"),
+        pytest.param(
+            (U, GU, m, v, torch.zeros(32, dtype=torch.float64)[::2], uCu),
+            "state must be contiguous",
+            id="state-noncontiguous",
+        ),
         pytest.param((U, GU, m, v, state, uCu.reshape(1)), "uCu must be a 0-dim float64 tensor", id="uCu-1d"),
         pytest.param((U, GU, m, v, state, uCu.float()), "uCu must be a 0-dim float64 tensor", id="uCu-float32"),
     ]
@@ -392,15 +406,25 @@ print(json.dumps({{"error": float((GU - U).abs().max()) + abs(float(uCu) - 2 * f
 """
 
 
-@pytest.mark.parametrize("prelude, env", [
-    ("", {"LAW_FAST_USE_CPP": "0"}),
-    ("sys.modules['law_fast._C'] = None", {}),  # as if never built
-], ids=["cpp-disabled", "native-missing"])
+@pytest.mark.parametrize(
+    "prelude, env",
+    [
+        ("", {"LAW_FAST_USE_CPP": "0"}),
+        ("sys.modules['law_fast._C'] = None", {}),  # as if never built
+    ],
+    ids=["cpp-disabled", "native-missing"],
+)
 def test_pure_torch_fallback(prelude, env):
     import json
 
-    result = subprocess.run([sys.executable, "-c", CHILD_CHECK.format(prelude=prelude)], cwd=REPO_ROOT,
-                            capture_output=True, text=True, env={**os.environ, **env}, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD_CHECK.format(prelude=prelude)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["served"] == ["torch", "torch"] and out["error"] < 1e-12
@@ -416,16 +440,35 @@ def test_launch_settings_fit_tl_dot():
             assert min(settings["BLOCK_M"], settings["BLOCK_N"], settings["BLOCK_K"]) >= 16
 
 
-TRITON_QUADRATIC_CASES = QUADRATIC_CASES if INTERPRETING else [
-    pytest.param(None, None, None, None, marks=pytest.mark.skip(
-        reason="Triton cases run in a TRITON_INTERPRET=1 child process: see test_triton_interpreter_suite"))
-]
-TRITON_ADAM_CASES = [
-    pytest.param(case, dtype, f, d, id=f"{case}-{str(dtype)[6:]}-f{f}-d{d}")
-    for case in ADAM_CASES for dtype in (torch.float32, torch.float64) for f, d in ADAM_SHAPES
-] if INTERPRETING else [
-    pytest.param(None, None, None, None, marks=pytest.mark.skip(reason="runs in the TRITON_INTERPRET=1 child process"))
-]
+TRITON_QUADRATIC_CASES = (
+    QUADRATIC_CASES
+    if INTERPRETING
+    else [
+        pytest.param(
+            None,
+            None,
+            None,
+            None,
+            marks=pytest.mark.skip(
+                reason="Triton cases run in a TRITON_INTERPRET=1 child process: see test_triton_interpreter_suite"
+            ),
+        )
+    ]
+)
+TRITON_ADAM_CASES = (
+    [
+        pytest.param(case, dtype, f, d, id=f"{case}-{str(dtype)[6:]}-f{f}-d{d}")
+        for case in ADAM_CASES
+        for dtype in (torch.float32, torch.float64)
+        for f, d in ADAM_SHAPES
+    ]
+    if INTERPRETING
+    else [
+        pytest.param(
+            None, None, None, None, marks=pytest.mark.skip(reason="runs in the TRITON_INTERPRET=1 child process")
+        )
+    ]
+)
 
 
 @pytest.mark.parametrize("f, d, dtype, layout", TRITON_QUADRATIC_CASES)
@@ -446,12 +489,15 @@ def test_triton_interpreted_law_optimize_trajectory(dtype):
     from law_fast.washing.law import LawKernels, law_optimize
 
     U, G, C = make_problem(40, 16, torch.float64)
-    cfg = LawConfig(learning_rate=1e-3, lr_after_hitting_boundary=1e-5, total_iters=60,
-                     beta_ratio=1.02, law_dtype=str(dtype)[6:])
-    ours, report = law_optimize(U.T, G, C, cfg, kernels=LawKernels(kernels.law_quadratic_triton,
-                                                                    kernels.law_adam_step_triton))
-    ref, ref_report = law_optimize(U.T, G, C, cfg, kernels=LawKernels(kernels.law_quadratic_ref,
-                                                                       kernels.law_adam_step_ref))
+    cfg = LawConfig(
+        learning_rate=1e-3, lr_after_hitting_boundary=1e-5, total_iters=60, beta_ratio=1.02, law_dtype=str(dtype)[6:]
+    )
+    ours, report = law_optimize(
+        U.T, G, C, cfg, kernels=LawKernels(kernels.law_quadratic_triton, kernels.law_adam_step_triton)
+    )
+    ref, ref_report = law_optimize(
+        U.T, G, C, cfg, kernels=LawKernels(kernels.law_quadratic_ref, kernels.law_adam_step_ref)
+    )
     assert report["first_contact"] == ref_report["first_contact"] is not None
     tolerance = {torch.float32: 1e-5, torch.float64: 1e-12}[dtype]
     assert float((ours - ref).norm() / ref.norm()) < tolerance
@@ -459,13 +505,18 @@ def test_triton_interpreted_law_optimize_trajectory(dtype):
 
 def test_triton_interpreter_suite():
     if not kernels.HAS_TRITON:
-        pytest.skip(f"triton is not installed ({kernels.TRITON_IMPORT_ERROR}); `pip install triton` "
-                    "(CPU machines too) to test the Triton kernels in the interpreter")
+        pytest.skip(
+            f"triton is not installed ({kernels.TRITON_IMPORT_ERROR}); `pip install triton` "
+            "(CPU machines too) to test the Triton kernels in the interpreter"
+        )
     if INTERPRETING:
         pytest.skip("this process already interprets Triton: the cases ran here")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k", "triton_interpreted"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
         env={**os.environ, "TRITON_INTERPRET": "1"},
     )
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""

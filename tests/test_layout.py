@@ -14,12 +14,20 @@ KERNELS = Path(__file__).resolve().parents[1] / "kernels"
 
 # the layers of docs/architecture.md: a module may import modules of its own layer or below, never above
 LAYERS = {
-    "law_fast.kernels": 0, "law_fast.ops": 0, "law_fast._native": 0, "law_fast._moved": 0,
-    "law_fast.info": 1, "law_fast.config": 1, "law_fast.facts": 1, "law_fast.hf": 1,
+    "law_fast.kernels": 0,
+    "law_fast.ops": 0,
+    "law_fast._native": 0,
+    "law_fast._moved": 0,
+    "law_fast.info": 1,
+    "law_fast.config": 1,
+    "law_fast.facts": 1,
+    "law_fast.hf": 1,
     "law_fast.corpus": 2,
     "law_fast.eval": 3,
-    "law_fast.washing": 4, "law_fast.baselines": 4,
-    "law_fast.cli": 5, "law_fast.testing": 5,
+    "law_fast.washing": 4,
+    "law_fast.baselines": 4,
+    "law_fast.cli": 5,
+    "law_fast.testing": 5,
 }
 
 
@@ -50,7 +58,7 @@ def _imports(name: str, path: Path, modules: set[str]) -> set[str]:
         else:
             continue
         for target in targets:
-            while target and target not in modules:      # `from pkg import name`: the module is pkg
+            while target and target not in modules:  # `from pkg import name`: the module is pkg
                 target = target.rpartition(".")[0]
             if target and target != name:
                 out.add(target)
@@ -71,7 +79,7 @@ def _layer(module: str) -> int:
 
 def test_no_import_cycle_inside_the_package():
     graph = _graph()
-    assert len(graph) > 30   # the walk found the package
+    assert len(graph) > 30  # the walk found the package
     state: dict[str, int] = {}
     stack: list[str] = []
 
@@ -80,7 +88,7 @@ def test_no_import_cycle_inside_the_package():
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt):] + [nxt]
+                cycle = stack[stack.index(nxt) :] + [nxt]
                 pytest.fail("import cycle: " + " → ".join(cycle))
             if nxt not in state:
                 visit(nxt)
@@ -93,9 +101,12 @@ def test_no_import_cycle_inside_the_package():
 
 
 def test_imports_run_one_way():
-    wrong = [f"{module} (layer {_layer(module)}) imports {target} (layer {_layer(target)})"
-             for module, targets in _graph().items() for target in targets
-             if "law_fast" not in (module, target) and _layer(target) > _layer(module)]
+    wrong = [
+        f"{module} (layer {_layer(module)}) imports {target} (layer {_layer(target)})"
+        for module, targets in _graph().items()
+        for target in targets
+        if "law_fast" not in (module, target) and _layer(target) > _layer(module)
+    ]
     assert not wrong, "\n".join(wrong)
 
 
@@ -108,18 +119,36 @@ def test_the_cycle_check_can_fail(tmp_path, monkeypatch):
 
 
 def test_every_module_has_its_own_logger():
-    missing = [name for name, path in _module_files().items()
-               if path.name != "__init__.py" and "getLogger(__name__)" not in path.read_text(encoding="utf-8")]
+    missing = [
+        name
+        for name, path in _module_files().items()
+        if path.name != "__init__.py" and "getLogger(__name__)" not in path.read_text(encoding="utf-8")
+    ]
     assert not missing, f"modules without logging.getLogger(__name__): {missing}"
 
 
 # old flat module → names users imported from it (each must still resolve, with a DeprecationWarning)
 OLD_PATHS = {
-    "law_fast.models": ("get_adapter", "Adapter", "capture", "run_until", "frozen", "load_model", "cache_dir",
-                        "model_fingerprint", "new_cache", "cache_inputs"),
+    "law_fast.models": (
+        "get_adapter",
+        "Adapter",
+        "capture",
+        "run_until",
+        "frozen",
+        "load_model",
+        "cache_dir",
+        "model_fingerprint",
+        "new_cache",
+        "cache_inputs",
+    ),
     "law_fast.tokens": ("fill", "encode_at", "padding_side"),
-    "law_fast.generation": ("greedy_continuations", "sample_continuations", "context_templates", "known_facts",
-                            "answer_in"),
+    "law_fast.generation": (
+        "greedy_continuations",
+        "sample_continuations",
+        "context_templates",
+        "known_facts",
+        "answer_in",
+    ),
     "law_fast.pipeline": ("wash", "WashResult"),
     "law_fast.stats": ("layer_stats", "default_corpus", "LayerStats"),
     "law_fast.targets": ("compute_targets", "target_token_ids"),
@@ -142,14 +171,15 @@ def test_old_import_paths_still_work_with_a_deprecation_warning(old):
     for name in OLD_PATHS[old]:
         assert getattr(module, name) is not None, f"{old}.{name}"
     with pytest.raises(AttributeError, match="moved to"):
-        module.no_such_name
+        _ = module.no_such_name
 
 
 def test_the_package_does_not_use_its_deprecated_paths():
     from law_fast._moved import MOVED
 
-    users = [f"{module} imports {target}" for module, targets in _graph().items() for target in targets
-             if target in MOVED]
+    users = [
+        f"{module} imports {target}" for module, targets in _graph().items() for target in targets if target in MOVED
+    ]
     assert not users, users
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)

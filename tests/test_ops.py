@@ -65,6 +65,8 @@ def one_intra_op_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
 EPS = {torch.float32: torch.finfo(torch.float32).eps, torch.float64: torch.finfo(torch.float64).eps}
 
 
@@ -124,8 +126,7 @@ def check_against_reference(impl, x: torch.Tensor, cov0: torch.Tensor) -> None:
 
 
 CASES = [
-    pytest.param(f, n, x_dtype, cov_dtype, layout,
-                 id=f"f{f}-n{n}-{str(x_dtype)[6:]}-{str(cov_dtype)[6:]}-{layout}")
+    pytest.param(f, n, x_dtype, cov_dtype, layout, id=f"f{f}-n{n}-{str(x_dtype)[6:]}-{str(cov_dtype)[6:]}-{layout}")
     for f in (1, 7, 64, 130)
     for n in (0, 1, 33)
     for x_dtype in (torch.float32, torch.bfloat16, torch.float16)
@@ -145,17 +146,21 @@ def test_cov_accumulate_matches_float64(impl, f, n, x_dtype, cov_dtype, layout):
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_float64_input(impl):
-    check_against_reference(IMPLEMENTATIONS[impl], make_x(20, 9, torch.float64, "transposed"),
-                            make_cov(9, torch.float64))
+    check_against_reference(
+        IMPLEMENTATIONS[impl], make_x(20, 9, torch.float64, "transposed"), make_cov(9, torch.float64)
+    )
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("f, n, x_dtype, cov_dtype, layout", [
-    (600, 33, torch.float32, torch.float32, "contiguous"),   # 3 tiles of 256, the last partial
-    (1000, 300, torch.float32, torch.float32, "transposed"),
-    (1000, 300, torch.bfloat16, torch.float32, "strided"),
-    (777, 100, torch.float32, torch.float64, "contiguous"),
-])
+@pytest.mark.parametrize(
+    "f, n, x_dtype, cov_dtype, layout",
+    [
+        (600, 33, torch.float32, torch.float32, "contiguous"),  # 3 tiles of 256, the last partial
+        (1000, 300, torch.float32, torch.float32, "transposed"),
+        (1000, 300, torch.bfloat16, torch.float32, "strided"),
+        (777, 100, torch.float32, torch.float64, "contiguous"),
+    ],
+)
 def test_cpp_tiled_path(threads, f, n, x_dtype, cov_dtype, layout):
     """f >= 3 tiles: the tiled upper-triangle path with several tasks per thread count."""
     _require_cpp()
@@ -198,17 +203,23 @@ def test_lower_triangle_is_overwritten_by_upper(impl):
 
 def test_fake_implementation_on_meta_tensors():
     """Meta tensors reach the fake implementation; shapes are checked there too."""
-    x, cov, count = torch.empty(5, 3, device="meta"), torch.empty(3, 3, device="meta"), torch.empty(
-        (), dtype=torch.int64, device="meta")
+    x, cov, count = (
+        torch.empty(5, 3, device="meta"),
+        torch.empty(3, 3, device="meta"),
+        torch.empty((), dtype=torch.int64, device="meta"),
+    )
     ops.cov_accumulate_(x, cov, count)
     with pytest.raises(RuntimeError, match="cov must have shape"):
         ops.cov_accumulate_(x, torch.empty(4, 4, device="meta"), count)
 
 
-@pytest.mark.parametrize("x_dtype, cov_dtype, layout", [
-    (torch.float32, torch.float32, "contiguous"),
-    (torch.bfloat16, torch.float64, "transposed"),
-])
+@pytest.mark.parametrize(
+    "x_dtype, cov_dtype, layout",
+    [
+        (torch.float32, torch.float32, "contiguous"),
+        (torch.bfloat16, torch.float64, "transposed"),
+    ],
+)
 def test_opcheck(x_dtype, cov_dtype, layout):
     x = make_x(9, 6, x_dtype, layout)
     cov, count = make_cov(6, cov_dtype), torch.zeros((), dtype=torch.int64)
@@ -256,14 +267,21 @@ def test_backend_report_is_json():
     json.dumps(report)
     served = report["ops"]["cov_accumulate_"]
     assert set(served) == {"cpu", "cuda", "other"}
-    assert served["cpu"] == ("cpp" if report["native"]["built"] and os.environ.get("LAW_FAST_USE_CPP", "1") != "0"
-                             else "torch")
+    assert served["cpu"] == (
+        "cpp" if report["native"]["built"] and os.environ.get("LAW_FAST_USE_CPP", "1") != "0" else "torch"
+    )
     assert report["torch"]["version"] == torch.__version__
 
 
 def _run_child(code: str, **env: str) -> dict:
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
-                            env={**os.environ, **env}, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -304,10 +322,22 @@ def test_launch_settings_fit_tl_dot():
                 assert settings["BLOCK_F"] >= 16 and settings["BLOCK_N"] >= 16
 
 
-TRITON_CASES = CASES if INTERPRETING else [
-    pytest.param(None, None, None, None, None, marks=pytest.mark.skip(
-        reason="Triton cases run in a TRITON_INTERPRET=1 child process: see test_triton_interpreter_suite"))
-]
+TRITON_CASES = (
+    CASES
+    if INTERPRETING
+    else [
+        pytest.param(
+            None,
+            None,
+            None,
+            None,
+            None,
+            marks=pytest.mark.skip(
+                reason="Triton cases run in a TRITON_INTERPRET=1 child process: see test_triton_interpreter_suite"
+            ),
+        )
+    ]
+)
 
 
 @pytest.mark.parametrize("f, n, x_dtype, cov_dtype, layout", TRITON_CASES)
@@ -333,13 +363,18 @@ def test_triton_interpreted_accumulates_and_mirrors():
 
 def test_triton_interpreter_suite():
     if not kernels.HAS_TRITON:
-        pytest.skip(f"triton is not installed ({kernels.TRITON_IMPORT_ERROR}); `pip install triton` "
-                    "(CPU machines too) to test the Triton kernel in the interpreter")
+        pytest.skip(
+            f"triton is not installed ({kernels.TRITON_IMPORT_ERROR}); `pip install triton` "
+            "(CPU machines too) to test the Triton kernel in the interpreter"
+        )
     if INTERPRETING:
         pytest.skip("this process already interprets Triton: the cases ran here")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k", "triton_interpreted"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "TRITON_INTERPRET": "1"},
     )
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -18,8 +18,19 @@ from ..hf.adapters import Adapter, get_adapter
 from ..hf.compat import pad_id
 from ..washing.result import Timer, WashResult, run_method
 from ..washing.targets import target_token_ids
-from .training import (ASCENT_METHODS, PerplexityGuard, build_examples, fit, guard_texts, lora_module_names, mean_nll,
-                       nll_loss, precision, seeded, woh_loss)
+from .training import (
+    ASCENT_METHODS,
+    PerplexityGuard,
+    build_examples,
+    fit,
+    guard_texts,
+    lora_module_names,
+    mean_nll,
+    nll_loss,
+    precision,
+    seeded,
+    woh_loss,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +44,16 @@ def trained_parameter_names(model, adapter: Adapter, config: WashConfig) -> list
     return [name for name, _ in model.named_parameters()]
 
 
-
-def run_baseline(model, tokenizer, facts: Sequence[Fact], config: WashConfig, *, corpus=None, final_check: bool = True,
-                 progress: bool = True) -> WashResult:
+def run_baseline(
+    model,
+    tokenizer,
+    facts: Sequence[Fact],
+    config: WashConfig,
+    *,
+    corpus=None,
+    final_check: bool = True,
+    progress: bool = True,
+) -> WashResult:
     """Wash ``facts`` out of ``model`` in place with the fine-tuning baseline ``config.method``.
 
     The runner of the five baselines in :data:`law_fast.washing.api.METHODS`; ``corpus`` supplies the
@@ -52,14 +70,21 @@ def run_baseline(model, tokenizer, facts: Sequence[Fact], config: WashConfig, *,
     adapter = get_adapter(model)
     n_layers = adapter.num_layers(model)
     if config.method == "me-ft" and ft.meft_layer >= n_layers:
-        raise ValueError(f"meft_layer {ft.meft_layer} is out of range: the model has {n_layers} blocks (0..{n_layers - 1})")
+        raise ValueError(
+            f"meft_layer {ft.meft_layer} is out of range: the model has {n_layers} blocks (0..{n_layers - 1})"
+        )
     names = lora_module_names(model, config) if ft.ft_use_lora else trained_parameter_names(model, adapter, config)
     weights = [f"{name}.weight" for name in names] if ft.ft_use_lora else names
 
     def body(requests: list, result: WashResult, timer: Timer) -> None:
         training: dict = {
-            "lr": ft.ft_lr, "epochs": ft.ft_epochs, "batch_size": ft.ft_batch_size, "shuffle": ft.ft_shuffle,
-            "weight_decay": ft.ft_weight_decay, "max_steps": ft.ft_max_steps, "lora": ft.ft_use_lora,
+            "lr": ft.ft_lr,
+            "epochs": ft.ft_epochs,
+            "batch_size": ft.ft_batch_size,
+            "shuffle": ft.ft_shuffle,
+            "weight_decay": ft.ft_weight_decay,
+            "max_steps": ft.ft_max_steps,
+            "lora": ft.ft_use_lora,
             "precision": precision(model, ft.ft_mixed_precision),
             "direction": "ascent" if config.method in ASCENT_METHODS else "descent",
             "trained": names if ft.ft_use_lora or config.method == "me-ft" else "all parameters",
@@ -71,11 +96,19 @@ def run_baseline(model, tokenizer, facts: Sequence[Fact], config: WashConfig, *,
             if ft.guard_ppl_ratio is not None:
                 with timer("guard setup"):
                     texts = guard_texts(model, tokenizer, corpus, config)
-                    guard = PerplexityGuard(model, tokenizer, texts, ft.guard_ppl_ratio, ft.guard_every,
-                                            ft.guard_max_length, ft.ft_mixed_precision)
+                    guard = PerplexityGuard(
+                        model,
+                        tokenizer,
+                        texts,
+                        ft.guard_ppl_ratio,
+                        ft.guard_every,
+                        ft.guard_max_length,
+                        ft.ft_mixed_precision,
+                    )
             with timer("training"):
-                RUNNERS[config.method](model, adapter, tokenizer, requests, config, names, guard, training,
-                                       pad_id(tokenizer), progress)
+                RUNNERS[config.method](
+                    model, adapter, tokenizer, requests, config, names, guard, training, pad_id(tokenizer), progress
+                )
             if guard is not None:
                 training["guard"] = guard.report
 
@@ -91,19 +124,28 @@ def _nll_method(model, adapter, tokenizer, requests, config, names, guard, train
         kind, sign, target = ("sequence" if config.method == "ft-ul" else "answer"), -1.0, ()
     examples = build_examples(tokenizer, requests, kind, target)
     after_step = None
-    if config.method == "me-ft":      # project onto the box W₀ ± ε after every step (full) or after the merge (LoRA)
+    if config.method == "me-ft":  # project onto the box W₀ ± ε after every step (full) or after the merge (LoRA)
         clamped = [f"{name}.weight" for name in names] if config.finetune.ft_use_lora else names
-        bounds = {name: (model.get_parameter(name).detach() - config.finetune.meft_linf,
-                         model.get_parameter(name).detach() + config.finetune.meft_linf) for name in clamped}
+        bounds = {
+            name: (
+                model.get_parameter(name).detach() - config.finetune.meft_linf,
+                model.get_parameter(name).detach() + config.finetune.meft_linf,
+            )
+            for name in clamped
+        }
 
         def clamp_weight():
             with torch.no_grad():
                 for name, (low, high) in bounds.items():
                     param = model.get_parameter(name)
                     param.copy_(torch.clamp(param, low, high))
+
         after_step = None if config.finetune.ft_use_lora else clamp_weight
-        training["linf"] = {"bound": config.finetune.meft_linf, "layer": config.finetune.meft_layer,
-                            "projection": "at merge (LoRA)" if config.finetune.ft_use_lora else "every step"}
+        training["linf"] = {
+            "bound": config.finetune.meft_linf,
+            "layer": config.finetune.meft_layer,
+            "projection": "at merge (LoRA)" if config.finetune.ft_use_lora else "every step",
+        }
     training["nll_before"] = mean_nll(model, examples, pad, mixed_precision=config.finetune.ft_mixed_precision)
     desc = f"{config.method} (steps)" if progress else None
     training.update(fit(model, names, config, examples, nll_loss(sign), guard, desc, pad_id=pad, after_step=after_step))
@@ -117,28 +159,53 @@ def _woh_method(model, adapter, tokenizer, requests, config, names, guard, train
     model's answer-position logits toward the generic logits of (unwashed model, reinforced copy)."""
     reinforced = copy.deepcopy(model)
     sequence = build_examples(tokenizer, requests, "sequence")
-    log_reinforce = fit(reinforced, names, config, sequence, nll_loss(1.0), None,
-                         "woh reinforce (steps)" if progress else None, pad_id=pad,
-                         lr=config.finetune.woh_reinforce_lr, epochs=config.finetune.woh_reinforce_epochs)
+    log_reinforce = fit(
+        reinforced,
+        names,
+        config,
+        sequence,
+        nll_loss(1.0),
+        None,
+        "woh reinforce (steps)" if progress else None,
+        pad_id=pad,
+        lr=config.finetune.woh_reinforce_lr,
+        epochs=config.finetune.woh_reinforce_epochs,
+    )
     reinforced.eval().requires_grad_(False)
-    training["reinforce"] = {"lr": config.finetune.woh_reinforce_lr, "epochs": config.finetune.woh_reinforce_epochs, **log_reinforce}
+    training["reinforce"] = {
+        "lr": config.finetune.woh_reinforce_lr,
+        "epochs": config.finetune.woh_reinforce_epochs,
+        **log_reinforce,
+    }
 
     answers = build_examples(tokenizer, requests, "answer")
     training["alpha"] = config.finetune.woh_alpha
     training["nll_before"] = mean_nll(model, answers, pad, mixed_precision=config.finetune.ft_mixed_precision)
     training["reinforced_nll"] = mean_nll(reinforced, answers, pad, mixed_precision=config.finetune.ft_mixed_precision)
     desc = "woh student (steps)" if progress else None
-    if config.finetune.ft_use_lora:          # the unwashed model = the student with its adapters disabled
+    if config.finetune.ft_use_lora:  # the unwashed model = the student with its adapters disabled
         wrapper: dict = {}
 
         def base_logits(batch):
             with wrapper["peft"].disable_adapter():
                 return model(**batch.model_inputs, use_cache=False).logits
-        out = fit(model, names, config, answers, woh_loss(base_logits, reinforced, config.finetune.woh_alpha), guard, desc,
-                   pad_id=pad, on_wrap=lambda wrapped: wrapper.update(peft=wrapped))
-    else:                           # a frozen copy of the unwashed model
+
+        out = fit(
+            model,
+            names,
+            config,
+            answers,
+            woh_loss(base_logits, reinforced, config.finetune.woh_alpha),
+            guard,
+            desc,
+            pad_id=pad,
+            on_wrap=lambda wrapped: wrapper.update(peft=wrapped),
+        )
+    else:  # a frozen copy of the unwashed model
         base = copy.deepcopy(model).eval().requires_grad_(False)
-        loss = woh_loss(lambda batch: base(**batch.model_inputs, use_cache=False).logits, reinforced, config.finetune.woh_alpha)
+        loss = woh_loss(
+            lambda batch: base(**batch.model_inputs, use_cache=False).logits, reinforced, config.finetune.woh_alpha
+        )
         out = fit(model, names, config, answers, loss, guard, desc, pad_id=pad)
         del base
     del reinforced

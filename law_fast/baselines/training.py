@@ -38,23 +38,23 @@ import contextlib
 import logging
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import WashConfig
-from ..facts import Fact
 from ..corpus import resolve
+from ..facts import Fact
 from ..hf.adapters import get_adapter, model_device
 from ..hf.compat import at_least_fp32, pad_id
 from ..hf.hooks import eval_mode, saved_attributes
 
 log = logging.getLogger(__name__)
 
-IGNORE = -100                     # label of a token that is not trained (HF convention)
+IGNORE = -100  # label of a token that is not trained (HF convention)
 ASCENT_METHODS = ("ft-ul", "seul")
 # attention projections LoRA adapts by default (the reference's q_proj/v_proj, per family)
 DEFAULT_LORA_TARGETS = {"gpt2": ("c_attn",), "gpt_neox": ("query_key_value",)}
@@ -138,7 +138,7 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     The label at t is scored with the logits at t−1."""
     target = labels[:, 1:]
     keep = target != IGNORE
-    picked = at_least_fp32(logits[:, :-1][keep])               # (n, V)
+    picked = at_least_fp32(logits[:, :-1][keep])  # (n, V)
     nll = F.cross_entropy(picked, target[keep], reduction="sum")
     return nll, keep.sum()
 
@@ -185,22 +185,34 @@ class PerplexityGuard:
     of each text is scored.  ``check(step)`` returns True when training must stop.  ``report``
     is JSON-able: the bound, every check, and where it stopped."""
 
-    def __init__(self, model, tokenizer, texts: Sequence[str], ratio: float, every: int, max_length: int,
-                 mixed_precision: bool):
+    def __init__(
+        self, model, tokenizer, texts: Sequence[str], ratio: float, every: int, max_length: int, mixed_precision: bool
+    ):
         enc = tokenizer(list(texts), truncation=True, max_length=max_length)
-        self.examples = [Example(tuple(ids), (False,) + (True,) * (len(ids) - 1)) for ids in enc["input_ids"] if len(ids) > 1]
+        self.examples = [
+            Example(tuple(ids), (False,) + (True,) * (len(ids) - 1)) for ids in enc["input_ids"] if len(ids) > 1
+        ]
         if not self.examples:
             raise ValueError("the perplexity guard's held-out texts are all shorter than 2 tokens")
         self.pad_id = pad_id(tokenizer)
         self.model, self.every, self.ratio, self.mixed_precision = model, every, ratio, mixed_precision
         self.initial = self.perplexity()
-        self.report: dict = {"ratio": ratio, "initial_ppl": self.initial, "bound_ppl": ratio * self.initial,
-                             "n_texts": len(self.examples), "n_tokens": sum(sum(e.labelled) for e in self.examples),
-                             "every_steps": every, "checks": [], "stopped": False}
+        self.report: dict = {
+            "ratio": ratio,
+            "initial_ppl": self.initial,
+            "bound_ppl": ratio * self.initial,
+            "n_texts": len(self.examples),
+            "n_tokens": sum(sum(e.labelled) for e in self.examples),
+            "every_steps": every,
+            "checks": [],
+            "stopped": False,
+        }
 
     def perplexity(self) -> float:
         """exp(mean NLL per token) of the held-out texts (no grad, eval mode, 4 texts per forward pass)."""
-        return math.exp(mean_nll(self.model, self.examples, self.pad_id, batch_size=4, mixed_precision=self.mixed_precision))
+        return math.exp(
+            mean_nll(self.model, self.examples, self.pad_id, batch_size=4, mixed_precision=self.mixed_precision)
+        )
 
     def check(self, step: int, force: bool = False) -> bool:
         if not force and step % self.every:
@@ -208,10 +220,16 @@ class PerplexityGuard:
         ppl = self.perplexity()
         self.report["checks"].append({"step": step, "ppl": ppl})
         self.report["final_ppl"] = ppl
-        if not ppl <= self.ratio * self.initial:          # also catches NaN
+        if not ppl <= self.ratio * self.initial:  # also catches NaN
             self.report.update(stopped=True, stopped_at_step=step)
-            log.warning("perplexity guard: held-out perplexity %.4g > %.3g × %.4g after step %d; training stopped "
-                        "(set guard_ppl_ratio=None to disable)", ppl, self.ratio, self.initial, step)
+            log.warning(
+                "perplexity guard: held-out perplexity %.4g > %.3g × %.4g after step %d; training stopped "
+                "(set guard_ppl_ratio=None to disable)",
+                ppl,
+                self.ratio,
+                self.initial,
+                step,
+            )
             return True
         return False
 
@@ -221,8 +239,15 @@ def guard_texts(model, tokenizer, corpus, config: WashConfig) -> list[str]:
     ``config.stats.corpus``, else the embedded default corpus (text sampled from the unwashed model)."""
     ft = config.finetune
     source = corpus if corpus is not None else config.stats.corpus
-    corp = resolve(source, model, tokenizer, n_samples=ft.guard_texts, seed=config.seed,
-                   default_texts=ft.guard_texts, default_tokens=ft.guard_max_length)
+    corp = resolve(
+        source,
+        model,
+        tokenizer,
+        n_samples=ft.guard_texts,
+        seed=config.seed,
+        default_texts=ft.guard_texts,
+        default_tokens=ft.guard_max_length,
+    )
     return list(corp.texts)[: ft.guard_texts]
 
 
@@ -233,8 +258,9 @@ def _import_peft():
     try:
         import peft
     except ImportError:
-        raise ModuleNotFoundError("ft_use_lora=True needs the `peft` package: pip install peft "
-                                  "(or pip install 'law-fast[lora]')") from None
+        raise ModuleNotFoundError(
+            "ft_use_lora=True needs the `peft` package: pip install peft (or pip install 'law-fast[lora]')"
+        ) from None
     return peft
 
 
@@ -245,8 +271,11 @@ def lora_module_names(model, config: WashConfig) -> list[str]:
     if config.method == "me-ft":
         return [f"{adapter.blocks}.{config.finetune.meft_layer}.{adapter.down_proj}"]
     suffixes = config.finetune.ft_lora_targets or DEFAULT_LORA_TARGETS.get(adapter.family, DEFAULT_LORA_TARGETS_OTHER)
-    names = [name for name, module in model.named_modules()
-             if hasattr(module, "weight") and any(name == s or name.endswith("." + s) for s in suffixes)]
+    names = [
+        name
+        for name, module in model.named_modules()
+        if hasattr(module, "weight") and any(name == s or name.endswith("." + s) for s in suffixes)
+    ]
     if not names:
         raise ValueError(f"ft_lora_targets {list(suffixes)} match no module with a weight in {type(model).__name__}")
     return names
@@ -255,12 +284,18 @@ def lora_module_names(model, config: WashConfig) -> list[str]:
 def _inject_lora(model, names: list[str], config: WashConfig):
     """Wrap ``model`` in place with LoRA adapters on ``names``; returns the PeftModel."""
     peft = _import_peft()
-    lora = peft.LoraConfig(r=config.finetune.ft_lora_rank, lora_alpha=config.finetune.ft_lora_alpha, lora_dropout=config.finetune.ft_lora_dropout,
-                           target_modules=names, fan_in_fan_out=get_adapter(model).transposed, bias="none")
+    lora = peft.LoraConfig(
+        r=config.finetune.ft_lora_rank,
+        lora_alpha=config.finetune.ft_lora_alpha,
+        lora_dropout=config.finetune.ft_lora_dropout,
+        target_modules=names,
+        fan_in_fan_out=get_adapter(model).transposed,
+        bias="none",
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         wrapped = peft.get_peft_model(model, lora)
-    for name, module in model.named_modules():          # LoRA dropout follows its own flag, not ft_dropout
+    for name, module in model.named_modules():  # LoRA dropout follows its own flag, not ft_dropout
         if name.endswith("lora_dropout"):
             module.train(config.finetune.ft_lora_dropout > 0)
     return wrapped
@@ -272,10 +307,24 @@ def _inject_lora(model, names: list[str], config: WashConfig):
 LossFn = Callable[[torch.nn.Module, Batch], "tuple[torch.Tensor, dict[str, float]]"]
 
 
-def train(model, examples: Sequence[Example], loss_fn: LossFn, *, lr: float, epochs: int, batch_size: int,
-          shuffle: bool, seed: int, pad_id: int, weight_decay: float = 0.0, max_steps: int | None = None,
-          after_step: Callable[[], None] | None = None, guard: PerplexityGuard | None = None,
-          mixed_precision: bool = True, desc: str | None = None) -> dict:
+def train(
+    model,
+    examples: Sequence[Example],
+    loss_fn: LossFn,
+    *,
+    lr: float,
+    epochs: int,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    pad_id: int,
+    weight_decay: float = 0.0,
+    max_steps: int | None = None,
+    after_step: Callable[[], None] | None = None,
+    guard: PerplexityGuard | None = None,
+    mixed_precision: bool = True,
+    desc: str | None = None,
+) -> dict:
     """AdamW on the parameters of ``model`` that require grad; returns a JSON-able log.
 
     ``loss_fn(model, batch) -> (loss, metrics)`` is minimised; ``metrics`` (floats) are averaged
@@ -300,7 +349,7 @@ def train(model, examples: Sequence[Example], loss_fn: LossFn, *, lr: float, epo
         for start in range(0, len(order), batch_size):
             if step >= total:
                 break
-            batch = collate([examples[i] for i in order[start:start + batch_size]], pad_id, device)
+            batch = collate([examples[i] for i in order[start : start + batch_size]], pad_id, device)
             with _autocast(model, mixed_precision):
                 loss, metrics = loss_fn(model, batch)
             optimizer.zero_grad(set_to_none=True)
@@ -328,10 +377,12 @@ def train(model, examples: Sequence[Example], loss_fn: LossFn, *, lr: float, epo
 
 def nll_loss(sign: float) -> LossFn:
     """sign · (mean NLL of the labelled tokens of the batch); sign −1 is gradient ascent."""
+
     def loss_fn(model, batch):
         nll, count = token_nll(model(**batch.model_inputs, use_cache=False).logits, batch.labels)
         mean = nll / count.clamp(min=1)
         return sign * mean, {"nll": float(mean.detach())}
+
     return loss_fn
 
 
@@ -339,40 +390,56 @@ def woh_loss(base: Callable[[Batch], torch.Tensor], reinforced: torch.nn.Module,
     """MSE between the student's logits and the generic logits at the labelled (answer) positions,
     computed batch by batch (only (answer tokens of the batch) × V values exist at a time).
     ``base(batch)`` returns the unwashed model's full logits for the batch."""
+
     def loss_fn(model, batch):
         with torch.no_grad():
-            target = generic_logits(at_least_fp32(answer_logits(base(batch), batch.labels)),
-                                    at_least_fp32(answer_logits(reinforced(**batch.model_inputs, use_cache=False).logits,
-                                                                 batch.labels)), alpha)
+            target = generic_logits(
+                at_least_fp32(answer_logits(base(batch), batch.labels)),
+                at_least_fp32(answer_logits(reinforced(**batch.model_inputs, use_cache=False).logits, batch.labels)),
+                alpha,
+            )
         logits = model(**batch.model_inputs, use_cache=False).logits
         picked = at_least_fp32(answer_logits(logits, batch.labels))
         nll = F.cross_entropy(picked.detach(), batch.labels[:, 1:][batch.labels[:, 1:] != IGNORE])
         return F.mse_loss(picked, target), {"nll": float(nll)}
+
     return loss_fn
 
 
-def mean_nll(model, examples: Sequence[Example], pad_id: int, batch_size: int = 32, mixed_precision: bool = False) -> float:
+def mean_nll(
+    model, examples: Sequence[Example], pad_id: int, batch_size: int = 32, mixed_precision: bool = False
+) -> float:
     """Mean NLL (per labelled token) of ``examples`` under the model, no grad."""
     total, count = 0.0, 0
     with eval_mode(model), torch.no_grad(), _autocast(model, mixed_precision):
         for start in range(0, len(examples), batch_size):
-            batch = collate(examples[start:start + batch_size], pad_id, model_device(model))
+            batch = collate(examples[start : start + batch_size], pad_id, model_device(model))
             nll, n = token_nll(model(**batch.model_inputs, use_cache=False).logits, batch.labels)
             total, count = total + float(nll), count + int(n)
     return total / max(count, 1)
 
 
-
 def _train_kwargs(config: WashConfig, pad_id: int, lr: float | None = None, epochs: int | None = None) -> dict:
-    return dict(lr=lr or config.finetune.ft_lr, epochs=epochs or config.finetune.ft_epochs, batch_size=config.finetune.ft_batch_size,
-                shuffle=config.finetune.ft_shuffle, seed=config.seed, pad_id=pad_id, weight_decay=config.finetune.ft_weight_decay,
-                max_steps=config.finetune.ft_max_steps, mixed_precision=config.finetune.ft_mixed_precision)
+    return dict(
+        lr=lr or config.finetune.ft_lr,
+        epochs=epochs or config.finetune.ft_epochs,
+        batch_size=config.finetune.ft_batch_size,
+        shuffle=config.finetune.ft_shuffle,
+        seed=config.seed,
+        pad_id=pad_id,
+        weight_decay=config.finetune.ft_weight_decay,
+        max_steps=config.finetune.ft_max_steps,
+        mixed_precision=config.finetune.ft_mixed_precision,
+    )
 
 
 @contextlib.contextmanager
 def _training_state(model, trainable: set[str] | None, dropout: bool):
     """Set requires_grad to ``name in trainable`` (None: leave) and train/eval mode; restored afterwards."""
-    with saved_attributes(list(model.parameters()), "requires_grad"), saved_attributes(list(model.modules()), "training"):
+    with (
+        saved_attributes(list(model.parameters()), "requires_grad"),
+        saved_attributes(list(model.modules()), "training"),
+    ):
         if trainable is not None:
             for name, p in model.named_parameters():
                 p.requires_grad_(name in trainable)
@@ -380,14 +447,34 @@ def _training_state(model, trainable: set[str] | None, dropout: bool):
         yield
 
 
-def fit(model, names: list[str], config: WashConfig, examples, loss_fn, guard, desc, *, pad_id: int, lr=None,
-         epochs=None, after_step=None, on_wrap=None) -> dict:
+def fit(
+    model,
+    names: list[str],
+    config: WashConfig,
+    examples,
+    loss_fn,
+    guard,
+    desc,
+    *,
+    pad_id: int,
+    lr=None,
+    epochs=None,
+    after_step=None,
+    on_wrap=None,
+) -> dict:
     """Train ``model`` (full: the parameters ``names``; LoRA: adapters on the modules ``names``,
     merged into the weights at the end; ``on_wrap(peft_model)`` sees the wrapper first); returns the training log."""
     if not config.finetune.ft_use_lora:
         with _training_state(model, set(names), config.finetune.ft_dropout):
-            return train(model, examples, loss_fn, after_step=after_step, guard=guard, desc=desc,
-                         **_train_kwargs(config, pad_id, lr, epochs))
+            return train(
+                model,
+                examples,
+                loss_fn,
+                after_step=after_step,
+                guard=guard,
+                desc=desc,
+                **_train_kwargs(config, pad_id, lr, epochs),
+            )
     with _training_state(model, None, config.finetune.ft_dropout):
         wrapped = _inject_lora(model, names, config)
         try:
@@ -395,8 +482,7 @@ def fit(model, names: list[str], config: WashConfig, examples, loss_fn, guard, d
                 on_wrap(wrapped)
             out = train(model, examples, loss_fn, guard=guard, desc=desc, **_train_kwargs(config, pad_id, lr, epochs))
         except BaseException:
-            wrapped.unload()            # drop the adapters unmerged; the caller restores the weights
+            wrapped.unload()  # drop the adapters unmerged; the caller restores the weights
             raise
         wrapped.merge_and_unload()
     return out
-

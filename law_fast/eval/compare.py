@@ -1,10 +1,11 @@
 """Comparing evaluation reports: side-by-side text and Markdown tables, a PNG bar chart."""
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .report import EvalReport
 
@@ -79,12 +80,16 @@ def markdown_table(reports: Sequence[EvalReport], labels: Sequence[str] | None =
     out.append("")
     for name, report in zip(names, reports):
         s = report.settings
-        out.append(f"- **{name}**: model `{report.model}`, limit {s.get('limit')}, seed {s.get('seed')}, "
-                   f"reasoning by {s.get('reasoning_backend')}, {report.created}")
+        out.append(
+            f"- **{name}**: model `{report.model}`, limit {s.get('limit')}, seed {s.get('seed')}, "
+            f"reasoning by {s.get('reasoning_backend')}, {report.created}"
+        )
     return "\n".join(out) + "\n"
 
 
-def plot_comparison(reports: Sequence[EvalReport], path: str | os.PathLike, labels: Sequence[str] | None = None) -> Path:
+def plot_comparison(
+    reports: Sequence[EvalReport], path: str | os.PathLike, labels: Sequence[str] | None = None
+) -> Path:
     """A PNG bar chart: forgetting (washed facts' Acc / QA-F1), retention (controls,
     neighbourhood), reasoning (task accuracies), fluency (perplexity), one colour per report.
     Needs matplotlib (``pip install law-fast[plot]``)."""
@@ -108,17 +113,30 @@ def plot_comparison(reports: Sequence[EvalReport], path: str | os.PathLike, labe
         panels.append(("Perplexity (lower is better)", ppl, False))
     if not panels:
         raise ValueError("the reports hold no metric to plot")
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(6, 4.2 * len(panels)), 4.6), squeeze=False,
-                             gridspec_kw={"width_ratios": [max(2, len(k)) for _, k, _ in panels]})
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(max(6, 4.2 * len(panels)), 4.6),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [max(2, len(k)) for _, k, _ in panels]},
+    )
     bar = 0.8 / len(reports)
     for ax, (title, keys, rate) in zip(axes[0], panels):
         for j, name in enumerate(names):
             values = [(v[j] if v[j] is not None else float("nan")) * (100 if rate else 1) for _, v in keys]
             ax.bar([i + (j - (len(names) - 1) / 2) * bar for i in range(len(keys))], values, bar, label=name)
         ax.set_xticks(range(len(keys)))
-        ax.set_xticklabels([k.removeprefix("facts.").removeprefix("reasoning.") if k.startswith(("facts.", "reasoning."))
-                            and not k.startswith("facts.neighbourhood") else k for k, _ in keys],
-                           rotation=35, ha="right", fontsize=8)
+        ax.set_xticklabels(
+            [
+                k.removeprefix("facts.").removeprefix("reasoning.")
+                if k.startswith(("facts.", "reasoning.")) and not k.startswith("facts.neighbourhood")
+                else k
+                for k, _ in keys
+            ],
+            rotation=35,
+            ha="right",
+            fontsize=8,
+        )
         ax.set_title(title, fontsize=10)
         ax.set_ylabel("%" if rate else "perplexity")
         if rate:
@@ -131,4 +149,3 @@ def plot_comparison(reports: Sequence[EvalReport], path: str | os.PathLike, labe
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-

@@ -1,11 +1,12 @@
 """The lm-evaluation-harness adapter: the same tasks and documents as :mod:`law_fast.eval.tasks`,
 scored by the harness itself (``pip install lm-eval``), offline, on the in-memory model."""
+
 from __future__ import annotations
 
 import json
 import logging
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from ..hf.adapters import model_device
 from .tasks import TASKS, TaskSettings, selected_docs
@@ -13,10 +14,19 @@ from .tasks import TASKS, TaskSettings, selected_docs
 log = logging.getLogger(__name__)
 
 
-def run_lm_eval(model, tokenizer, tasks: Sequence[str], limit: int | Mapping[str, int] | None = None, seed: int = 0,
-                batch_size: int = 16, paths: Mapping[str, str | os.PathLike] | None = None,
-                data_dir: str | os.PathLike | None = None, gsm8k_fewshot: int = 8, gsm8k_max_new_tokens: int = 256,
-                details: bool = False) -> dict[str, dict]:
+def run_lm_eval(
+    model,
+    tokenizer,
+    tasks: Sequence[str],
+    limit: int | Mapping[str, int] | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    paths: Mapping[str, str | os.PathLike] | None = None,
+    data_dir: str | os.PathLike | None = None,
+    gsm8k_fewshot: int = 8,
+    gsm8k_max_new_tokens: int = 256,
+    details: bool = False,
+) -> dict[str, dict]:
     """Run the same tasks through lm-evaluation-harness (``pip install lm-eval``) on the in-memory
     model, offline: the selected documents (the same fixed-seed subset as :func:`run_reasoning`)
     are written to temporary JSON Lines files and read by task configs equal to the harness's own
@@ -42,13 +52,25 @@ def run_lm_eval(model, tokenizer, tasks: Sequence[str], limit: int | Mapping[str
             data_file = os.path.join(tmp, f"{name}.jsonl")
             with open(data_file, "w", encoding="utf-8") as handle:
                 handle.writelines(json.dumps(d, ensure_ascii=False) + "\n" for d in docs)
-            config = {"task": f"law_fast_{name}", "dataset_path": "json", "test_split": "test",
-                      "dataset_kwargs": {"data_files": {"test": data_file}}, "metadata": {"version": 1.0},
-                      **TASKS[name].harness(settings)}
+            config = {
+                "task": f"law_fast_{name}",
+                "dataset_path": "json",
+                "test_split": "test",
+                "dataset_kwargs": {"data_files": {"test": data_file}},
+                "metadata": {"version": 1.0},
+                **TASKS[name].harness(settings),
+            }
             task_objects.append(ConfigurableTask(config=config))
-        output = simple_evaluate(model=lm, tasks=task_objects, log_samples=details, random_seed=seed,
-                                 numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-                                 bootstrap_iters=0)
+        output = simple_evaluate(
+            model=lm,
+            tasks=task_objects,
+            log_samples=details,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+            bootstrap_iters=0,
+        )
     for name in docs_of:
         raw = output["results"][f"law_fast_{name}"]
         renamed = TASKS[name].harness_metrics

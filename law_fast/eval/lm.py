@@ -10,12 +10,13 @@ are left-padded with explicit ``position_ids`` and their KV cache is shared by a
 continuations of the same context, so a batch scores exactly what each request scores alone
 (up to floating-point summation order) while each multiple-choice context is computed once.
 """
+
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -85,7 +86,7 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
         context = context[:-n_spaces]
     whole = _encode(tokenizer, context + continuation)
     context_ids = _encode(tokenizer, context)
-    return context_ids, whole[len(context_ids):]
+    return context_ids, whole[len(context_ids) :]
 
 
 def _left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,13 +95,14 @@ def _left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, to
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        input_ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
-        attention_mask[i, width - len(r):] = 1
+        input_ids[i, width - len(r) :] = torch.tensor(list(r), dtype=torch.long)
+        attention_mask[i, width - len(r) :] = 1
     return input_ids, attention_mask
 
 
-def _score_batch(model, contexts: Sequence[tuple[int, ...]], rows: Sequence[tuple[int, list[int]]], pad: int,
-                 device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _score_batch(
+    model, contexts: Sequence[tuple[int, ...]], rows: Sequence[tuple[int, list[int]]], pad: int, device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per row (context index, continuation ids): (token log-probs (n,), argmax ids (n,)).
 
     Pass 1 runs each distinct context once, left-padded with ``position_ids`` counting real
@@ -114,36 +116,38 @@ def _score_batch(model, contexts: Sequence[tuple[int, ...]], rows: Sequence[tupl
     position_ids = (ctx_mask.cumsum(-1) - 1).clamp(min=0)
     keep = last_logits_only(model)
     out = model(input_ids=ctx_ids, attention_mask=ctx_mask, position_ids=position_ids, use_cache=True, **keep)
-    first = log_probs(out.logits[:, -1])                                   # (B, V)
+    first = log_probs(out.logits[:, -1])  # (B, V)
     owner = torch.tensor([c for c, _ in rows], device=device)
-    first_rows = first.index_select(0, owner)                              # (R, V)
+    first_rows = first.index_select(0, owner)  # (R, V)
     longest = max(len(cont) for _, cont in rows)
     rest = None
     if longest > 1:
         cache = output_cache(out)
-        cache.reorder_cache(owner)                                         # one cache row per continuation
+        cache.reorder_cache(owner)  # one cache row per continuation
         width = longest - 1
         cont_ids = torch.full((len(rows), width), pad, dtype=torch.long)
         cont_mask = torch.zeros((len(rows), width), dtype=torch.long)
         for r, (_, cont) in enumerate(rows):
-            cont_ids[r, :len(cont) - 1] = torch.tensor(cont[:-1], dtype=torch.long)
-            cont_mask[r, :len(cont) - 1] = 1
+            cont_ids[r, : len(cont) - 1] = torch.tensor(cont[:-1], dtype=torch.long)
+            cont_mask[r, : len(cont) - 1] = 1
         cont_ids, cont_mask = cont_ids.to(device), cont_mask.to(device)
-        lengths = ctx_mask.sum(-1).index_select(0, owner)                  # (R,) real context tokens
+        lengths = ctx_mask.sum(-1).index_select(0, owner)  # (R,) real context tokens
         positions = lengths[:, None] + torch.arange(width, device=device)[None, :]
         mask = torch.cat([ctx_mask.index_select(0, owner), cont_mask], dim=1)
-        rest = log_probs(model(input_ids=cont_ids, attention_mask=mask, position_ids=positions,
-                               **cache_inputs(model, cache)).logits)       # (R, width, V)
+        rest = log_probs(
+            model(input_ids=cont_ids, attention_mask=mask, position_ids=positions, **cache_inputs(model, cache)).logits
+        )  # (R, width, V)
     results = []
     for r, (_, cont) in enumerate(rows):
-        lp = first_rows[r:r + 1] if rest is None else torch.cat([first_rows[r:r + 1], rest[r, :len(cont) - 1]])
+        lp = first_rows[r : r + 1] if rest is None else torch.cat([first_rows[r : r + 1], rest[r, : len(cont) - 1]])
         target = torch.tensor(cont, device=device)
         results.append((lp.gather(-1, target[:, None])[:, 0], lp.argmax(-1)))
     return results
 
 
-def loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], batch_size: int = 16,
-                   desc: str | None = None) -> list[Score]:
+def loglikelihoods(
+    model, tokenizer, requests: Sequence[tuple[str, str]], batch_size: int = 16, desc: str | None = None
+) -> list[Score]:
     """Score (context, continuation) pairs; returns one :class:`Score` per request, in order.
 
     Requests are tokenised by :func:`encode_pair` and left-truncated to the model's context;
@@ -164,9 +168,11 @@ def loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], batch_
         if not continuation_ids:
             raise ValueError(f"requests[{i}]: the continuation {pair[1]!r} encodes to no tokens")
         if len(continuation_ids) > limit:
-            raise ValueError(f"requests[{i}]: the continuation has {len(continuation_ids)} tokens, more than the "
-                             f"model's context length {limit}")
-        full = (context_ids + continuation_ids)[-(limit + 1):]              # the harness's left truncation
+            raise ValueError(
+                f"requests[{i}]: the continuation has {len(continuation_ids)} tokens, more than the "
+                f"model's context length {limit}"
+            )
+        full = (context_ids + continuation_ids)[-(limit + 1) :]  # the harness's left truncation
         n = len(continuation_ids)
         groups.setdefault(tuple(full[:-n]), []).append((i, full[-n:]))
     order = sorted(groups, key=lambda c: -(len(c) + max(len(cont) for _, cont in groups[c])))
@@ -201,12 +207,19 @@ class _StopOnStrings:
         self.prompt_width = prompt_width
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
         return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
 
 
-def generate_until(model, tokenizer, prompts: Sequence[str], until: Sequence[str], max_new_tokens: int = 256,
-                   batch_size: int = 8, desc: str | None = None) -> list[str]:
+def generate_until(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    until: Sequence[str],
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    desc: str | None = None,
+) -> list[str]:
     """Greedy continuations of ``prompts``, each cut before the first of ``until`` (the decoded
     EOS token is added to the stop strings, as the harness does).
 
@@ -218,8 +231,10 @@ def generate_until(model, tokenizer, prompts: Sequence[str], until: Sequence[str
 
     limit = max_length(model, tokenizer) - max_new_tokens
     if limit <= 0:
-        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt in the model's "
-                         f"context of {max_length(model, tokenizer)} tokens")
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} leaves no room for the prompt in the model's "
+            f"context of {max_length(model, tokenizer)} tokens"
+        )
     stops = list(until)
     eos = tokenizer.eos_token
     if eos and eos not in stops:
@@ -233,17 +248,22 @@ def generate_until(model, tokenizer, prompts: Sequence[str], until: Sequence[str
     batches = range(0, len(order), batch_size)
     with torch.no_grad():
         for start in tqdm(batches, desc=desc, disable=desc is None, leave=False):
-            rows = order[start:start + batch_size]
+            rows = order[start : start + batch_size]
             width = max(len(encoded[i]) for i in rows)
             input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
             attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
             for r, i in enumerate(rows):
-                input_ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
-                attention_mask[r, width - len(encoded[i]):] = 1
+                input_ids[r, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+                attention_mask[r, width - len(encoded[i]) :] = 1
             criteria = StoppingCriteriaList([_StopOnStrings(tokenizer, stops, width)])
-            ids = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                 max_new_tokens=max_new_tokens, pad_token_id=pad, stopping_criteria=criteria,
-                                 **greedy)
+            ids = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad,
+                stopping_criteria=criteria,
+                **greedy,
+            )
             for r, i in enumerate(rows):
                 text = tokenizer.decode(ids[r, width:], skip_special_tokens=True)
                 for stop in stops:
@@ -251,7 +271,6 @@ def generate_until(model, tokenizer, prompts: Sequence[str], until: Sequence[str
                         text = text.split(stop)[0]
                 out[i] = text
     return out
-
 
 
 def _windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
@@ -269,8 +288,16 @@ def _windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, in
     return out
 
 
-def perplexity(model, tokenizer, texts: Sequence[str] | str, window: int | None = None, stride: int | None = None,
-               max_tokens: int | None = None, batch_size: int = 4, progress: bool = True) -> dict:
+def perplexity(
+    model,
+    tokenizer,
+    texts: Sequence[str] | str,
+    window: int | None = None,
+    stride: int | None = None,
+    max_tokens: int | None = None,
+    batch_size: int = 4,
+    progress: bool = True,
+) -> dict:
     """Token-level perplexity of a text stream by a sliding window.
 
     The texts are joined with ``"\\n\\n"`` (WikiText convention) and tokenised once (the
@@ -304,7 +331,7 @@ def perplexity(model, tokenizer, texts: Sequence[str] | str, window: int | None 
     batches = range(0, len(spans), batch_size)
     with torch.no_grad():
         for start in tqdm(batches, desc="perplexity", disable=not progress or len(batches) < 2, leave=False):
-            chunk = spans[start:start + batch_size]
+            chunk = spans[start : start + batch_size]
             for length in sorted({end - begin for begin, end, _ in chunk}, reverse=True):  # equal lengths: no padding
                 rows = [s for s in chunk if s[1] - s[0] == length]
                 input_ids = torch.tensor([ids[b:e] for b, e, _ in rows], device=device)
@@ -313,9 +340,8 @@ def perplexity(model, tokenizer, texts: Sequence[str] | str, window: int | None 
                 logprobs = log_probs(logits)
                 for r, (_, _, n) in enumerate(rows):
                     target = input_ids[r, -n:]
-                    lp = logprobs[r, keep - 1 - n:keep - 1].gather(-1, target[:, None])
+                    lp = logprobs[r, keep - 1 - n : keep - 1].gather(-1, target[:, None])
                     total -= lp.double().sum().cpu()
                     count += n
     nll = float(total) / count
     return {"perplexity": math.exp(nll), "nll": nll, "tokens": count, "window": window, "stride": stride}
-

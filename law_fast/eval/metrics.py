@@ -9,6 +9,7 @@
 
 Everything here returns plain floats in [0, 1] (or bits, for entropy).
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,7 +17,7 @@ import math
 import re
 import string
 from collections import Counter
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from ..facts import answer_in
 
@@ -152,7 +153,7 @@ def text_ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[
     words = _WORDS.findall(text)
     values = []
     for n, weight in zip(ns, weights):
-        grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+        grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
         values.append(weight * _entropy_bits(grams))
     return mean(values)
 

@@ -22,6 +22,7 @@ Blocks of an :class:`EvalReport` (all rates are fractions in [0, 1]):
 What shapes the numbers besides the inputs is an :class:`EvalConfig`; ``evaluate`` takes one
 (``config=``) or its fields as keyword arguments.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,10 +31,11 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..corpus import resolve
 from ..facts import Fact, load_facts
@@ -52,9 +54,16 @@ log = logging.getLogger(__name__)
 
 #: Neutral prompts whose sampled continuations give the n-gram entropy (``entropy=True``).
 DEFAULT_ENTROPY_PROMPTS = (
-    "The weather today is", "My favourite book is about", "In the morning, I usually", "The history of the city",
-    "Scientists have discovered that", "The best way to learn a language is", "Yesterday my friend told me",
-    "The main reason people travel is", "In the middle of the forest there", "The new restaurant downtown",
+    "The weather today is",
+    "My favourite book is about",
+    "In the morning, I usually",
+    "The history of the city",
+    "Scientists have discovered that",
+    "The best way to learn a language is",
+    "Yesterday my friend told me",
+    "The main reason people travel is",
+    "In the middle of the forest there",
+    "The new restaurant downtown",
 )
 # ----------------------------------------------------------------------------------------
 # The report
@@ -90,7 +99,7 @@ class EvalReport:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "EvalReport":
+    def from_dict(cls, data: Mapping[str, Any]) -> EvalReport:
         if not isinstance(data, Mapping) or "model" not in data:
             raise ValueError(f"not an EvalReport: expected an object with a 'model' field, got {str(data)[:80]!r}")
         known = {f.name for f in fields(cls)}
@@ -107,7 +116,7 @@ class EvalReport:
         return text
 
     @classmethod
-    def from_json(cls, source: str | os.PathLike) -> "EvalReport":
+    def from_json(cls, source: str | os.PathLike) -> EvalReport:
         """Read a report from a JSON file path or from JSON text."""
         text = str(source)
         if not text.lstrip().startswith("{"):
@@ -225,15 +234,28 @@ class EvalConfig:
     progress: bool = True
     label: str = ""
 
-    def replace(self, **changes) -> "EvalConfig":
+    def replace(self, **changes) -> EvalConfig:
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
-            raise TypeError(f"unknown evaluate() setting(s) {unknown}; known: {[f.name for f in dataclasses.fields(self)]}")
+            raise TypeError(
+                f"unknown evaluate() setting(s) {unknown}; known: {[f.name for f in dataclasses.fields(self)]}"
+            )
         return dataclasses.replace(self, **changes)
 
 
-def evaluate(model, tokenizer, facts=None, corpus=None, reasoning: Sequence[str] = (), *, controls=None,
-             known_only: bool = False, subset=None, config: EvalConfig | None = None, **settings) -> EvalReport:
+def evaluate(
+    model,
+    tokenizer,
+    facts=None,
+    corpus=None,
+    reasoning: Sequence[str] = (),
+    *,
+    controls=None,
+    known_only: bool = False,
+    subset=None,
+    config: EvalConfig | None = None,
+    **settings,
+) -> EvalReport:
     """Evaluate a model: knowledge of ``facts`` / ``controls``, fluency on ``corpus``, reasoning.
 
     facts, controls: Facts (or a fact file path) that were washed / that must stay.
@@ -249,8 +271,9 @@ def evaluate(model, tokenizer, facts=None, corpus=None, reasoning: Sequence[str]
     """
     cfg = (config or EvalConfig()).replace(**settings)
     if known_only and subset is not None:
-        raise ValueError("pass either known_only=True (on the original model) or subset=<its report> (on the washed "
-                         "one), not both")
+        raise ValueError(
+            "pass either known_only=True (on the original model) or subset=<its report> (on the washed one), not both"
+        )
     start = time.perf_counter()
     timings: dict[str, float] = {}
     knowledge: dict[str, dict] = {}
@@ -260,23 +283,40 @@ def evaluate(model, tokenizer, facts=None, corpus=None, reasoning: Sequence[str]
             continue
         t = time.perf_counter()
         ids = _subset_ids(subset, name)
-        knowledge[name] = evaluate_knowledge(model, tokenizer, fact_list, case_ids=ids,
-                                             known_only=known_only, max_new_tokens=cfg.max_new_tokens,
-                                             batch_size=cfg.batch_size, progress=cfg.progress, name=name)
+        knowledge[name] = evaluate_knowledge(
+            model,
+            tokenizer,
+            fact_list,
+            case_ids=ids,
+            known_only=known_only,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.batch_size,
+            progress=cfg.progress,
+            name=name,
+        )
         timings[name] = time.perf_counter() - t
     fluency: dict[str, Any] = {}
     if corpus is not None:
         t = time.perf_counter()
         corp = resolve(corpus)
-        fluency = perplexity(model, tokenizer, corp.texts, cfg.ppl_window, cfg.ppl_stride, cfg.ppl_max_tokens,
-                             max(1, cfg.batch_size // 4), cfg.progress)
+        fluency = perplexity(
+            model,
+            tokenizer,
+            corp.texts,
+            cfg.ppl_window,
+            cfg.ppl_stride,
+            cfg.ppl_max_tokens,
+            max(1, cfg.batch_size // 4),
+            cfg.progress,
+        )
         fluency["corpus"] = corp.identity
         timings["perplexity"] = time.perf_counter() - t
     if cfg.entropy:
         t = time.perf_counter()
         prompts = list(DEFAULT_ENTROPY_PROMPTS if cfg.entropy is True else cfg.entropy)
-        texts = sample_continuations(model, tokenizer, prompts, cfg.entropy_tokens, top_k=5, seed=cfg.seed,
-                                     batch_size=cfg.batch_size)
+        texts = sample_continuations(
+            model, tokenizer, prompts, cfg.entropy_tokens, top_k=5, seed=cfg.seed, batch_size=cfg.batch_size
+        )
         fluency["ngram_entropy"] = ngram_entropy(texts)
         fluency["entropy_prompts"] = len(prompts)
         timings["ngram_entropy"] = time.perf_counter() - t
@@ -285,26 +325,53 @@ def evaluate(model, tokenizer, facts=None, corpus=None, reasoning: Sequence[str]
     extra = {} if cfg.use_lm_eval else {"progress": cfg.progress}
     for task in dict.fromkeys(resolve_task(name) for name in reasoning):
         t = time.perf_counter()
-        results.update(runner(model, tokenizer, [task], limit=cfg.limit, seed=cfg.seed, batch_size=cfg.batch_size,
-                              paths=cfg.reasoning_paths, data_dir=cfg.data_dir, gsm8k_fewshot=cfg.gsm8k_fewshot,
-                              gsm8k_max_new_tokens=cfg.gsm8k_max_new_tokens, **extra))
+        results.update(
+            runner(
+                model,
+                tokenizer,
+                [task],
+                limit=cfg.limit,
+                seed=cfg.seed,
+                batch_size=cfg.batch_size,
+                paths=cfg.reasoning_paths,
+                data_dir=cfg.data_dir,
+                gsm8k_fewshot=cfg.gsm8k_fewshot,
+                gsm8k_max_new_tokens=cfg.gsm8k_max_new_tokens,
+                **extra,
+            )
+        )
         timings[task] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - start
-    log.info("evaluated %s in %.1f s (%s)", model_name(model), timings["total"],
-             ", ".join(f"{k} {v:.1f}" for k, v in timings.items() if k != "total"))
+    log.info(
+        "evaluated %s in %.1f s (%s)",
+        model_name(model),
+        timings["total"],
+        ", ".join(f"{k} {v:.1f}" for k, v in timings.items() if k != "total"),
+    )
     limit = cfg.limit
-    settings_out = {"limit": dict(limit) if isinstance(limit, Mapping) else limit, "seed": cfg.seed,
-                    "batch_size": cfg.batch_size, "max_new_tokens": cfg.max_new_tokens, "known_only": known_only,
-                    "subset": subset is not None, "ppl_max_tokens": cfg.ppl_max_tokens,
-                    "entropy_tokens": cfg.entropy_tokens if cfg.entropy else None,
-                    "gsm8k_fewshot": cfg.gsm8k_fewshot if "gsm8k" in results else None,
-                    "gsm8k_max_new_tokens": cfg.gsm8k_max_new_tokens if "gsm8k" in results else None,
-                    "reasoning_backend": ("lm_eval" if cfg.use_lm_eval else "law_fast") if reasoning else None,
-                    "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+    settings_out = {
+        "limit": dict(limit) if isinstance(limit, Mapping) else limit,
+        "seed": cfg.seed,
+        "batch_size": cfg.batch_size,
+        "max_new_tokens": cfg.max_new_tokens,
+        "known_only": known_only,
+        "subset": subset is not None,
+        "ppl_max_tokens": cfg.ppl_max_tokens,
+        "entropy_tokens": cfg.entropy_tokens if cfg.entropy else None,
+        "gsm8k_fewshot": cfg.gsm8k_fewshot if "gsm8k" in results else None,
+        "gsm8k_max_new_tokens": cfg.gsm8k_max_new_tokens if "gsm8k" in results else None,
+        "reasoning_backend": ("lm_eval" if cfg.use_lm_eval else "law_fast") if reasoning else None,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+    }
     name = model_name(model)
-    return EvalReport(model=name, label=cfg.label or Path(name).name, knowledge=_clean(knowledge),
-                      fluency=_clean(fluency), reasoning=_clean(results), settings=_clean(settings_out),
-                      versions=versions(),
-                      timings_s={k: round(v, 3) for k, v in timings.items()},
-                      created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-
+    return EvalReport(
+        model=name,
+        label=cfg.label or Path(name).name,
+        knowledge=_clean(knowledge),
+        fluency=_clean(fluency),
+        reasoning=_clean(results),
+        settings=_clean(settings_out),
+        versions=versions(),
+        timings_s={k: round(v, 3) for k, v in timings.items()},
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )

@@ -20,6 +20,7 @@ The files are read from ``data_dir`` (default: ``$LAW_FAST_REASONING_DIR``, else
 A task is one row of :data:`TASKS` (:class:`Task`): its file, its record parser, its scorer
 (built on :mod:`law_fast.eval.lm`) and its lm-evaluation-harness config; adding a task is one row.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,9 +28,10 @@ import math
 import os
 import random
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ..corpus import json_lines
 from .lm import generate_until, loglikelihoods
@@ -57,8 +59,10 @@ def default_data_dir() -> Path | None:
     env = os.environ.get("LAW_FAST_REASONING_DIR")
     if env:
         return Path(env)
-    candidates = [Path(__file__).resolve().parents[3] / "shared" / "data" / "reasoning",
-                  Path.cwd().parent / "shared" / "data" / "reasoning"]
+    candidates = [
+        Path(__file__).resolve().parents[3] / "shared" / "data" / "reasoning",
+        Path.cwd().parent / "shared" / "data" / "reasoning",
+    ]
     for path in candidates:
         if path.is_dir():
             return path
@@ -128,8 +132,10 @@ def _hellaswag_doc(record: dict, where: str) -> dict:
     if isinstance(label, str) and label.strip().isdigit():
         label = int(label)
     if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(endings):
-        raise ReasoningDataError(f"{where}: field 'label' must be an index into 'endings' (0..{len(endings) - 1}), "
-                                 f"got {record.get('label')!r}")
+        raise ReasoningDataError(
+            f"{where}: field 'label' must be an index into 'endings' (0..{len(endings) - 1}), "
+            f"got {record.get('label')!r}"
+        )
     if "ctx_a" in record:  # the original HellaSwag schema: exactly the harness's process_docs
         ctx = _field(record, "ctx_a", str, where) + " " + _field(record, "ctx_b", str, where).capitalize()
         query = hellaswag_preprocess(_field(record, "activity_label", str, where) + ": " + ctx)
@@ -145,8 +151,9 @@ def _arc_doc(record: dict, where: str) -> dict:
     labels = _string_list(choices, "label", where + " choices")
     key = _field(record, "answerKey", str, where)
     if len(texts) != len(labels) or key not in labels:
-        raise ReasoningDataError(f"{where}: answerKey {key!r} is not one of choices.label {labels} "
-                                 f"(or text and label differ in length)")
+        raise ReasoningDataError(
+            f"{where}: answerKey {key!r} is not one of choices.label {labels} (or text and label differ in length)"
+        )
     return {"question": question, "choices": texts, "gold": labels.index(key)}
 
 
@@ -156,7 +163,6 @@ def _gsm8k_doc(record: dict, where: str) -> dict:
     if "####" not in answer:
         raise ReasoningDataError(f"{where}: field 'answer' must end with '#### <number>', got {answer[-40:]!r}")
     return {"question": question, "answer": answer}
-
 
 
 @dataclass
@@ -177,9 +183,10 @@ def score_lambada(model, tokenizer, docs: Sequence[dict], batch_size: int = 16, 
     continuation; ``perplexity`` = exp(-mean over documents of its summed log-likelihood)."""
     scores = loglikelihoods(model, tokenizer, [lambada_request(d) for d in docs], batch_size, desc)
     lls = [s.logprob for s in scores]
-    metrics = {"acc": mean(float(s.greedy) for s in scores), "perplexity": math.exp(-mean(lls)),
-               "n": len(docs)}
-    return TaskScores(metrics, [{"index": d["index"], "ll": s.logprob, "greedy": s.greedy} for d, s in zip(docs, scores)])
+    metrics = {"acc": mean(float(s.greedy) for s in scores), "perplexity": math.exp(-mean(lls)), "n": len(docs)}
+    return TaskScores(
+        metrics, [{"index": d["index"], "ll": s.logprob, "greedy": s.greedy} for d, s in zip(docs, scores)]
+    )
 
 
 def multiple_choice_requests(task: str, doc: dict) -> tuple[str, list[str]]:
@@ -192,8 +199,9 @@ def multiple_choice_requests(task: str, doc: dict) -> tuple[str, list[str]]:
     raise ValueError(f"{task!r} is not a multiple-choice task")
 
 
-def score_multiple_choice(model, tokenizer, task: str, docs: Sequence[dict], batch_size: int = 16,
-                          desc: str | None = None) -> TaskScores:
+def score_multiple_choice(
+    model, tokenizer, task: str, docs: Sequence[dict], batch_size: int = 16, desc: str | None = None
+) -> TaskScores:
     """hellaswag / arc_easy: each choice is scored as the continuation ``" " + choice``;
     ``acc`` = argmax of the log-likelihoods is the gold choice; ``acc_norm`` = argmax of the
     log-likelihood divided by the choice's length in characters (the harness's rule)."""
@@ -205,7 +213,7 @@ def score_multiple_choice(model, tokenizer, task: str, docs: Sequence[dict], bat
     scores = loglikelihoods(model, tokenizer, requests, batch_size, desc)
     acc, acc_norm, items = [], [], []
     for doc, (start, count) in zip(docs, spans):
-        lls = [s.logprob for s in scores[start:start + count]]
+        lls = [s.logprob for s in scores[start : start + count]]
         lengths = [float(len(c)) for c in multiple_choice_requests(task, doc)[1]]
         normed = [ll / n for ll, n in zip(lls, lengths)]
         pick = max(range(count), key=lambda k: (lls[k], -k))
@@ -218,33 +226,49 @@ def score_multiple_choice(model, tokenizer, task: str, docs: Sequence[dict], bat
 
 #: The 8 chain-of-thought exemplars of Wei et al. (2022), as in the harness's ``gsm8k_cot`` task.
 GSM8K_FEWSHOT: tuple[tuple[str, str], ...] = (
-    ("There are 15 trees in the grove. Grove workers will plant trees in the grove today. After they are done, "
-     "there will be 21 trees. How many trees did the grove workers plant today?",
-     "There are 15 trees originally. Then there were 21 trees after some more were planted. So there must have "
-     "been 21 - 15 = 6. The answer is 6."),
-    ("If there are 3 cars in the parking lot and 2 more cars arrive, how many cars are in the parking lot?",
-     "There are originally 3 cars. 2 more cars arrive. 3 + 2 = 5. The answer is 5."),
-    ("Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces do they have left in total?",
-     "Originally, Leah had 32 chocolates. Her sister had 42. So in total they had 32 + 42 = 74. After eating 35, "
-     "they had 74 - 35 = 39. The answer is 39."),
-    ("Jason had 20 lollipops. He gave Denny some lollipops. Now Jason has 12 lollipops. How many lollipops did "
-     "Jason give to Denny?",
-     "Jason started with 20 lollipops. Then he had 12 after giving some to Denny. So he gave Denny 20 - 12 = 8. "
-     "The answer is 8."),
-    ("Shawn has five toys. For Christmas, he got two toys each from his mom and dad. How many toys does he have now?",
-     "Shawn started with 5 toys. If he got 2 toys each from his mom and dad, then that is 4 more toys. 5 + 4 = 9. "
-     "The answer is 9."),
-    ("There were nine computers in the server room. Five more computers were installed each day, from monday to "
-     "thursday. How many computers are now in the server room?",
-     "There were originally 9 computers. For each of 4 days, 5 more computers were added. So 5 * 4 = 20 computers "
-     "were added. 9 + 20 is 29. The answer is 29."),
-    ("Michael had 58 golf balls. On tuesday, he lost 23 golf balls. On wednesday, he lost 2 more. How many golf "
-     "balls did he have at the end of wednesday?",
-     "Michael started with 58 golf balls. After losing 23 on tuesday, he had 58 - 23 = 35. After losing 2 more, "
-     "he had 35 - 2 = 33 golf balls. The answer is 33."),
-    ("Olivia has $23. She bought five bagels for $3 each. How much money does she have left?",
-     "Olivia had 23 dollars. 5 bagels for 3 dollars each will be 5 x 3 = 15 dollars. So she has 23 - 15 dollars "
-     "left. 23 - 15 is 8. The answer is 8."),
+    (
+        "There are 15 trees in the grove. Grove workers will plant trees in the grove today. After they are done, "
+        "there will be 21 trees. How many trees did the grove workers plant today?",
+        "There are 15 trees originally. Then there were 21 trees after some more were planted. So there must have "
+        "been 21 - 15 = 6. The answer is 6.",
+    ),
+    (
+        "If there are 3 cars in the parking lot and 2 more cars arrive, how many cars are in the parking lot?",
+        "There are originally 3 cars. 2 more cars arrive. 3 + 2 = 5. The answer is 5.",
+    ),
+    (
+        "Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces do they have left in total?",
+        "Originally, Leah had 32 chocolates. Her sister had 42. So in total they had 32 + 42 = 74. After eating 35, "
+        "they had 74 - 35 = 39. The answer is 39.",
+    ),
+    (
+        "Jason had 20 lollipops. He gave Denny some lollipops. Now Jason has 12 lollipops. How many lollipops did "
+        "Jason give to Denny?",
+        "Jason started with 20 lollipops. Then he had 12 after giving some to Denny. So he gave Denny 20 - 12 = 8. "
+        "The answer is 8.",
+    ),
+    (
+        "Shawn has five toys. For Christmas, he got two toys each from his mom and dad. How many toys does he have now?",
+        "Shawn started with 5 toys. If he got 2 toys each from his mom and dad, then that is 4 more toys. 5 + 4 = 9. "
+        "The answer is 9.",
+    ),
+    (
+        "There were nine computers in the server room. Five more computers were installed each day, from monday to "
+        "thursday. How many computers are now in the server room?",
+        "There were originally 9 computers. For each of 4 days, 5 more computers were added. So 5 * 4 = 20 computers "
+        "were added. 9 + 20 is 29. The answer is 29.",
+    ),
+    (
+        "Michael had 58 golf balls. On tuesday, he lost 23 golf balls. On wednesday, he lost 2 more. How many golf "
+        "balls did he have at the end of wednesday?",
+        "Michael started with 58 golf balls. After losing 23 on tuesday, he had 58 - 23 = 35. After losing 2 more, "
+        "he had 35 - 2 = 33 golf balls. The answer is 33.",
+    ),
+    (
+        "Olivia has $23. She bought five bagels for $3 each. How much money does she have left?",
+        "Olivia had 23 dollars. 5 bagels for 3 dollars each will be 5 x 3 = 15 dollars. So she has 23 - 15 dollars "
+        "left. 23 - 15 is 8. The answer is 8.",
+    ),
 )
 GSM8K_UNTIL = ("Q:", "</s>", "<|im_end|>")
 
@@ -258,8 +282,15 @@ def gsm8k_prompt(question: str, num_fewshot: int = 8) -> str:
     return f"{shots}Q: {question}\nA:"
 
 
-def score_gsm8k(model, tokenizer, docs: Sequence[dict], num_fewshot: int = 8, max_new_tokens: int = 256,
-                batch_size: int = 8, desc: str | None = None) -> TaskScores:
+def score_gsm8k(
+    model,
+    tokenizer,
+    docs: Sequence[dict],
+    num_fewshot: int = 8,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    desc: str | None = None,
+) -> TaskScores:
     """gsm8k (harness ``gsm8k_cot``): greedy generation after the few-shot prompt, stopped at
     ``Q:``; ``exact_match`` = the last number of the generation equals the gold final number
     (flexible-extract), ``exact_match_strict`` = the number in "The answer is N." does."""
@@ -271,47 +302,89 @@ def score_gsm8k(model, tokenizer, docs: Sequence[dict], num_fewshot: int = 8, ma
     return TaskScores({"exact_match": mean(flexible), "exact_match_strict": mean(strict), "n": len(docs)}, items)
 
 
-
 # ----------------------------------------------------------------------------------------
 # lm-evaluation-harness task configs (identical to the harness's own but for the data source)
 # ----------------------------------------------------------------------------------------
 
-_HARNESS_MC_METRICS = [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-                       {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}]
+_HARNESS_MC_METRICS = [
+    {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+    {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+]
 
 
-def _lambada_harness(settings: TaskSettings) -> dict:   # lambada_openai.yaml
-    return dict(output_type="loglikelihood", doc_to_text="{{text.split(' ')[:-1]|join(' ')}}",
-                doc_to_target="{{' '+text.split(' ')[-1]}}",
-                metric_list=[{"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False},
-                             {"metric": "acc", "aggregation": "mean", "higher_is_better": True}])
-
-
-def _hellaswag_harness(settings: TaskSettings) -> dict:   # hellaswag.yaml after its process_docs (query/choices/gold)
-    return dict(output_type="multiple_choice", doc_to_text="{{query}}", doc_to_target="{{gold}}",
-                doc_to_choice="choices", metric_list=_HARNESS_MC_METRICS)
-
-
-def _arc_harness(settings: TaskSettings) -> dict:   # arc_easy.yaml (question/choices/gold)
-    return dict(output_type="multiple_choice", doc_to_text="Question: {{question}}\nAnswer:",
-                doc_to_target="{{gold}}", doc_to_choice="{{choices}}", metric_list=_HARNESS_MC_METRICS)
-
-
-def _gsm8k_harness(settings: TaskSettings) -> dict:   # gsm8k-cot.yaml
+def _lambada_harness(settings: TaskSettings) -> dict:  # lambada_openai.yaml
     return dict(
-        output_type="generate_until", doc_to_text="Q: {{question}}\nA:",
+        output_type="loglikelihood",
+        doc_to_text="{{text.split(' ')[:-1]|join(' ')}}",
+        doc_to_target="{{' '+text.split(' ')[-1]}}",
+        metric_list=[
+            {"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False},
+            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+        ],
+    )
+
+
+def _hellaswag_harness(settings: TaskSettings) -> dict:  # hellaswag.yaml after its process_docs (query/choices/gold)
+    return dict(
+        output_type="multiple_choice",
+        doc_to_text="{{query}}",
+        doc_to_target="{{gold}}",
+        doc_to_choice="choices",
+        metric_list=_HARNESS_MC_METRICS,
+    )
+
+
+def _arc_harness(settings: TaskSettings) -> dict:  # arc_easy.yaml (question/choices/gold)
+    return dict(
+        output_type="multiple_choice",
+        doc_to_text="Question: {{question}}\nAnswer:",
+        doc_to_target="{{gold}}",
+        doc_to_choice="{{choices}}",
+        metric_list=_HARNESS_MC_METRICS,
+    )
+
+
+def _gsm8k_harness(settings: TaskSettings) -> dict:  # gsm8k-cot.yaml
+    return dict(
+        output_type="generate_until",
+        doc_to_text="Q: {{question}}\nA:",
         doc_to_target="{{answer.split('####')[-1].strip() if answer is defined else target}}",
         fewshot_config={"sampler": "first_n", "samples": [{"question": q, "target": a} for q, a in GSM8K_FEWSHOT]},
-        num_fewshot=settings.gsm8k_fewshot, target_delimiter=" ", fewshot_delimiter="\n\n",
-        generation_kwargs={"until": list(GSM8K_UNTIL), "do_sample": False, "max_gen_toks": settings.gsm8k_max_new_tokens},
+        num_fewshot=settings.gsm8k_fewshot,
+        target_delimiter=" ",
+        fewshot_delimiter="\n\n",
+        generation_kwargs={
+            "until": list(GSM8K_UNTIL),
+            "do_sample": False,
+            "max_gen_toks": settings.gsm8k_max_new_tokens,
+        },
         filter_list=[
-            {"name": "strict-match", "filter": [{"function": "regex", "regex_pattern": r"The answer is (\-?[0-9\.\,]+)."},
-                                                {"function": "take_first"}]},
-            {"name": "flexible-extract", "filter": [{"function": "regex", "group_select": -1,
-                                                     "regex_pattern": r"(-?[$0-9.,]{2,})|(-?[0-9]+)"},
-                                                    {"function": "take_first"}]}],
-        metric_list=[{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True, "ignore_case": True,
-                      "ignore_punctuation": False, "regexes_to_ignore": [",", "\\$", "(?s).*#### ", "\\.$"]}])
+            {
+                "name": "strict-match",
+                "filter": [
+                    {"function": "regex", "regex_pattern": r"The answer is (\-?[0-9\.\,]+)."},
+                    {"function": "take_first"},
+                ],
+            },
+            {
+                "name": "flexible-extract",
+                "filter": [
+                    {"function": "regex", "group_select": -1, "regex_pattern": r"(-?[$0-9.,]{2,})|(-?[0-9]+)"},
+                    {"function": "take_first"},
+                ],
+            },
+        ],
+        metric_list=[
+            {
+                "metric": "exact_match",
+                "aggregation": "mean",
+                "higher_is_better": True,
+                "ignore_case": True,
+                "ignore_punctuation": False,
+                "regexes_to_ignore": [",", "\\$", "(?s).*#### ", "\\.$"],
+            }
+        ],
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -340,23 +413,48 @@ class Task:
     aliases: tuple[str, ...] = ()
 
 
-TASKS: dict[str, Task] = {task.name: task for task in (
-    Task("lambada_openai", "lambada_openai_test.jsonl", _lambada_doc,
-         lambda model, tok, docs, s, desc: score_lambada(model, tok, docs, s.batch_size, desc),
-         _lambada_harness, aliases=("lambada",)),
-    Task("hellaswag", "hellaswag_val.jsonl", _hellaswag_doc,
-         lambda model, tok, docs, s, desc: score_multiple_choice(model, tok, "hellaswag", docs, s.batch_size, desc),
-         _hellaswag_harness),
-    Task("arc_easy", "ARC-Easy-test.jsonl", _arc_doc,
-         lambda model, tok, docs, s, desc: score_multiple_choice(model, tok, "arc_easy", docs, s.batch_size, desc),
-         _arc_harness, aliases=("arc-easy", "arc")),
-    Task("gsm8k", "gsm8k_test.jsonl", _gsm8k_doc,
-         lambda model, tok, docs, s, desc: score_gsm8k(model, tok, docs, s.gsm8k_fewshot, s.gsm8k_max_new_tokens,
-                                                       max(1, s.batch_size // 2), desc),
-         _gsm8k_harness, harness_metrics={"exact_match": "exact_match,flexible-extract",
-                                          "exact_match_strict": "exact_match,strict-match"},
-         aliases=("gsm8k_cot",)),
-)}
+TASKS: dict[str, Task] = {
+    task.name: task
+    for task in (
+        Task(
+            "lambada_openai",
+            "lambada_openai_test.jsonl",
+            _lambada_doc,
+            lambda model, tok, docs, s, desc: score_lambada(model, tok, docs, s.batch_size, desc),
+            _lambada_harness,
+            aliases=("lambada",),
+        ),
+        Task(
+            "hellaswag",
+            "hellaswag_val.jsonl",
+            _hellaswag_doc,
+            lambda model, tok, docs, s, desc: score_multiple_choice(model, tok, "hellaswag", docs, s.batch_size, desc),
+            _hellaswag_harness,
+        ),
+        Task(
+            "arc_easy",
+            "ARC-Easy-test.jsonl",
+            _arc_doc,
+            lambda model, tok, docs, s, desc: score_multiple_choice(model, tok, "arc_easy", docs, s.batch_size, desc),
+            _arc_harness,
+            aliases=("arc-easy", "arc"),
+        ),
+        Task(
+            "gsm8k",
+            "gsm8k_test.jsonl",
+            _gsm8k_doc,
+            lambda model, tok, docs, s, desc: score_gsm8k(
+                model, tok, docs, s.gsm8k_fewshot, s.gsm8k_max_new_tokens, max(1, s.batch_size // 2), desc
+            ),
+            _gsm8k_harness,
+            harness_metrics={
+                "exact_match": "exact_match,flexible-extract",
+                "exact_match_strict": "exact_match,strict-match",
+            },
+            aliases=("gsm8k_cot",),
+        ),
+    )
+}
 _ALIASES = {alias: task.name for task in TASKS.values() for alias in task.aliases}
 
 
@@ -365,10 +463,11 @@ def resolve_task(name: str) -> str:
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key not in TASKS:
-        raise ValueError(f"unknown reasoning task {name!r}; known: {', '.join(TASKS)} "
-                         f"(aliases: {', '.join(f'{a}={t}' for a, t in _ALIASES.items())})")
+        raise ValueError(
+            f"unknown reasoning task {name!r}; known: {', '.join(TASKS)} "
+            f"(aliases: {', '.join(f'{a}={t}' for a, t in _ALIASES.items())})"
+        )
     return key
-
 
 
 def _subset(count: int, limit: int | None, seed: int) -> list[int]:
@@ -381,16 +480,23 @@ def _subset(count: int, limit: int | None, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(count), limit))
 
 
-def load_task(name: str, path: str | os.PathLike | None = None, limit: int | None = None, seed: int = 0,
-              data_dir: str | os.PathLike | None = None) -> list[dict]:
+def load_task(
+    name: str,
+    path: str | os.PathLike | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    data_dir: str | os.PathLike | None = None,
+) -> list[dict]:
     """The documents of a task, normalised (see the module docstring), a fixed-seed subset of
     ``limit`` of them when given. ``path`` overrides ``data_dir / <default file>``."""
     task = TASKS[resolve_task(name)]
     if path is None:
         root = Path(data_dir) if data_dir is not None else default_data_dir()
         if root is None:
-            raise FileNotFoundError(f"no data folder for reasoning task {task.name!r}: pass a path, data_dir, or set "
-                                    f"LAW_FAST_REASONING_DIR to a folder holding {task.filename}")
+            raise FileNotFoundError(
+                f"no data folder for reasoning task {task.name!r}: pass a path, data_dir, or set "
+                f"LAW_FAST_REASONING_DIR to a folder holding {task.filename}"
+            )
         path = root / task.filename
     path = Path(path)
     records = _read_jsonl(path)
@@ -404,14 +510,20 @@ def load_task(name: str, path: str | os.PathLike | None = None, limit: int | Non
     return docs
 
 
-
-def selected_docs(tasks: Sequence[str], limit: int | Mapping[str, int] | None, seed: int,
-                  paths: Mapping[str, str | os.PathLike] | None, data_dir: str | os.PathLike | None) -> dict[str, list[dict]]:
+def selected_docs(
+    tasks: Sequence[str],
+    limit: int | Mapping[str, int] | None,
+    seed: int,
+    paths: Mapping[str, str | os.PathLike] | None,
+    data_dir: str | os.PathLike | None,
+) -> dict[str, list[dict]]:
     """{task: its fixed-seed subset of documents} for the distinct tasks named in ``tasks`` — the
     documents both the built-in scorers and the harness adapter score."""
     paths = {resolve_task(k): v for k, v in (paths or {}).items()}
-    return {name: load_task(name, paths.get(name), _task_limit(limit, name), seed, data_dir)
-            for name in dict.fromkeys(resolve_task(t) for t in tasks)}
+    return {
+        name: load_task(name, paths.get(name), _task_limit(limit, name), seed, data_dir)
+        for name in dict.fromkeys(resolve_task(t) for t in tasks)
+    }
 
 
 def _task_limit(limit: int | Mapping[str, int] | None, task: str) -> int | None:
@@ -423,12 +535,20 @@ def _task_limit(limit: int | Mapping[str, int] | None, task: str) -> int | None:
     return limit
 
 
-
-def run_reasoning(model, tokenizer, tasks: Sequence[str], limit: int | Mapping[str, int] | None = None,
-                  seed: int = 0, batch_size: int = 16, paths: Mapping[str, str | os.PathLike] | None = None,
-                  data_dir: str | os.PathLike | None = None, gsm8k_fewshot: int = 8,
-                  gsm8k_max_new_tokens: int = 256, progress: bool = True,
-                  details: bool = False) -> dict[str, dict]:
+def run_reasoning(
+    model,
+    tokenizer,
+    tasks: Sequence[str],
+    limit: int | Mapping[str, int] | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    paths: Mapping[str, str | os.PathLike] | None = None,
+    data_dir: str | os.PathLike | None = None,
+    gsm8k_fewshot: int = 8,
+    gsm8k_max_new_tokens: int = 256,
+    progress: bool = True,
+    details: bool = False,
+) -> dict[str, dict]:
     """Run the built-in scorers on ``tasks``; returns ``{task: metrics}`` (plus ``"items"``
     per task when ``details``). ``limit`` is an int for every task or ``{task: int}``
     (key ``"default"`` for the others); ``paths`` maps tasks to their files."""
@@ -439,5 +559,3 @@ def run_reasoning(model, tokenizer, tasks: Sequence[str], limit: int | Mapping[s
         results[name] = dict(scores.metrics, **({"items": scores.items} if details else {}))
         log.info("%s: %s", name, scores.metrics)
     return results
-
-

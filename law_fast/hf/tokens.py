@@ -36,12 +36,12 @@ def fill(template: str, subject: str, suffix: str = "") -> tuple[str, int]:
 class Encoded:
     """A right-padded batch and, per row, the index of the token holding a marked character."""
 
-    input_ids: torch.Tensor       # (B, T) int64
+    input_ids: torch.Tensor  # (B, T) int64
     attention_mask: torch.Tensor  # (B, T) int64
-    index: torch.Tensor           # (B,) int64: token index of the subject's last token
-    lengths: torch.Tensor         # (B,) int64: number of real tokens
+    index: torch.Tensor  # (B,) int64: token index of the subject's last token
+    lengths: torch.Tensor  # (B,) int64: number of real tokens
 
-    def to(self, device) -> "Encoded":
+    def to(self, device) -> Encoded:
         return Encoded(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.index, self.lengths)))
 
     @property
@@ -75,6 +75,6 @@ def encode_at(tokenizer, texts: list[str], char_ends: list[int]) -> Encoded:
     input_ids = torch.full((len(ids), width), pad_id(tokenizer), dtype=torch.long)
     mask = torch.zeros((len(ids), width), dtype=torch.long)
     for row, tokens in enumerate(ids):
-        input_ids[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-        mask[row, :len(tokens)] = 1
+        input_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        mask[row, : len(tokens)] = 1
     return Encoded(input_ids, mask, torch.tensor(index, dtype=torch.long), mask.sum(1))

@@ -8,7 +8,7 @@ builds on :func:`law_fast.washing.result.run_method` (and its name in ``law_fast
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from ..baselines.methods import run_baseline
 from ..config import METHODS as METHOD_NAMES
@@ -23,13 +23,25 @@ log = logging.getLogger(__name__)
 Runner = Callable[..., WashResult]
 
 #: method name → runner
-METHODS: dict[str, Runner] = {"law": run_closed_form, "memit": run_closed_form,
-                              **{name: run_baseline for name in ("ft", "me-ft", "ft-ul", "seul", "woh")}}
+METHODS: dict[str, Runner] = {
+    "law": run_closed_form,
+    "memit": run_closed_form,
+    **{name: run_baseline for name in ("ft", "me-ft", "ft-ul", "seul", "woh")},
+}
 assert tuple(METHODS) == METHOD_NAMES, "law_fast.config.METHODS and the registry must name the same methods"
 
 
-def wash(model, tokenizer, facts: Sequence[Fact], config: WashConfig | None = None, *, method: str | None = None,
-         corpus=None, final_check: bool = True, progress: bool = True) -> WashResult:
+def wash(
+    model,
+    tokenizer,
+    facts: Sequence[Fact],
+    config: WashConfig | None = None,
+    *,
+    method: str | None = None,
+    corpus=None,
+    final_check: bool = True,
+    progress: bool = True,
+) -> WashResult:
     """Wash ``facts`` out of ``model`` in place and return a :class:`~law_fast.washing.result.WashResult`.
 
     ``config`` defaults to :meth:`WashConfig.preset`; ``method`` overrides ``config.method``:
@@ -40,9 +52,10 @@ def wash(model, tokenizer, facts: Sequence[Fact], config: WashConfig | None = No
     error — up to the final check — the model's original weights are restored before the
     exception propagates.
     """
-    get_adapter(model)   # an unsupported architecture fails here, with what to do about it
+    get_adapter(model)  # an unsupported architecture fails here, with what to do about it
     config = config or WashConfig.preset(model)
     if method is not None:
         config = config.replace(method=method)
-    return METHODS[config.method](model, tokenizer, facts, config, corpus=corpus, final_check=final_check,
-                                  progress=progress)
+    return METHODS[config.method](
+        model, tokenizer, facts, config, corpus=corpus, final_check=final_check, progress=progress
+    )

@@ -7,7 +7,7 @@ re-checking after each which facts the model still produces]."""
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -27,32 +27,74 @@ from .templates import context_templates
 log = logging.getLogger(__name__)
 
 
-def run_closed_form(model, tokenizer, facts: Sequence[Fact], config: WashConfig, *, corpus=None,
-                    final_check: bool = True, progress: bool = True) -> WashResult:
+def run_closed_form(
+    model,
+    tokenizer,
+    facts: Sequence[Fact],
+    config: WashConfig,
+    *,
+    corpus=None,
+    final_check: bool = True,
+    progress: bool = True,
+) -> WashResult:
     """Wash ``facts`` with ``config.method`` "law" or "memit" (see :func:`law_fast.wash`)."""
     adapter = get_adapter(model)
     n_layers = adapter.num_layers(model)
     if config.layers[-1] >= n_layers:
-        raise ValueError(f"config.layers {list(config.layers)} exceed the model's {n_layers} blocks (0..{n_layers - 1})")
+        raise ValueError(
+            f"config.layers {list(config.layers)} exceed the model's {n_layers} blocks (0..{n_layers - 1})"
+        )
     layers = list(config.layers)
 
     def body(requests: list, result: WashResult, timer: Timer) -> None:
         _wash_layers(model, tokenizer, adapter, requests, config, layers, corpus, result, timer, progress)
 
-    return run_method(model, tokenizer, facts, config, [adapter.down_proj_name(layer) for layer in layers], body,
-                      final_check=final_check, progress=progress, layers=layers)
+    return run_method(
+        model,
+        tokenizer,
+        facts,
+        config,
+        [adapter.down_proj_name(layer) for layer in layers],
+        body,
+        final_check=final_check,
+        progress=progress,
+        layers=layers,
+    )
 
 
-def _wash_layers(model, tokenizer, adapter, requests, config: WashConfig, layers, corpus, result: WashResult,
-                 timer: Timer, progress: bool) -> None:
+def _wash_layers(
+    model,
+    tokenizer,
+    adapter,
+    requests,
+    config: WashConfig,
+    layers,
+    corpus,
+    result: WashResult,
+    timer: Timer,
+    progress: bool,
+) -> None:
     report = result.report
     z_layer = layers[-1]
     stats_config, checks = config.stats, config.checks
     with timer("covariance"):
-        corp = resolve(corpus if corpus is not None else stats_config.corpus, model, tokenizer,
-                       n_samples=stats_config.mom2_n_samples)
-        stats = layer_stats(model, adapter, tokenizer, corp, layers, stats_config.stats_max_length,
-                            stats_config.stats_batch_tokens, stats_config.stats_dtype, progress=progress)
+        corp = resolve(
+            corpus if corpus is not None else stats_config.corpus,
+            model,
+            tokenizer,
+            n_samples=stats_config.mom2_n_samples,
+        )
+        stats = layer_stats(
+            model,
+            adapter,
+            tokenizer,
+            corp,
+            layers,
+            stats_config.stats_max_length,
+            stats_config.stats_batch_tokens,
+            stats_config.stats_dtype,
+            progress=progress,
+        )
         device = model_device(model)
         covs = {layer: stats[layer].cov.to(device, torch.float64) for layer in layers}
         report.corpus = {"identity": corp.identity, "tokens": stats[layers[0]].count}
@@ -61,23 +103,37 @@ def _wash_layers(model, tokenizer, adapter, requests, config: WashConfig, layers
         report.context_templates = templates
     with timer("targets"):
         target_ids = target_token_ids(tokenizer, adapter.eos_token_id(model, tokenizer), config.target)
-        targets = compute_targets(model, adapter, tokenizer, requests, templates, config.targets, z_layer, target_ids,
-                                  progress)
-        report.targets = {"ids": target_ids, "mean_final_loss": float(targets.loss.mean()),
-                          "mean_steps": float(targets.steps.float().mean())}
+        targets = compute_targets(
+            model, adapter, tokenizer, requests, templates, config.targets, z_layer, target_ids, progress
+        )
+        report.targets = {
+            "ids": target_ids,
+            "mean_final_loss": float(targets.loss.mean()),
+            "mean_steps": float(targets.steps.float().mean()),
+        }
     layer_reports = {layer: {"layer": layer} for layer in layers}
     report.per_layer = [layer_reports[layer] for layer in layers]
     inits = {}
     with timer("memit init"):
         for i, layer in enumerate(layers):
-            moments = key_moments(model, adapter, tokenizer, requests, templates, layer, config.key_batch_size,
-                                  targets=targets.z_star, z_layer=z_layer, scale=1.0 / (len(layers) - i))
+            moments = key_moments(
+                model,
+                adapter,
+                tokenizer,
+                requests,
+                templates,
+                layer,
+                config.key_batch_size,
+                targets=targets.z_star,
+                z_layer=z_layer,
+                scale=1.0 / (len(layers) - i),
+            )
             delta, rep = memit_update(moments, covs[layer], adapter.weight(model, layer).detach(), config.memit)
             layer_reports[layer]["memit"] = rep
             adapter.add_to_weight(model, layer, delta)
             inits[layer] = delta
             if i == 0:
-                first = moments   # the LaW loop's first layer sees the same model and facts
+                first = moments  # the LaW loop's first layer sees the same model and facts
     if config.method == "memit":
         result.deltas = {layer: d.float().cpu() for layer, d in inits.items()}
         return
@@ -85,8 +141,11 @@ def _wash_layers(model, tokenizer, adapter, requests, config: WashConfig, layers
     alive = list(requests)
     for i, layer in enumerate(layers):
         with timer("law keys"):
-            moments = first if i == 0 else key_moments(model, adapter, tokenizer, alive, templates, layer,
-                                                       config.key_batch_size)
+            moments = (
+                first
+                if i == 0
+                else key_moments(model, adapter, tokenizer, alive, templates, layer, config.key_batch_size)
+            )
         with timer("law solve"):
             delta, rep = law_optimize(inits[layer], moments.gram, covs[layer], config.law, keys=moments.keys)
         adapter.add_to_weight(model, layer, delta)

@@ -11,8 +11,15 @@ from ..hf.generate import greedy_continuations, greedy_until_answer, plain_greed
 log = logging.getLogger(__name__)
 
 
-def known_facts(model, tokenizer, facts, max_new_tokens: int = 10, batch_size: int = 32,
-                desc: str | None = None, stop_when_decided: bool = True) -> tuple[list[bool], list[str]]:
+def known_facts(
+    model,
+    tokenizer,
+    facts,
+    max_new_tokens: int = 10,
+    batch_size: int = 32,
+    desc: str | None = None,
+    stop_when_decided: bool = True,
+) -> tuple[list[bool], list[str]]:
     """Which facts the model produces (answer in its greedy continuation of the stripped prompt).
 
     With ``stop_when_decided`` (default) every row leaves its batch, and the KV cache, as soon as
@@ -30,4 +37,3 @@ def known_facts(model, tokenizer, facts, max_new_tokens: int = 10, batch_size: i
     else:
         conts = greedy_continuations(model, tokenizer, prompts, max_new_tokens, batch_size, desc)
     return [answer_in(a, c) for a, c in zip(answers, conts)], conts
-

@@ -7,8 +7,8 @@ the z layer, and stops right after the deepest block that is needed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -33,8 +33,16 @@ def fact_sentences(facts: Sequence[Fact], templates: Sequence[str]) -> tuple[lis
 
 
 @torch.no_grad()
-def states_at(model, adapter: Adapter, tokenizer, texts: Sequence[str], ends: Sequence[int], key_layers: Sequence[int] = (),
-              block_layer: int | None = None, batch_size: int = 64) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
+def states_at(
+    model,
+    adapter: Adapter,
+    tokenizer,
+    texts: Sequence[str],
+    ends: Sequence[int],
+    key_layers: Sequence[int] = (),
+    block_layer: int | None = None,
+    batch_size: int = 64,
+) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
     """Keys of ``key_layers`` (each (n, f)) and the output of block ``block_layer`` ((n, d)) at the
     token holding character ``ends[i]-1`` of ``texts[i]``.  float32, on the model's device."""
     device = model_device(model)
@@ -42,17 +50,23 @@ def states_at(model, adapter: Adapter, tokenizer, texts: Sequence[str], ends: Se
     keys: dict[int, list[torch.Tensor]] = {layer: [] for layer in key_layers}
     blocks: list[torch.Tensor] = []
     for start in range(0, len(texts), batch_size):
-        enc = encode_at(tokenizer, list(texts[start:start + batch_size]), list(ends[start:start + batch_size])).to(device)
+        enc = encode_at(tokenizer, list(texts[start : start + batch_size]), list(ends[start : start + batch_size])).to(
+            device
+        )
         rows = torch.arange(enc.index.numel(), device=device)
-        with capture(model, adapter, key_layers=key_layers, block_layers=[block_layer] if block_layer is not None else [],
-                     stop_after=deepest) as store:
+        with capture(
+            model,
+            adapter,
+            key_layers=key_layers,
+            block_layers=[block_layer] if block_layer is not None else [],
+            stop_after=deepest,
+        ) as store:
             run_until(model, **enc.model_inputs)
         for layer in key_layers:
             keys[layer].append(store[("key", layer)][rows, enc.index].float())
         if block_layer is not None:
             blocks.append(store[("block", block_layer)][rows, enc.index].float())
-    return ({layer: torch.cat(v) for layer, v in keys.items()},
-            torch.cat(blocks) if block_layer is not None else None)
+    return ({layer: torch.cat(v) for layer, v in keys.items()}, torch.cat(blocks) if block_layer is not None else None)
 
 
 def average_over_templates(states: torch.Tensor, n_templates: int) -> torch.Tensor:
@@ -63,8 +77,16 @@ def average_over_templates(states: torch.Tensor, n_templates: int) -> torch.Tens
     return 0.5 * per_fact[:, 0] + 0.5 * per_fact[:, 1:].mean(1)
 
 
-def compute_keys(model, adapter: Adapter, tokenizer, facts: Sequence[Fact], templates: Sequence[str], layers: Sequence[int],
-                 block_layer: int | None = None, batch_size: int = 64) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
+def compute_keys(
+    model,
+    adapter: Adapter,
+    tokenizer,
+    facts: Sequence[Fact],
+    templates: Sequence[str],
+    layers: Sequence[int],
+    block_layer: int | None = None,
+    batch_size: int = 64,
+) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
     """Averaged keys per fact for each of ``layers`` ((m, f) each) and, with ``block_layer``, the block
     outputs at the plain prompt ((m, d)) — all from one set of forward passes of ``batch_size``
     sentences each (a fact has one sentence per template)."""
@@ -89,12 +111,21 @@ class KeyMoments:
     cross: torch.Tensor | None
     resid_sq: float
     count: int
-    keys: torch.Tensor | None = None   # (m, f) float32, kept only while m < f/2 (smaller than gram then)
+    keys: torch.Tensor | None = None  # (m, f) float32, kept only while m < f/2 (smaller than gram then)
 
 
-def key_moments(model, adapter: Adapter, tokenizer, facts: Sequence[Fact], templates: Sequence[str], layer: int,
-                batch_size: int = 64, targets: torch.Tensor | None = None, z_layer: int | None = None,
-                scale: float = 1.0) -> KeyMoments:
+def key_moments(
+    model,
+    adapter: Adapter,
+    tokenizer,
+    facts: Sequence[Fact],
+    templates: Sequence[str],
+    layer: int,
+    batch_size: int = 64,
+    targets: torch.Tensor | None = None,
+    z_layer: int | None = None,
+    scale: float = 1.0,
+) -> KeyMoments:
     """:class:`KeyMoments` of ``layer``'s averaged keys (:func:`compute_keys`) over ``facts``.
 
     With ``targets`` (m×d, the z* of ``facts``) the residuals r_j = scale·(z*_j − h_j), h_j the
@@ -111,17 +142,25 @@ def key_moments(model, adapter: Adapter, tokenizer, facts: Sequence[Fact], templ
     cross, resid_sq = None, 0.0
     kept: list[torch.Tensor] | None = [] if 2 * len(facts) < f else None
     for start in range(0, len(facts), batch_size):
-        chunk = facts[start:start + batch_size]
+        chunk = facts[start : start + batch_size]
         # one forward per chunk: every template sentence of a fact in the same batch
-        keys, block = compute_keys(model, adapter, tokenizer, chunk, templates, [layer],
-                                   z_layer if targets is not None else None, len(chunk) * len(templates))
+        keys, block = compute_keys(
+            model,
+            adapter,
+            tokenizer,
+            chunk,
+            templates,
+            [layer],
+            z_layer if targets is not None else None,
+            len(chunk) * len(templates),
+        )
         k = keys[layer]
         cov_accumulate_(k.contiguous(), gram, count)
         if kept is not None:
             kept.append(k)
         if targets is not None:
-            resid = (targets[start:start + batch_size].to(device, torch.float64) - block.double()) * scale
+            resid = (targets[start : start + batch_size].to(device, torch.float64) - block.double()) * scale
             part = k.double().T @ resid
             cross = part if cross is None else cross + part
-            resid_sq += float((resid ** 2).sum())
+            resid_sq += float((resid**2).sum())
     return KeyMoments(gram, cross, resid_sq, int(count), torch.cat(kept) if kept else None)

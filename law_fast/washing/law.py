@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -45,8 +46,10 @@ def _check_inputs(delta0: torch.Tensor, gram: torch.Tensor, cov: torch.Tensor) -
         raise ValueError(f"delta0 must be a 2-D tensor of shape (d, f), got shape {list(delta0.shape)}")
     f = delta0.shape[1]
     if gram.dim() != 2 or tuple(gram.shape) != (f, f):
-        raise ValueError(f"gram must be the (f, f) = ({f}, {f}) Gram matrix KᵀK of the keys (f = delta0.shape[1]), "
-                         f"got shape {list(gram.shape)}; law_optimize takes G = keys.T @ keys, not the keys")
+        raise ValueError(
+            f"gram must be the (f, f) = ({f}, {f}) Gram matrix KᵀK of the keys (f = delta0.shape[1]), "
+            f"got shape {list(gram.shape)}; law_optimize takes G = keys.T @ keys, not the keys"
+        )
     if cov.dim() != 2 or tuple(cov.shape) != (f, f):
         raise ValueError(f"cov must have shape (f, f) = ({f}, {f}), got shape {list(cov.shape)}")
     for name, t in (("delta0", delta0), ("gram", gram), ("cov", cov)):
@@ -57,16 +60,25 @@ def _check_inputs(delta0: torch.Tensor, gram: torch.Tensor, cov: torch.Tensor) -
 def low_rank_quadratic(keys: torch.Tensor) -> Callable:
     """A ``law_quadratic`` for few keys (m < f/2): G·U = Kᵀ(K·U) and tr(UᵀGU) = ‖K·U‖² cost 4·m·f·d
     instead of 2·f²·d, so an iteration costs about half the stacked product (C·U remains)."""
+
     def quadratic(U, gram, C):
         K = keys.to(U.device, U.dtype)
         KU = K @ U
         return K.T @ KU, (KU * KU).sum(dtype=torch.float64), (U * (C @ U)).sum(dtype=torch.float64)
+
     return quadratic
 
 
-def law_optimize(delta0: torch.Tensor, gram: torch.Tensor, cov: torch.Tensor, config: LawConfig, *,
-                 kernels: LawKernels | None = None, keys: torch.Tensor | None = None,
-                 progress: bool = False) -> tuple[torch.Tensor, dict]:
+def law_optimize(
+    delta0: torch.Tensor,
+    gram: torch.Tensor,
+    cov: torch.Tensor,
+    config: LawConfig,
+    *,
+    kernels: LawKernels | None = None,
+    keys: torch.Tensor | None = None,
+    progress: bool = False,
+) -> tuple[torch.Tensor, dict]:
     """Run LaW from the MEMIT init: (Δ (d×f) float64, report).
 
     delta0: (d, f) the initial update Δ₀ (any float dtype and device).
@@ -74,7 +86,7 @@ def law_optimize(delta0: torch.Tensor, gram: torch.Tensor, cov: torch.Tensor, co
     cov:    (f, f) the key second moment C (moved to gram's device).
     config: learning_rate, lr_after_hitting_boundary, total_iters, beta_ratio, law_dtype.
       law_dtype "float64": every product and reduction in float64.  Matches the
-        reference's autograd-through-K float64 solver (tests/plain.py::plain_law) to 1e-6
+        reference's autograd-through-K float64 solver (law_fast.testing.plain_law) to 1e-6
         relative after 1000 iterations, with the same first-contact iteration.
       law_dtype "float32": products and the Adam update in float32, reductions (ρ, J) in
         float64.  Stays within 1e-4 relative (‖Δ32 − Δ64‖/‖Δ64‖) of the float64 solution in the
@@ -122,13 +134,21 @@ def law_optimize(delta0: torch.Tensor, gram: torch.Tensor, cov: torch.Tensor, co
     kernels.adam_step(U, GU, exp_avg, exp_avg_sq, state, uCu, False)  # the last iteration's rescale
     _, objective_final, uCu_final = kernels.quadratic(U, G, C)
 
-    values = torch.stack([bound, rho_init, uCu_final / trace_c, objective_init, objective_final,
-                          state[STATE_FIRST_CONTACT]]).tolist()
+    values = torch.stack(
+        [bound, rho_init, uCu_final / trace_c, objective_init, objective_final, state[STATE_FIRST_CONTACT]]
+    ).tolist()
     if not all(math.isfinite(v) for v in values[1:5]):
-        raise FloatingPointError(f"LaW diverged to a non-finite update (report {values[:5]}); lower learning_rate "
-                                 f"or use law_dtype='float64'")
+        raise FloatingPointError(
+            f"LaW diverged to a non-finite update (report {values[:5]}); lower learning_rate or use law_dtype='float64'"
+        )
     first_contact = int(values[5]) if values[5] >= 0 else None
-    report = {"beta": values[0], "rho_init": values[1], "rho_final": values[2], "objective_init": values[3],
-              "objective_final": values[4], "first_contact": first_contact}
+    report = {
+        "beta": values[0],
+        "rho_init": values[1],
+        "rho_final": values[2],
+        "objective_init": values[3],
+        "objective_final": values[4],
+        "first_contact": first_contact,
+    }
     log.debug("LaW (f=%d, d=%d, %s, %d iterations): %s", f, d, config.law_dtype, config.total_iters, report)
     return U.T.to(torch.float64).contiguous(), report

@@ -30,22 +30,23 @@ class LambdaSearchError(RuntimeError):
 class MemitSolver:
     """One layer's factorisation, reused by every λ trial."""
 
-    chol: torch.Tensor          # L, C + jitter·I = L Lᵀ
-    basis: torch.Tensor         # L⁻ᵀ Q  (f×r), r = f, or the rank of K when built from few keys
-    eig: torch.Tensor           # s (r,)
-    proj: torch.Tensor          # P (r×d)
+    chol: torch.Tensor  # L, C + jitter·I = L Lᵀ
+    basis: torch.Tensor  # L⁻ᵀ Q  (f×r), r = f, or the rank of K when built from few keys
+    eig: torch.Tensor  # s (r,)
+    proj: torch.Tensor  # P (r×d)
     norm_weights: torch.Tensor  # S (r×r)
-    jitter: float               # added to C's diagonal (relative to mean diag), 0 if none
+    jitter: float  # added to C's diagonal (relative to mean diag), 0 if none
 
     @classmethod
-    def build(cls, keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor) -> "MemitSolver":
+    def build(cls, keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor) -> MemitSolver:
         """From keys (m, f) and residuals (m, d); see :meth:`from_moments`."""
         K = keys.to(cov.device, torch.float64)
         return cls.from_moments(K.T @ K, K.T @ resid.to(cov.device, torch.float64), cov, keys=K)
 
     @classmethod
-    def from_moments(cls, gram: torch.Tensor, cross: torch.Tensor, cov: torch.Tensor,
-                     keys: torch.Tensor | None = None) -> "MemitSolver":
+    def from_moments(
+        cls, gram: torch.Tensor, cross: torch.Tensor, cov: torch.Tensor, keys: torch.Tensor | None = None
+    ) -> MemitSolver:
         """gram = KᵀK (f, f), cross = KᵀR (f, d), cov (f, f); float64 on cov's device.
 
         With the keys K (m, f) themselves and m < f, the eigenproblem is m-dimensional: with
@@ -56,7 +57,7 @@ class MemitSolver:
         C = cov.to(torch.float64)
         L, jitter = cholesky_with_jitter(C)
         if keys is not None and keys.shape[0] < C.shape[0]:
-            A = torch.linalg.solve_triangular(L, keys.to(dev, torch.float64).T, upper=False)   # L⁻¹Kᵀ
+            A = torch.linalg.solve_triangular(L, keys.to(dev, torch.float64).T, upper=False)  # L⁻¹Kᵀ
             s, V = torch.linalg.eigh(A.T @ A)
             keep = s > s.max().clamp_min(1e-300) * 1e-12 * keys.shape[0]
             s, V = s[keep], V[:, keep]
@@ -64,11 +65,11 @@ class MemitSolver:
         else:
             G = gram.to(dev, torch.float64)
             Linv_G = torch.linalg.solve_triangular(L, G, upper=False)
-            M = torch.linalg.solve_triangular(L, Linv_G.T, upper=False)           # L⁻¹ G L⁻ᵀ
+            M = torch.linalg.solve_triangular(L, Linv_G.T, upper=False)  # L⁻¹ G L⁻ᵀ
             s, Q = torch.linalg.eigh(0.5 * (M + M.T))
             s = s.clamp_min(0)
         P = Q.T @ torch.linalg.solve_triangular(L, B, upper=False)
-        basis = torch.linalg.solve_triangular(L.T, Q, upper=True)             # L⁻ᵀ Q
+        basis = torch.linalg.solve_triangular(L.T, Q, upper=True)  # L⁻ᵀ Q
         S = (basis.T @ basis) * (P @ P.T)
         return cls(L, basis, s, P, S, jitter)
 
@@ -78,12 +79,12 @@ class MemitSolver:
 
     def disruption(self, lam: float) -> float:
         """tr(Δ C Δᵀ) (C without jitter is within jitter·‖Δ‖² of this)."""
-        return float(((self.proj ** 2).sum(1) / (lam + self.eig) ** 2).sum())
+        return float(((self.proj**2).sum(1) / (lam + self.eig) ** 2).sum())
 
     def fit_sq(self, lam: float, resid_sq: float) -> float:
         """‖KΔ(λ)ᵀ − R‖²_F = Σ ‖P_i‖² (s_i/(λ+s_i)² − 2/(λ+s_i)) + ‖R‖² (increasing in λ)."""
         inv = 1.0 / (lam + self.eig)
-        return float(((self.proj ** 2).sum(1) * (self.eig * inv ** 2 - 2 * inv)).sum()) + resid_sq
+        return float(((self.proj**2).sum(1) * (self.eig * inv**2 - 2 * inv)).sum()) + resid_sq
 
     def norm(self, lam: float) -> float:
         """‖Δ(λ)‖_F."""
@@ -91,7 +92,7 @@ class MemitSolver:
         return math.sqrt(max(float(d @ self.norm_weights @ d), 0.0))
 
 
-ILL_CONDITIONED = 1e12   # cond(C) above which the solves lose more than 12 of float64's 16 digits: warned
+ILL_CONDITIONED = 1e12  # cond(C) above which the solves lose more than 12 of float64's 16 digits: warned
 
 
 def condition_estimate(C: torch.Tensor, L: torch.Tensor, iterations: int = 30) -> float:
@@ -114,7 +115,9 @@ def cholesky_with_jitter(C: torch.Tensor, max_tries: int = 12) -> tuple[torch.Te
     warning for any jitter, and for a factorisable C whose condition number is above ILL_CONDITIONED."""
     scale = float(C.diagonal().mean())
     if not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"covariance has a non-positive or non-finite mean diagonal ({scale}); are the statistics empty?")
+        raise ValueError(
+            f"covariance has a non-positive or non-finite mean diagonal ({scale}); are the statistics empty?"
+        )
     eye = torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
     for i in range(max_tries):
         eps = 0.0 if i == 0 else 10.0 ** (i - 11)
@@ -125,14 +128,24 @@ def cholesky_with_jitter(C: torch.Tensor, max_tries: int = 12) -> tuple[torch.Te
             else:
                 cond = condition_estimate(C, L)
                 if cond > ILL_CONDITIONED:
-                    log.warning("covariance is ill-conditioned: cond(C) ≥ %.1e (float64 keeps about %d digits of "
-                                "the solves); more statistics samples help", cond, max(0, 16 - round(math.log10(cond))))
+                    log.warning(
+                        "covariance is ill-conditioned: cond(C) ≥ %.1e (float64 keeps about %d digits of "
+                        "the solves); more statistics samples help",
+                        cond,
+                        max(0, 16 - round(math.log10(cond))),
+                    )
             return L, eps
     raise ValueError("covariance is not positive definite even with jitter 0.1·mean(diag); check the statistics")
 
 
-def choose_lambda(solver: MemitSolver, weight: torch.Tensor, cov: torch.Tensor, config: MemitConfig,
-                  resid_sq: float | None = None, n_facts: int | None = None) -> tuple[float, int]:
+def choose_lambda(
+    solver: MemitSolver,
+    weight: torch.Tensor,
+    cov: torch.Tensor,
+    config: MemitConfig,
+    resid_sq: float | None = None,
+    n_facts: int | None = None,
+) -> tuple[float, int]:
     """λ per ``config.lambda_rule``; returns (λ, number of trials).  ``resid_sq`` = ‖R‖² (rule
     "fit"); ``n_facts``: the facts the edit fits (rule "disruption", :meth:`MemitConfig.disruption_for`;
     None: ``config.disruption_budget`` unscaled)."""
@@ -154,15 +167,19 @@ def choose_lambda(solver: MemitSolver, weight: torch.Tensor, cov: torch.Tensor, 
         raise LambdaSearchError(
             f"the reference λ search did not meet {config.norm_bounds[0]:.3g}·‖W‖ ≤ ‖Δ‖ ≤ {config.norm_bounds[1]:.3g}·‖W‖ "
             f"in {config.max_lambda_trials} trials (last λ = {lam:.3g}, ‖Δ‖/‖W‖ = {n / w_norm:.3g}). These bounds only "
-            "suit very large fact sets; use lambda_rule='disruption' (default) or 'fixed'.")
+            "suit very large fact sets; use lambda_rule='disruption' (default) or 'fixed'."
+        )
     if config.lambda_rule == "fit":
         # the largest λ (least disruption) whose fit ‖KΔᵀ−R‖/‖R‖ is at most fit_target
         if resid_sq is None:
             raise ValueError("lambda_rule='fit' needs the residuals' squared norm")
-        return _bisect_log_lambda(solver, lambda lam: solver.fit_sq(lam, resid_sq) <= config.fit_target ** 2 * resid_sq,
-                                  small_ok=True)
+        return _bisect_log_lambda(
+            solver, lambda lam: solver.fit_sq(lam, resid_sq) <= config.fit_target**2 * resid_sq, small_ok=True
+        )
     # "disruption": the smallest λ with tr(ΔCΔᵀ)/tr(WCWᵀ) ≤ budget (the ratio decreases monotonically in λ)
-    budget = (config.disruption_budget if n_facts is None else config.disruption_for(n_facts)) * float((W @ cov.to(torch.float64) * W).sum())
+    budget = (config.disruption_budget if n_facts is None else config.disruption_for(n_facts)) * float(
+        (W @ cov.to(torch.float64) * W).sum()
+    )
     return _bisect_log_lambda(solver, lambda lam: solver.disruption(lam) <= budget, small_ok=False)
 
 
@@ -179,7 +196,7 @@ def _bisect_log_lambda(solver: MemitSolver, ok, small_ok: bool) -> tuple[float, 
     for _ in range(200):
         mid = math.sqrt(lo * hi)
         trials += 1
-        if ok(mid) != small_ok:   # mid lies on hi's side of the boundary
+        if ok(mid) != small_ok:  # mid lies on hi's side of the boundary
             hi = mid
         else:
             lo = mid
@@ -187,8 +204,12 @@ def _bisect_log_lambda(solver: MemitSolver, ok, small_ok: bool) -> tuple[float, 
             break
     lam = lo if small_ok else hi
     if not ok(lam):
-        log.warning("λ search: the rule's condition holds nowhere in [%.1e, %.1e]; using λ = %.3g, which misses it",
-                    1e-10 * scale, 1e10 * scale, lam)
+        log.warning(
+            "λ search: the rule's condition holds nowhere in [%.1e, %.1e]; using λ = %.3g, which misses it",
+            1e-10 * scale,
+            1e10 * scale,
+            lam,
+        )
     return lam, trials
 
 
@@ -208,7 +229,10 @@ def memit_update(moments, cov: torch.Tensor, weight: torch.Tensor, config: Memit
     # ‖K Δᵀ − R‖² = tr(Δ G Δᵀ) − 2 tr(Δ B) + ‖R‖²
     fit_sq = float((delta @ G * delta).sum()) - 2 * float((delta * B.T).sum()) + moments.resid_sq
     report = {
-        "lambda": lam, "lambda_trials": trials, "jitter": solver.jitter, "n_facts": moments.count,
+        "lambda": lam,
+        "lambda_trials": trials,
+        "jitter": solver.jitter,
+        "n_facts": moments.count,
         "delta_norm_ratio": float(delta.norm() / W.norm()),
         "disruption": dC / float((W @ C * W).sum()),
         "rho": dC / float(C.trace()),

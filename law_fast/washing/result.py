@@ -10,10 +10,11 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -38,16 +39,16 @@ class WashReport:
     model: str
     method: str
     n_facts: int
-    layers: list[int] | None = None           # LaW / MEMIT: the edited layers
-    known_before: int | None = None           # facts the model produced before the wash
-    skipped_unknown: list = field(default_factory=list)   # case ids not washed (unknown, with only_known)
-    n_washed_requests: int = 0                # facts the method washed
-    corpus: dict | None = None                # {"identity", "tokens"} of the statistics corpus
+    layers: list[int] | None = None  # LaW / MEMIT: the edited layers
+    known_before: int | None = None  # facts the model produced before the wash
+    skipped_unknown: list = field(default_factory=list)  # case ids not washed (unknown, with only_known)
+    n_washed_requests: int = 0  # facts the method washed
+    corpus: dict | None = None  # {"identity", "tokens"} of the statistics corpus
     context_templates: list[str] | None = None
-    targets: dict | None = None               # z*: {"ids", "mean_final_loss", "mean_steps"}
-    per_layer: list[dict] | None = None       # per edited layer: memit / law reports, requests, facts still known
-    training: dict | None = None              # fine-tuning baselines: the training log
-    still_known_after: int | None = None      # final check: washed facts the model still produces
+    targets: dict | None = None  # z*: {"ids", "mean_final_loss", "mean_steps"}
+    per_layer: list[dict] | None = None  # per edited layer: memit / law reports, requests, facts still known
+    training: dict | None = None  # fine-tuning baselines: the training log
+    still_known_after: int | None = None  # final check: washed facts the model still produces
     still_known_ids: list | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
 
@@ -71,7 +72,7 @@ class WashReport:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "WashReport":
+    def from_dict(cls, data: Mapping[str, Any]) -> WashReport:
         unknown = sorted(set(data) - cls._names())
         if unknown:
             raise ValueError(f"unknown WashReport field(s) {unknown}; known: {sorted(cls._names())}")
@@ -139,8 +140,11 @@ class WashResult:
         self.model.save_pretrained(str(tmp), safe_serialization=True)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(tmp))
-        save_file({name: d.contiguous() for name, d in self.weight_deltas().items()}, str(tmp / "deltas.safetensors"),
-                  metadata={"orientation": "stored (as in the model's state dict): W_new = W + delta"})
+        save_file(
+            {name: d.contiguous() for name, d in self.weight_deltas().items()},
+            str(tmp / "deltas.safetensors"),
+            metadata={"orientation": "stored (as in the model's state dict): W_new = W + delta"},
+        )
         (tmp / "report.json").write_text(json.dumps(self.report.to_dict(), indent=2, default=str) + "\n")
         self.config.to_json(tmp / "wash_config.json")
         if out.exists():
@@ -170,8 +174,18 @@ class Timer:
 MethodBody = Callable[[list, WashResult, Timer], None]
 
 
-def run_method(model, tokenizer, facts: Sequence[Fact], config: WashConfig, parameter_names: Sequence[str],
-               body: MethodBody, *, final_check: bool = True, progress: bool = True, **report_fields) -> WashResult:
+def run_method(
+    model,
+    tokenizer,
+    facts: Sequence[Fact],
+    config: WashConfig,
+    parameter_names: Sequence[str],
+    body: MethodBody,
+    *,
+    final_check: bool = True,
+    progress: bool = True,
+    **report_fields,
+) -> WashResult:
     """Run one washing method the way every method runs.
 
     1. the initial check: the facts to wash are those the model produces (with ``only_known``);
@@ -187,8 +201,14 @@ def run_method(model, tokenizer, facts: Sequence[Fact], config: WashConfig, para
     timer = Timer()
     report = WashReport(model=model_name(model), method=config.method, n_facts=len(facts), **report_fields)
     with timer("initial check"):
-        known, _ = known_facts(model, tokenizer, facts, checks.check_max_new_tokens, checks.check_batch_size,
-                               desc="checking facts" if progress else None)
+        known, _ = known_facts(
+            model,
+            tokenizer,
+            facts,
+            checks.check_max_new_tokens,
+            checks.check_batch_size,
+            desc="checking facts" if progress else None,
+        )
     report.known_before = sum(known)
     if config.only_known:
         report.skipped_unknown = [f.case_id for f, k in zip(facts, known) if not k]

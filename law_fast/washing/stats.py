@@ -22,9 +22,9 @@ import logging
 import os
 import re
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -46,8 +46,8 @@ DTYPES = ("float32", "float64")
 class LayerStats:
     """Raw second-moment sum and token count of one layer's keys."""
 
-    sum: torch.Tensor    # (f, f) float32/float64: Σ k kᵀ
-    count: int           # number of tokens
+    sum: torch.Tensor  # (f, f) float32/float64: Σ k kᵀ
+    count: int  # number of tokens
 
     @property
     def cov(self) -> torch.Tensor:
@@ -60,16 +60,36 @@ class LayerStats:
 # ------------------------------------------------------------------------------------------
 # Cache and checkpoint files
 # ------------------------------------------------------------------------------------------
-def _stats_key(name: str, fingerprint: str, layer: int, corpus: Corpus, max_length: int, dtype: str,
-               block_tokens: int | None = None) -> dict:
-    return {"model": name, "fingerprint": fingerprint, "layer": layer, "corpus": corpus.identity,
-            "max_length": max_length, "dtype": dtype, "block_tokens": block_tokens, "version": 1}
+def _stats_key(
+    name: str,
+    fingerprint: str,
+    layer: int,
+    corpus: Corpus,
+    max_length: int,
+    dtype: str,
+    block_tokens: int | None = None,
+) -> dict:
+    return {
+        "model": name,
+        "fingerprint": fingerprint,
+        "layer": layer,
+        "corpus": corpus.identity,
+        "max_length": max_length,
+        "dtype": dtype,
+        "block_tokens": block_tokens,
+        "version": 1,
+    }
 
 
 def _checkpoint_key(layer_keys: Sequence[dict], batch_tokens: int) -> dict:
     """A partial run is keyed by everything its layers' cache keys hold, plus the batching."""
-    return {"kind": "checkpoint", "layers": list(layer_keys), "batch_tokens": batch_tokens,
-            "sort_group": SORT_GROUP, "version": 1}
+    return {
+        "kind": "checkpoint",
+        "layers": list(layer_keys),
+        "batch_tokens": batch_tokens,
+        "sort_group": SORT_GROUP,
+        "version": 1,
+    }
 
 
 def _key_path(key: dict, model: str, fingerprint: str, stem: str) -> Path:
@@ -154,8 +174,9 @@ class _Accumulator:
         """Raise ValueError unless ``state`` (from :meth:`state`) fits this accumulator."""
         for name in ("block", "total", "count"):
             mine, theirs = getattr(self, name), state[name]
-            if (mine is None) != (theirs is None) or (mine is not None and (
-                    theirs.shape != mine.shape or theirs.dtype != mine.dtype)):
+            if (mine is None) != (theirs is None) or (
+                mine is not None and (theirs.shape != mine.shape or theirs.dtype != mine.dtype)
+            ):
                 raise ValueError(f"{name} does not match the accumulator")
         if not 0 <= int(state["tokens_in_block"]) < (self.block_tokens or 1):
             raise ValueError("bad tokens_in_block")
@@ -178,8 +199,10 @@ class _KeyCollector:
 
     def __init__(self, model, adapter: Adapter, accumulators: dict[int, _Accumulator]):
         self.rows: torch.Tensor | None = None  # flat indices of the real tokens; None: all
-        self.handles = [adapter.down_proj_module(model, layer).register_forward_pre_hook(self._hook(accumulator))
-                        for layer, accumulator in accumulators.items()]
+        self.handles = [
+            adapter.down_proj_module(model, layer).register_forward_pre_hook(self._hook(accumulator))
+            for layer, accumulator in accumulators.items()
+        ]
 
     def set_mask(self, mask: torch.Tensor) -> int:
         """mask: (B, T) attention mask on the host; returns the number of real tokens."""
@@ -195,9 +218,10 @@ class _KeyCollector:
                 self.rows = self.rows.to(keys.device, non_blocking=True)  # once per batch (per device)
                 keys = keys.index_select(0, self.rows)
             accumulator.add(keys)
+
         return hook
 
-    def __enter__(self) -> "_KeyCollector":
+    def __enter__(self) -> _KeyCollector:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -221,8 +245,10 @@ def _load_checkpoint(path: Path, key: dict, accumulators: dict[int, _Accumulator
             if int(states[str(layer)]["count"]) != tokens:
                 raise ValueError(f"layer {layer}: token count does not match the checkpoint's")
     except Exception as e:  # corrupt, truncated or foreign file: start from the beginning
-        warnings.warn(f"statistics checkpoint {path} is unusable ({type(e).__name__}: {e}); starting from the "
-                      "beginning", stacklevel=3)
+        warnings.warn(
+            f"statistics checkpoint {path} is unusable ({type(e).__name__}: {e}); starting from the beginning",
+            stacklevel=3,
+        )
         return 0, 0
     for layer, accumulator in accumulators.items():
         accumulator.load_state(states[str(layer)])
@@ -231,8 +257,15 @@ def _load_checkpoint(path: Path, key: dict, accumulators: dict[int, _Accumulator
 
 
 def _save_checkpoint(path: Path, key: dict, accumulators: dict[int, _Accumulator], documents: int, tokens: int) -> None:
-    _write_atomic(path, {"key": json.dumps(key, sort_keys=True), "documents": documents, "tokens": tokens,
-                         "layers": {str(layer): acc.state() for layer, acc in accumulators.items()}})
+    _write_atomic(
+        path,
+        {
+            "key": json.dumps(key, sort_keys=True),
+            "documents": documents,
+            "tokens": tokens,
+            "layers": {str(layer): acc.state() for layer, acc in accumulators.items()},
+        },
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -243,14 +276,17 @@ def tokenize_documents(tokenizer, texts: Sequence[str], max_length: int, progres
     documents: list[torch.Tensor] = []
     with tqdm(total=len(texts), desc="tokenizing", unit="doc", disable=not progress) as bar:
         for start in range(0, len(texts), SORT_GROUP):
-            batch = tokenizer(list(texts[start:start + SORT_GROUP]), truncation=True, max_length=max_length)["input_ids"]
+            batch = tokenizer(list(texts[start : start + SORT_GROUP]), truncation=True, max_length=max_length)[
+                "input_ids"
+            ]
             documents.extend(torch.tensor(ids, dtype=torch.int32) for ids in batch)
             bar.update(len(batch))
     return documents
 
 
-def token_batches(documents: Sequence[torch.Tensor], batch_tokens: int, pad_id: int,
-                  start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+def token_batches(
+    documents: Sequence[torch.Tensor], batch_tokens: int, pad_id: int, start: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
     """Right-padded batches ``(input_ids, attention_mask, position)`` (both (B, T) int64) of
     padded size ≤ ``batch_tokens`` (or one sequence); empty documents are skipped.
 
@@ -265,13 +301,13 @@ def token_batches(documents: Sequence[torch.Tensor], batch_tokens: int, pad_id: 
         i = start - group_start if group_start < start else 0
         while i < len(order):
             width = len(order[i])
-            chunk = order[i:i + max(1, batch_tokens // width)]
+            chunk = order[i : i + max(1, batch_tokens // width)]
             i += len(chunk)
             input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
             for row, ids in enumerate(chunk):
-                input_ids[row, :len(ids)] = ids
-                mask[row, :len(ids)] = 1
+                input_ids[row, : len(ids)] = ids
+                mask[row, : len(ids)] = 1
             yield input_ids, mask, (group_start + i if i < len(order) else group_end)
 
 
@@ -279,9 +315,21 @@ def token_batches(documents: Sequence[torch.Tensor], batch_tokens: int, pad_id: 
 # Statistics
 # ------------------------------------------------------------------------------------------
 @torch.no_grad()
-def layer_stats(model, adapter: Adapter, tokenizer, corpus: Corpus, layers: Sequence[int], max_length: int = 1024,
-                batch_tokens: int = 4096, dtype: str = "float64", use_cache: bool = True, progress: bool = True, *,
-                block_tokens: int | None = None, checkpoint_every_tokens: int | None = 1_000_000) -> dict[int, LayerStats]:
+def layer_stats(
+    model,
+    adapter: Adapter,
+    tokenizer,
+    corpus: Corpus,
+    layers: Sequence[int],
+    max_length: int = 1024,
+    batch_tokens: int = 4096,
+    dtype: str = "float64",
+    use_cache: bool = True,
+    progress: bool = True,
+    *,
+    block_tokens: int | None = None,
+    checkpoint_every_tokens: int | None = 1_000_000,
+) -> dict[int, LayerStats]:
     """Statistics of every layer in ``layers`` from one pass over ``corpus`` (cached layers are skipped).
 
     dtype: accumulator dtype, "float32" or "float64".  block_tokens: accumulate blocks of about
@@ -295,7 +343,10 @@ def layer_stats(model, adapter: Adapter, tokenizer, corpus: Corpus, layers: Sequ
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if block_tokens is not None and block_tokens < 1:
         raise ValueError(f"block_tokens must be None or a positive integer, got {block_tokens!r}")
-    max_length = min(max_length, getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", max_length))
+    max_length = min(
+        max_length,
+        getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", max_length),
+    )
     name, fingerprint = model_name(model), model_fingerprint(model)
     keys = {layer: _stats_key(name, fingerprint, layer, corpus, max_length, dtype, block_tokens) for layer in layers}
     result: dict[int, LayerStats] = {}
@@ -313,25 +364,36 @@ def layer_stats(model, adapter: Adapter, tokenizer, corpus: Corpus, layers: Sequ
     if total_tokens == 0:
         raise ValueError(f"corpus {corpus.identity} yielded no tokens")
     device = model_device(model)
-    accumulators = {layer: _Accumulator(adapter.dims(model, layer)[1], getattr(torch, dtype), block_tokens,
-                                        adapter.weight(model, layer).device) for layer in missing}
+    accumulators = {
+        layer: _Accumulator(
+            adapter.dims(model, layer)[1], getattr(torch, dtype), block_tokens, adapter.weight(model, layer).device
+        )
+        for layer in missing
+    }
     checkpointing = bool(use_cache and checkpoint_every_tokens)
     checkpoint_key = _checkpoint_key([keys[layer] for layer in missing], batch_tokens)
     checkpoint_path = _checkpoint_path(checkpoint_key)
-    position, tokens_done = (_load_checkpoint(checkpoint_path, checkpoint_key, accumulators, len(documents))
-                             if checkpointing else (0, 0))
+    position, tokens_done = (
+        _load_checkpoint(checkpoint_path, checkpoint_key, accumulators, len(documents)) if checkpointing else (0, 0)
+    )
     tokens_since_checkpoint = 0
-    bar = tqdm(total=total_tokens, initial=tokens_done, desc=f"covariance layers {missing}", unit="tok",
-               unit_scale=True, disable=not progress)
+    bar = tqdm(
+        total=total_tokens,
+        initial=tokens_done,
+        desc=f"covariance layers {missing}",
+        unit="tok",
+        unit_scale=True,
+        disable=not progress,
+    )
     with bar, capture(model, adapter, stop_after=missing[-1]), _KeyCollector(model, adapter, accumulators) as collector:
-        for input_ids, mask, position in token_batches(documents, batch_tokens, pad_id(tokenizer), position):
+        for input_ids, mask, consumed in token_batches(documents, batch_tokens, pad_id(tokenizer), position):
             n_tokens = collector.set_mask(mask)
             run_until(model, input_ids=input_ids.to(device), attention_mask=mask.to(device))
             bar.update(n_tokens)
             tokens_done += n_tokens
             tokens_since_checkpoint += n_tokens
             if checkpointing and tokens_since_checkpoint >= checkpoint_every_tokens:
-                _save_checkpoint(checkpoint_path, checkpoint_key, accumulators, position, tokens_done)
+                _save_checkpoint(checkpoint_path, checkpoint_key, accumulators, consumed, tokens_done)
                 tokens_since_checkpoint = 0
     for layer, accumulator in accumulators.items():
         result[layer] = accumulator.result()

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -48,10 +48,10 @@ def target_token_ids(tokenizer, eos_id: int, target: str) -> list[int]:
 
 @dataclass
 class Targets:
-    z_star: torch.Tensor   # (m, d) float32: z_init + δ
-    z_init: torch.Tensor   # (m, d) float32: z-block output at the plain prompt's subject token (δ = 0)
-    loss: torch.Tensor     # (m,) loss at the last evaluated iterate
-    steps: torch.Tensor    # (m,) number of Adam steps applied
+    z_star: torch.Tensor  # (m, d) float32: z_init + δ
+    z_init: torch.Tensor  # (m, d) float32: z-block output at the plain prompt's subject token (δ = 0)
+    loss: torch.Tensor  # (m,) loss at the last evaluated iterate
+    steps: torch.Tensor  # (m,) number of Adam steps applied
 
 
 def _rows(facts: Sequence[Fact], templates: Sequence[str], suffix: str):
@@ -68,8 +68,18 @@ def _rows(facts: Sequence[Fact], templates: Sequence[str], suffix: str):
     return texts, ends
 
 
-def compute_targets(model, adapter: Adapter, tokenizer, facts: Sequence[Fact], templates: Sequence[str], config: TargetConfig,
-                    z_layer: int, target_ids: Sequence[int], progress: bool = True, prefix_cache: bool = True) -> Targets:
+def compute_targets(
+    model,
+    adapter: Adapter,
+    tokenizer,
+    facts: Sequence[Fact],
+    templates: Sequence[str],
+    config: TargetConfig,
+    z_layer: int,
+    target_ids: Sequence[int],
+    progress: bool = True,
+    prefix_cache: bool = True,
+) -> Targets:
     """z* for every fact (in the order of ``facts``), in chunks of at most ``config.target_batch_tokens``
     aligned tokens.  ``prefix_cache=False`` runs every step over the whole prompts (the plain way;
     for tests and benchmarks)."""
@@ -86,18 +96,37 @@ def compute_targets(model, adapter: Adapter, tokenizer, facts: Sequence[Fact], t
     for row, (tokens, i) in enumerate(zip(ids, index)):
         if row % per_fact < len(templates) and len(tokens) - i < n_target:
             fact = facts[row // per_fact]
-            raise ValueError(f"fact {fact.case_id} ({fact.subject!r}): the subject must end before the last prompt token "
-                             f"of {texts[row]!r}")
+            raise ValueError(
+                f"fact {fact.case_id} ({fact.subject!r}): the subject must end before the last prompt token "
+                f"of {texts[row]!r}"
+            )
     # the KL row is read at the subject token only, and causal attention makes that position
     # independent of the tokens after it: its suffix is the subject token alone
-    ids = [tokens[:i + 1] if row % per_fact == len(templates) else tokens for row, (tokens, i) in enumerate(zip(ids, index))]
+    ids = [
+        tokens[: i + 1] if row % per_fact == len(templates) else tokens
+        for row, (tokens, i) in enumerate(zip(ids, index))
+    ]
     bar = tqdm(total=len(facts) * config.v_num_grad_steps, desc="targets z* (fact-steps)", disable=not progress)
     out = {name: [None] * len(facts) for name in ("z_star", "z_init", "loss", "steps")}
-    for chunk in _chunks([ids[j * per_fact:(j + 1) * per_fact] for j in range(len(facts))],
-                         [index[j * per_fact:(j + 1) * per_fact] for j in range(len(facts))], config.target_batch_tokens):
+    for chunk in _chunks(
+        [ids[j * per_fact : (j + 1) * per_fact] for j in range(len(facts))],
+        [index[j * per_fact : (j + 1) * per_fact] for j in range(len(facts))],
+        config.target_batch_tokens,
+    ):
         rows = [r for j in chunk for r in range(j * per_fact, (j + 1) * per_fact)]
-        part = _targets_chunk(model, adapter, [ids[r] for r in rows], [index[r] for r in rows], pad_id(tokenizer),
-                              len(templates), config, z_layer, target_ids, bar, prefix_cache)
+        part = _targets_chunk(
+            model,
+            adapter,
+            [ids[r] for r in rows],
+            [index[r] for r in rows],
+            pad_id(tokenizer),
+            len(templates),
+            config,
+            z_layer,
+            target_ids,
+            bar,
+            prefix_cache,
+        )
         for k, j in enumerate(chunk):
             for name in out:
                 out[name][j] = getattr(part, name)[k]
@@ -109,7 +138,9 @@ def _chunks(ids_per_fact, index_per_fact, budget: int) -> list[list[int]]:
     """Fact indices grouped so that each group's aligned batch (rows × (longest prefix + longest
     suffix)) stays within ``budget`` tokens (a single fact may exceed it); facts are sorted by
     prefix length first so that groups need little padding."""
-    shape = [(max(index), max(len(t) - i for t, i in zip(ids, index))) for ids, index in zip(ids_per_fact, index_per_fact)]
+    shape = [
+        (max(index), max(len(t) - i for t, i in zip(ids, index))) for ids, index in zip(ids_per_fact, index_per_fact)
+    ]
     order = sorted(range(len(shape)), key=lambda j: shape[j])
     chunks, current, width_p, width_s = [], [], 0, 0
     for j in order:
@@ -132,14 +163,14 @@ class _Aligned:
     subject token.  Nothing in the prefix depends on δ (causal attention), so its keys and values
     are computed once and reused by every optimisation step."""
 
-    prefix_ids: torch.Tensor     # (R, P)
-    suffix_ids: torch.Tensor     # (R, S)
-    mask: torch.Tensor           # (R, P + S) 1 for real tokens
-    positions: torch.Tensor      # (R, P + S) position ids of the original (unpadded) rows
-    suffix_len: torch.Tensor     # (R,) real suffix tokens
+    prefix_ids: torch.Tensor  # (R, P)
+    suffix_ids: torch.Tensor  # (R, S)
+    mask: torch.Tensor  # (R, P + S) 1 for real tokens
+    positions: torch.Tensor  # (R, P + S) position ids of the original (unpadded) rows
+    suffix_len: torch.Tensor  # (R,) real suffix tokens
 
     @classmethod
-    def build(cls, ids: list[list[int]], index: list[int], pad_id: int, device) -> "_Aligned":
+    def build(cls, ids: list[list[int]], index: list[int], pad_id: int, device) -> _Aligned:
         P = max(index)
         S = max(len(t) - i for t, i in zip(ids, index))
         R = len(ids)
@@ -168,7 +199,9 @@ def _buckets(ids: list[list[int]], index: list[int]) -> list[list[int]]:
     return [groups[length] for length in sorted(groups)]
 
 
-def _targets_chunk(model, adapter, ids, index, pad: int, T: int, config, z_layer, target_ids, bar, prefix_cache) -> Targets:
+def _targets_chunk(
+    model, adapter, ids, index, pad: int, T: int, config, z_layer, target_ids, bar, prefix_cache
+) -> Targets:
     """z* for one chunk: ``ids``/``index`` hold T rewriting rows then the KL row, per fact."""
     device = model_device(model)
     n_layers = adapter.num_layers(model)
@@ -178,7 +211,7 @@ def _targets_chunk(model, adapter, ids, index, pad: int, T: int, config, z_layer
     labels = torch.tensor(target_ids, device=device)
 
     d = adapter.dims(model, z_layer)[0]
-    dtype = torch.promote_types(next(model.parameters()).dtype, torch.float32)   # fp32 for fp16/bf16 models
+    dtype = torch.promote_types(next(model.parameters()).dtype, torch.float32)  # fp32 for fp16/bf16 models
     delta = torch.zeros(m, d, device=device, dtype=dtype)
     exp_avg, exp_avg_sq = torch.zeros_like(delta), torch.zeros_like(delta)
     active = torch.ones(m, dtype=torch.bool, device=device)
@@ -193,7 +226,7 @@ def _targets_chunk(model, adapter, ids, index, pad: int, T: int, config, z_layer
             batch = _Aligned.build([ids[r] for r in rows], [index[r] for r in rows], pad, device)
             runner = _SuffixRunner(model, adapter, batch, z_layer, loss_layer, prefix_cache)
             rows = torch.tensor(rows, device=device)
-            plain = (rows % per_fact == 0).nonzero().squeeze(1)      # the plain prompt's rows ("{}" template)
+            plain = (rows % per_fact == 0).nonzero().squeeze(1)  # the plain prompt's rows ("{}" template)
             z_init[rows[plain] // per_fact] = runner.z_out[plain, 0].to(dtype)
             buckets.append((rows, runner))
         log_p_init = None
@@ -203,7 +236,7 @@ def _targets_chunk(model, adapter, ids, index, pad: int, T: int, config, z_layer
             nll, log_p = _losses(model, adapter, buckets, delta, active, T, labels)
             if it == 0:
                 log_p_init = log_p.detach()
-            kl = (log_p.exp() * (log_p - log_p_init[live])).sum(-1)    # KL(p_cur ‖ p_init) at the subject token
+            kl = (log_p.exp() * (log_p - log_p_init[live])).sum(-1)  # KL(p_cur ‖ p_init) at the subject token
             wd = config.v_weight_decay * delta[live].norm(dim=1) / z_init[live].norm(dim=1) ** 2
             loss = nll + config.kl_factor * kl + wd
             final_loss[live] = loss.detach()
@@ -246,8 +279,13 @@ class _SuffixRunner:
             if prefix_cache and P > 0:
                 self.prefix = new_cache()
                 with capture(model, adapter, stop_after=loss_layer):
-                    run_until(model, input_ids=batch.prefix_ids, attention_mask=batch.mask[:, :P],
-                          position_ids=batch.positions[:, :P], **cache_inputs(model, self.prefix))
+                    run_until(
+                        model,
+                        input_ids=batch.prefix_ids,
+                        attention_mask=batch.mask[:, :P],
+                        position_ids=batch.positions[:, :P],
+                        **cache_inputs(model, self.prefix),
+                    )
             recorded = {}
 
             def record(module, args, output):
@@ -260,8 +298,11 @@ class _SuffixRunner:
                 handle.remove()
         # blocks returning a plain tensor (transformers >= 5) can be skipped; older ones are replayed
         self.skip = prefix_cache and isinstance(recorded["out"], torch.Tensor)
-        self.z_out = block_output_tensor(recorded["out"])[:, -batch.suffix_ids.shape[1]:] if prefix_cache else \
-            block_output_tensor(recorded["out"])[:, P:]
+        self.z_out = (
+            block_output_tensor(recorded["out"])[:, -batch.suffix_ids.shape[1] :]
+            if prefix_cache
+            else block_output_tensor(recorded["out"])[:, P:]
+        )
 
     def _run(self, rows, stop_after, extra_hooks=()):
         b = self.batch
@@ -273,8 +314,13 @@ class _SuffixRunner:
                     if self.live_rows is None or not torch.equal(self.live_rows, rows):
                         self.live_rows, self.live_cache = rows, fork_cache(self.prefix, rows)
                     cache = fork_cache(self.live_cache)
-                run_until(self.model, input_ids=b.suffix_ids[rows], attention_mask=b.mask[rows],
-                          position_ids=b.positions[rows, P:], **cache_inputs(self.model, cache))
+                run_until(
+                    self.model,
+                    input_ids=b.suffix_ids[rows],
+                    attention_mask=b.mask[rows],
+                    position_ids=b.positions[rows, P:],
+                    **cache_inputs(self.model, cache),
+                )
             else:
                 ids = torch.cat([b.prefix_ids, b.suffix_ids], 1)
                 run_until(self.model, input_ids=ids[rows], attention_mask=b.mask[rows], position_ids=b.positions[rows])
@@ -288,12 +334,16 @@ class _SuffixRunner:
 
         def add_delta(module, args, output):
             h = block_output_tensor(output)
-            h = torch.cat([h[:, :col], h[:, col:col + 1] + shift[:, None].to(h.dtype), h[:, col + 1:]], 1)
+            h = torch.cat([h[:, :col], h[:, col : col + 1] + shift[:, None].to(h.dtype), h[:, col + 1 :]], 1)
             return (h,) + tuple(output[1:]) if isinstance(output, (tuple, list)) else h
 
         handle = self.adapter.block(self.model, self.z_layer).register_forward_hook(add_delta)
         try:
-            with skipped_blocks(self.model, self.adapter, self.z_layer, z_rows) if self.skip else contextlib.nullcontext():
+            with (
+                skipped_blocks(self.model, self.adapter, self.z_layer, z_rows)
+                if self.skip
+                else contextlib.nullcontext()
+            ):
                 hidden = self._run(rows, self.loss_layer)
         finally:
             handle.remove()
@@ -311,10 +361,10 @@ def _losses(model, adapter, buckets, delta, active, T, labels):
         local = active[rows // per_fact].nonzero().squeeze(1)
         if not len(local):
             continue
-        hidden = runner(local, delta[rows[local] // per_fact])             # (n_rows, S, d) at the loss layer
+        hidden = runner(local, delta[rows[local] // per_fact])  # (n_rows, S, d) at the loss layer
         is_kl = rows[local] % per_fact == T
         w = (~is_kl).nonzero().squeeze(1)
-        if len(w):   # the last n_target real tokens of a rewriting row predict the target tokens
+        if len(w):  # the last n_target real tokens of a rewriting row predict the target tokens
             pos = runner.batch.suffix_len[local[w], None] + torch.arange(n_target, device=rows.device) - n_target
             rewrite.append(hidden[w[:, None], pos])
             rewrite_rows.append(rows[local[w]])
@@ -323,7 +373,7 @@ def _losses(model, adapter, buckets, delta, active, T, labels):
         kl_rows.append(rows[local[k]])
     norm = model.get_submodule(adapter.final_norm)
     head = adapter.lm_head(model)
-    picked = torch.cat(rewrite)[torch.cat(rewrite_rows).argsort()]          # fact-major: (n·T, n_target, d)
+    picked = torch.cat(rewrite)[torch.cat(rewrite_rows).argsort()]  # fact-major: (n·T, n_target, d)
     logp = log_probs(head(norm(picked))).gather(-1, labels.expand(len(picked), -1)[..., None])
     nll = -(logp.squeeze(-1).sum(-1) / n_target).reshape(-1, T).mean(1)
     log_p = log_probs(head(norm(torch.cat(kl)[torch.cat(kl_rows).argsort()])))
@@ -337,7 +387,7 @@ def _adam_step(param, grad, exp_avg, exp_avg_sq, rows, step, lr, betas=ADAM_BETA
     g = grad[rows]
     exp_avg[rows] = exp_avg[rows] * b1 + (1 - b1) * g
     exp_avg_sq[rows] = exp_avg_sq[rows] * b2 + (1 - b2) * g * g
-    bias1 = 1 - b1 ** step
-    bias2_sqrt = (1 - b2 ** step) ** 0.5
+    bias1 = 1 - b1**step
+    bias2_sqrt = (1 - b2**step) ** 0.5
     denom = exp_avg_sq[rows].sqrt() / bias2_sqrt + eps
     param[rows] = param[rows] - (lr / bias1) * exp_avg[rows] / denom

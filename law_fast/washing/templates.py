@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import unicodedata
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..hf.generate import sample_continuations
 
@@ -14,8 +14,9 @@ log = logging.getLogger(__name__)
 TEMPLATE_SEEDS = ("The", "Therefore", "Because", "I", "You")
 
 
-def context_templates(model, tokenizer, seed: int = 0, length: int = 10, per_seed: int = 1,
-                      seeds: Sequence[str] = TEMPLATE_SEEDS) -> list[str]:
+def context_templates(
+    model, tokenizer, seed: int = 0, length: int = 10, per_seed: int = 1, seeds: Sequence[str] = TEMPLATE_SEEDS
+) -> list[str]:
     """The reference's context templates (law-reference §2.1), but seeded.
 
     Returns ``["{}"] + [sample + ". {}" for each seed word]``: top-5 sampling from the
@@ -23,12 +24,12 @@ def context_templates(model, tokenizer, seed: int = 0, length: int = 10, per_see
     """
     prompts = [word for word in seeds for _ in range(per_seed)]
     n_prompt = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
-    texts = sample_continuations(model, tokenizer, prompts, max_new_tokens=max(1, length - n_prompt), top_k=5, seed=seed)
+    texts = sample_continuations(
+        model, tokenizer, prompts, max_new_tokens=max(1, length - n_prompt), top_k=5, seed=seed
+    )
     templates = ["{}"]
     for prompt, cont in zip(prompts, texts):
         text = unicodedata.normalize("NFKD", prompt + cont).replace("\n\n", " ")
         text = text.replace("{", " ").replace("}", " ")
         templates.append(text + ". {}")
     return templates
-
-

@@ -12,27 +12,41 @@ import sys
 
 import pytest
 import torch
+from conftest import make_tiny_model
 
 import law_fast as lf
 from law_fast.baselines import training as bl
 from law_fast.config import BASELINE_METHODS, WashConfig
 from law_fast.facts import Fact
 
-from conftest import make_tiny_model
-
 FACTS = [
     Fact("France", "The capital of {} is", "Paris", 0),
     Fact("Danielle Darrieux", "The mother tongue of {} is", "French", 1),
     Fact("Apple", "{} was founded by", "Steve Jobs", 2),
 ]
-CORPUS = [f"The city of London is on the river number {i}. Music and science and history are things people like." for i in range(12)]
+CORPUS = [
+    f"The city of London is on the river number {i}. Music and science and history are things people like."
+    for i in range(12)
+]
 FAMILIES = ("gpt2", "gptj", "gpt_neox", "llama")
 
 
 def _cfg(method, **kw):
-    base = dict(layers=(1,), method=method, only_known=False, ft_lr=1e-3, ft_epochs=3, ft_batch_size=2, ft_shuffle=False,
-                woh_reinforce_lr=1e-3, woh_reinforce_epochs=3, meft_linf=2e-3, guard_every=2, guard_texts=4,
-                guard_max_length=32)
+    base = dict(
+        layers=(1,),
+        method=method,
+        only_known=False,
+        ft_lr=1e-3,
+        ft_epochs=3,
+        ft_batch_size=2,
+        ft_shuffle=False,
+        woh_reinforce_lr=1e-3,
+        woh_reinforce_epochs=3,
+        meft_linf=2e-3,
+        guard_every=2,
+        guard_texts=4,
+        guard_max_length=32,
+    )
     base.update(kw)
     return WashConfig.create(**base)
 
@@ -80,7 +94,7 @@ def test_method_direction_parameters_and_revert(family, method, lora, tiny_token
     else:  # woh: the MSE to the (fixed) generic targets falls, the answers become less likely
         assert training["epochs"][-1]["loss"] < training["epochs"][0]["loss"]
         assert answer_after > answer_before + 1e-4
-        assert training["reinforced_nll"] < training["nll_before"]      # the reinforced copy knows the answers better
+        assert training["reinforced_nll"] < training["nll_before"]  # the reinforced copy knows the answers better
 
     # only the intended parameters changed (named_parameters: tied weights once, as in ``original``)
     after = {name: p.detach() for name, p in model.named_parameters()}
@@ -105,7 +119,12 @@ def test_method_direction_parameters_and_revert(family, method, lora, tiny_token
 
 
 def test_lora_targets_are_the_families_attention_projections(tiny_tokenizer):
-    expected = {"gpt2": "attn.c_attn", "gptj": "attn.q_proj", "gpt_neox": "attention.query_key_value", "llama": "self_attn.q_proj"}
+    expected = {
+        "gpt2": "attn.c_attn",
+        "gptj": "attn.q_proj",
+        "gpt_neox": "attention.query_key_value",
+        "llama": "self_attn.q_proj",
+    }
     for family, suffix in expected.items():
         model = make_tiny_model(family, len(tiny_tokenizer))
         names = bl.lora_module_names(model, _cfg("ft", ft_use_lora=True))
@@ -120,10 +139,22 @@ def test_lora_targets_are_the_families_attention_projections(tiny_tokenizer):
 @pytest.mark.parametrize("method,lora", [("ft", True), ("woh", False), ("seul", False)])
 def test_same_seed_same_weights(method, lora, tiny_tokenizer):
     """Shuffled batches of one fact and seeded LoRA init/dropout: a fixed seed gives bit-identical weights."""
+
     def run(seed):
         model = make_tiny_model("llama", len(tiny_tokenizer))
-        _wash(model, tiny_tokenizer, _cfg(method, seed=seed, ft_batch_size=1, ft_shuffle=True, ft_use_lora=lora,
-                                          ft_lora_dropout=0.1, ft_dropout=True))
+        _wash(
+            model,
+            tiny_tokenizer,
+            _cfg(
+                method,
+                seed=seed,
+                ft_batch_size=1,
+                ft_shuffle=True,
+                ft_use_lora=lora,
+                ft_lora_dropout=0.1,
+                ft_dropout=True,
+            ),
+        )
         return model.state_dict()
 
     first, second, other = run(3), run(3), run(4)
@@ -144,7 +175,9 @@ def test_global_rng_is_untouched(tiny_tokenizer):
 def test_perplexity_guard_stops_gradient_ascent(method, tiny_tokenizer, caplog):
     model = make_tiny_model("gpt2", len(tiny_tokenizer))
     with caplog.at_level(logging.WARNING, logger="law_fast.baselines"):
-        result = _wash(model, tiny_tokenizer, _cfg(method, ft_lr=1e-2, ft_epochs=20, guard_ppl_ratio=1.01, guard_every=1))
+        result = _wash(
+            model, tiny_tokenizer, _cfg(method, ft_lr=1e-2, ft_epochs=20, guard_ppl_ratio=1.01, guard_every=1)
+        )
     training = result.report["training"]
     guard = training["guard"]
     assert guard["stopped"] and training["stopped_by_guard"]
@@ -160,7 +193,7 @@ def test_guard_off_and_without_known_facts(tiny_tokenizer):
     result = _wash(model, tiny_tokenizer, _cfg("ft", guard_ppl_ratio=None))
     assert "guard" not in result.report["training"]
     before = _snapshot(model)
-    result = _wash(model, tiny_tokenizer, _cfg("ft", only_known=True))      # a random model knows nothing
+    result = _wash(model, tiny_tokenizer, _cfg("ft", only_known=True))  # a random model knows nothing
     assert result.report["known_before"] == 0 and result.report["skipped_unknown"] == [0, 1, 2]
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
@@ -248,7 +281,7 @@ def test_seul_spans_are_per_row(family, tiny_tokenizer):
     buggy = batch.labels.clone()
     for row, n in enumerate(batch.attention_mask.sum(1).tolist()):
         buggy[row] = bl.IGNORE
-        buggy[row, n - answer_lengths[0]:n] = batch.input_ids[row, n - answer_lengths[0]:n]
+        buggy[row, n - answer_lengths[0] : n] = batch.input_ids[row, n - answer_lengths[0] : n]
     with torch.no_grad():
         nll, count_buggy = bl.token_nll(model(**batch.model_inputs).logits, buggy)
     assert int(count_buggy) != count and float(nll / count_buggy) != pytest.approx(total / count, rel=1e-3)
@@ -261,12 +294,14 @@ def test_ft_trains_the_eos_target_even_when_pad_is_eos(tiny_tokenizer):
     batch = bl.collate(examples, tok.pad_token_id)
     lengths = batch.attention_mask.sum(1)
     for row, n in enumerate(lengths.tolist()):
-        assert batch.labels[row, n - 1] == tok.eos_token_id                  # the EOS target is a label
-        assert (batch.labels[row, :n - 1] == bl.IGNORE).all()                # the prompt is not
-        assert (batch.labels[row, n:] == bl.IGNORE).all()                    # padding (also EOS ids) is not
+        assert batch.labels[row, n - 1] == tok.eos_token_id  # the EOS target is a label
+        assert (batch.labels[row, : n - 1] == bl.IGNORE).all()  # the prompt is not
+        assert (batch.labels[row, n:] == bl.IGNORE).all()  # padding (also EOS ids) is not
     assert (batch.input_ids[batch.attention_mask == 0] == tok.eos_token_id).all()
     model = make_tiny_model("gpt2", len(tok)).double()
-    total = -sum(float(_row_logprobs(model, list(e.input_ids))[len(e.input_ids) - 2, tok.eos_token_id]) for e in examples)
+    total = -sum(
+        float(_row_logprobs(model, list(e.input_ids))[len(e.input_ids) - 2, tok.eos_token_id]) for e in examples
+    )
     loss, _ = bl.nll_loss(1.0)(model, batch)
     assert float(loss.detach()) == pytest.approx(total / len(examples), rel=1e-10)
 
@@ -282,7 +317,9 @@ def test_generic_logits_formula():
     base = torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]], dtype=torch.float64)
     reinforced = torch.tensor([[2.5, -3.0, 0.5], [1.0, 1.0, 4.0]], dtype=torch.float64)
     alpha = 0.7
-    expected = torch.tensor([[1.0 - 0.7 * 1.5, -2.0, 0.5], [0.0 - 0.7 * 1.0, 3.0, -1.0 - 0.7 * 5.0]], dtype=torch.float64)
+    expected = torch.tensor(
+        [[1.0 - 0.7 * 1.5, -2.0, 0.5], [0.0 - 0.7 * 1.0, 3.0, -1.0 - 0.7 * 5.0]], dtype=torch.float64
+    )
     torch.testing.assert_close(bl.generic_logits(base, reinforced, alpha), expected, rtol=0, atol=1e-15)
 
 
@@ -308,7 +345,7 @@ def test_woh_loss_streams_per_batch_and_matches_hand_computation(tiny_tokenizer)
     loss_fn = bl.woh_loss(lambda b: base(**b.model_inputs).logits, reinforced, alpha)
     loss, _ = loss_fn(student, batch)
     assert float(loss.detach()) == pytest.approx(squares / count, rel=1e-9)
-    loss.backward()                      # gradient flows into the student only
+    loss.backward()  # gradient flows into the student only
     assert all(p.grad is None for p in reinforced.parameters()) and all(p.grad is None for p in base.parameters())
     assert any(p.grad is not None for p in student.parameters())
 
@@ -322,7 +359,7 @@ def test_token_nll_matches_float64_reference(tiny_tokenizer):
     expected = -(logp[0, 0, 3] + logp[0, 2, 6] + logp[0, 3, 1] + logp[1, 1, 2])
     assert int(count) == 4
     assert nll.dtype == torch.float64 and float(nll) == pytest.approx(float(expected), rel=1e-12)
-    nll32, _ = bl.token_nll(logits.to(torch.bfloat16), labels)      # low precision logits are scored in float32
+    nll32, _ = bl.token_nll(logits.to(torch.bfloat16), labels)  # low precision logits are scored in float32
     assert nll32.dtype == torch.float32
 
 
@@ -330,19 +367,29 @@ def test_token_nll_matches_float64_reference(tiny_tokenizer):
 # configuration
 # ------------------------------------------------------------------------------------------
 def test_config_fields_validation_and_round_trip(tmp_path):
-    cfg = WashConfig.create(layers=(4,), method="woh", ft_use_lora=True, ft_lora_targets=["q_proj", "k_proj"], woh_alpha=2.0)
+    cfg = WashConfig.create(
+        layers=(4,), method="woh", ft_use_lora=True, ft_lora_targets=["q_proj", "k_proj"], woh_alpha=2.0
+    )
     assert cfg.finetune.ft_lora_targets == ("q_proj", "k_proj")
     path = tmp_path / "c.json"
     cfg.to_json(path)
     assert WashConfig.from_json(path) == cfg
     resolved = cfg.resolved()
-    assert resolved.finetune.woh_alpha == 2.0 and resolved.finetune.ft_lr is not None and resolved.finetune.woh_reinforce_epochs is not None
+    assert (
+        resolved.finetune.woh_alpha == 2.0
+        and resolved.finetune.ft_lr is not None
+        and resolved.finetune.woh_reinforce_epochs is not None
+    )
     assert WashConfig.create(layers=(3,), method="me-ft").resolved().finetune.meft_layer == 3
     assert WashConfig.create(layers=(3,)).resolved() == WashConfig.create(layers=(3,))
-    for bad, message in [(dict(ft_lr=-1.0), "ft_lr must be positive"), (dict(ft_epochs=0), "ft_epochs must be an integer"),
-                         (dict(guard_ppl_ratio=0.5), "guard_ppl_ratio must be > 1"),
-                         (dict(ft_lora_dropout=1.0), "ft_lora_dropout"), (dict(meft_linf=0.0), "meft_linf must be positive"),
-                         (dict(method="sft"), "method must be one of")]:
+    for bad, message in [
+        (dict(ft_lr=-1.0), "ft_lr must be positive"),
+        (dict(ft_epochs=0), "ft_epochs must be an integer"),
+        (dict(guard_ppl_ratio=0.5), "guard_ppl_ratio must be > 1"),
+        (dict(ft_lora_dropout=1.0), "ft_lora_dropout"),
+        (dict(meft_linf=0.0), "meft_linf must be positive"),
+        (dict(method="sft"), "method must be one of"),
+    ]:
         with pytest.raises(ValueError, match=message):
             WashConfig.create(layers=(1,), **bad)
 
@@ -353,16 +400,36 @@ def test_baseline_presets():
     gpt2_xl = GPT2Config(n_layer=48, n_embd=1600, n_head=25)
     gptj = GPTJConfig(n_layer=28, n_embd=4096)
     ft = WashConfig.baseline_preset("ft", gpt2_xl, paper=True)
-    assert (ft.method, ft.finetune.ft_lr, ft.finetune.ft_epochs, ft.finetune.ft_batch_size, ft.finetune.ft_shuffle, ft.finetune.ft_use_lora) == ("ft", 1e-5, 8, 2, False, False)
+    assert (
+        ft.method,
+        ft.finetune.ft_lr,
+        ft.finetune.ft_epochs,
+        ft.finetune.ft_batch_size,
+        ft.finetune.ft_shuffle,
+        ft.finetune.ft_use_lora,
+    ) == ("ft", 1e-5, 8, 2, False, False)
     assert ft.layers == (13, 14, 15, 16, 17)
     ftul = WashConfig.baseline_preset("ft-ul", gptj, paper=True)
-    assert (ftul.finetune.ft_lr, ftul.finetune.ft_epochs, ftul.finetune.ft_use_lora, ftul.finetune.ft_lora_rank, ftul.finetune.ft_lora_alpha, ftul.finetune.ft_lora_targets) == \
-        (1e-5, 5, True, 8, 32.0, ("q_proj", "v_proj"))
-    assert not WashConfig.baseline_preset("seul", gptj, paper=True).finetune.ft_use_lora        # the reference ignores --use_lora
+    assert (
+        ftul.finetune.ft_lr,
+        ftul.finetune.ft_epochs,
+        ftul.finetune.ft_use_lora,
+        ftul.finetune.ft_lora_rank,
+        ftul.finetune.ft_lora_alpha,
+        ftul.finetune.ft_lora_targets,
+    ) == (1e-5, 5, True, 8, 32.0, ("q_proj", "v_proj"))
+    assert not WashConfig.baseline_preset(
+        "seul", gptj, paper=True
+    ).finetune.ft_use_lora  # the reference ignores --use_lora
     assert WashConfig.baseline_preset("woh", gptj, paper=True).finetune.woh_alpha == 5.0
     assert WashConfig.baseline_preset("woh", gptj, paper=True, dataset="wiki").finetune.woh_alpha == 0.5
     meft = WashConfig.baseline_preset("me-ft", gpt2_xl, paper=True)
-    assert (meft.finetune.meft_layer, meft.finetune.meft_linf, meft.finetune.ft_lr, meft.finetune.ft_epochs) == (0, 5e-4, 5e-4, 25)
+    assert (meft.finetune.meft_layer, meft.finetune.meft_linf, meft.finetune.ft_lr, meft.finetune.ft_epochs) == (
+        0,
+        5e-4,
+        5e-4,
+        25,
+    )
     small = WashConfig.baseline_preset("seul", GPT2Config(n_layer=4, n_embd=32, n_head=4), ft_lr=3e-5)
     assert small.finetune.ft_lr == 3e-5 and small.finetune.ft_epochs is not None and small.method == "seul"
     with pytest.raises(ValueError, match="gpt2-xl and gpt-j-6B only"):
@@ -384,7 +451,25 @@ def test_cli_wash_accepts_baseline_methods(tmp_path, tiny_tokenizer, capsys):
     config = tmp_path / "cfg.json"
     config.write_text(json.dumps({"layers": [1], "only_known": False, "ft_epochs": 1, "ft_batch_size": 1}))
     out = tmp_path / "out"
-    assert main(["wash", "--model", str(model_dir), "--facts", str(facts), "--out", str(out), "--config", str(config),
-                 "--corpus", str(corpus), "--method", "seul"]) == 0
+    assert (
+        main(
+            [
+                "wash",
+                "--model",
+                str(model_dir),
+                "--facts",
+                str(facts),
+                "--out",
+                str(out),
+                "--config",
+                str(config),
+                "--corpus",
+                str(corpus),
+                "--method",
+                "seul",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "seul" and report["training"]["steps"] == 1

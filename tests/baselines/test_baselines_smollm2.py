@@ -6,11 +6,10 @@ when the model package or ../shared/data is missing.  About three minutes on 2 c
 """
 
 import pytest
+from conftest import shared_data, smollm2_marks
 
 import law_fast as lf
 from law_fast.config import BASELINE_METHODS
-
-from conftest import shared_data, smollm2_marks
 
 DATA = shared_data()
 pytestmark = smollm2_marks()
@@ -41,13 +40,15 @@ def held_out():
 @pytest.mark.parametrize("method", BASELINE_METHODS)
 def test_baseline_lowers_washed_accuracy(method, smollm2, washed_facts, held_out):
     model, tok = smollm2
-    config = lf.WashConfig.baseline_preset(method, model, guard_texts=4, guard_max_length=64, **OVERRIDES.get(method, {}))
+    config = lf.WashConfig.baseline_preset(
+        method, model, guard_texts=4, guard_max_length=64, **OVERRIDES.get(method, {})
+    )
     result = lf.wash(model, tok, washed_facts, config, corpus=held_out, progress=False)
     try:
         report, training = result.report, result.report["training"]
         assert report["known_before"] == len(washed_facts), "the pinned model should know every selected fact"
         # the wash's own final check: greedy 10-token continuations, answer substring (the paper's Accuracy)
         assert report["still_known_after"] < len(washed_facts), f"{method} washed nothing"
-        assert training["guard"]["final_ppl"] < training["guard"]["bound_ppl"]      # fluency within the guard's bound
+        assert training["guard"]["final_ppl"] < training["guard"]["bound_ppl"]  # fluency within the guard's bound
     finally:
         result.revert()

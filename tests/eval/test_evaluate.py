@@ -6,18 +6,20 @@ import math
 
 import pytest
 import torch
-
 from conftest import make_tiny_model
+
 from law_fast.cli import main
-from law_fast.eval.compare import markdown_table, plot_comparison, text_table
+from law_fast.eval.compare import markdown_table, text_table
 from law_fast.eval.knowledge import evaluate_knowledge
 from law_fast.eval.lm import _windows, perplexity
+from law_fast.eval.metrics import qa_f1
 from law_fast.eval.report import EvalReport, evaluate
 from law_fast.facts import Fact, save_facts_jsonl
-from law_fast.eval.metrics import qa_f1
 
-TEXT = ("The capital of France is Paris. The capital of Italy is Rome. Apple was founded by Steve Jobs. "
-        "I think that you should go because it is late. Therefore we stay.")
+TEXT = (
+    "The capital of France is Paris. The capital of Italy is Rome. Apple was founded by Steve Jobs. "
+    "I think that you should go because it is late. Therefore we stay."
+)
 
 
 def _token_nll(model, context_ids, target):
@@ -50,13 +52,15 @@ def test_sliding_window_scores_each_token_once_with_its_context(window, stride, 
     for t in range(1, len(ids)):
         k = max(0, (t - window) // stride + 1)
         assert t - k * stride <= window - 1 and (k == 0 or t - k * stride >= window - stride)
-        reference.append(_token_nll(model, ids[k * stride:t], ids[t]))
-    out = perplexity(model, tiny_tokenizer, TEXT, window=window, stride=stride, max_tokens=40, batch_size=3,
-                     progress=False)
+        reference.append(_token_nll(model, ids[k * stride : t], ids[t]))
+    out = perplexity(
+        model, tiny_tokenizer, TEXT, window=window, stride=stride, max_tokens=40, batch_size=3, progress=False
+    )
     assert out["tokens"] == len(ids) - 1 == len(reference)
     assert out["nll"] == pytest.approx(sum(reference) / len(reference), abs=1e-10)
-    one_by_one = perplexity(model, tiny_tokenizer, TEXT, window=window, stride=stride, max_tokens=40, batch_size=1,
-                            progress=False)
+    one_by_one = perplexity(
+        model, tiny_tokenizer, TEXT, window=window, stride=stride, max_tokens=40, batch_size=1, progress=False
+    )
     assert one_by_one["nll"] == pytest.approx(out["nll"], abs=1e-12)
 
 
@@ -94,15 +98,27 @@ def _greedy(model, tokenizer, prompt, n=10):
 def model_and_facts(tiny_tokenizer):
     """A tiny model and facts, two of which it 'knows' (their answer is its own greedy output)."""
     model = make_tiny_model("gpt2", len(tiny_tokenizer)).double()
-    templates = [("France", "The capital of {} is"), ("Apple", "{} was founded by"), ("Italy", "The capital of {} is"),
-                 ("Toyota", "{} is headquartered in")]
+    templates = [
+        ("France", "The capital of {} is"),
+        ("Apple", "{} was founded by"),
+        ("Italy", "The capital of {} is"),
+        ("Toyota", "{} is headquartered in"),
+    ]
     facts = []
     for i, (subject, template) in enumerate(templates):
         prompt = template.replace("{}", subject)
         words = _greedy(model, tiny_tokenizer, prompt).split()
         answer = words[0] if i < 2 and words else "Zebra"
-        facts.append(Fact(subject, template, answer, case_id=i, paraphrases=(f"Tell me: {prompt}",),
-                          neighbourhood=((f"I think {prompt}", "Paris"),)))
+        facts.append(
+            Fact(
+                subject,
+                template,
+                answer,
+                case_id=i,
+                paraphrases=(f"Tell me: {prompt}",),
+                neighbourhood=((f"I think {prompt}", "Paris"),),
+            )
+        )
     return model, facts
 
 
@@ -144,8 +160,9 @@ def test_known_only_then_subset_compares_the_same_facts(model_and_facts, tiny_to
 
 def test_empty_groups_are_none(tiny_tokenizer):
     model = make_tiny_model("gpt2", len(tiny_tokenizer))
-    block = evaluate_knowledge(model, tiny_tokenizer, [Fact("France", "The capital of {} is", "Paris", 1)],
-                               progress=False)
+    block = evaluate_knowledge(
+        model, tiny_tokenizer, [Fact("France", "The capital of {} is", "Paris", 1)], progress=False
+    )
     assert block["paraphrase"] == {"n": 0, "acc": None, "qa_f1": None, "f1_positive": None, "nll_first_token": None}
 
 
@@ -154,9 +171,19 @@ def test_empty_groups_are_none(tiny_tokenizer):
 
 def test_report_json_round_trip(model_and_facts, tiny_tokenizer, tmp_path):
     model, facts = model_and_facts
-    report = evaluate(model, tiny_tokenizer, facts=facts[:2], controls=facts[2:], corpus=[TEXT, TEXT],
-                      ppl_window=16, ppl_stride=8, entropy=["The capital of"], entropy_tokens=8, progress=False,
-                      label="tiny")
+    report = evaluate(
+        model,
+        tiny_tokenizer,
+        facts=facts[:2],
+        controls=facts[2:],
+        corpus=[TEXT, TEXT],
+        ppl_window=16,
+        ppl_stride=8,
+        entropy=["The capital of"],
+        entropy_tokens=8,
+        progress=False,
+        label="tiny",
+    )
     assert report.fluency["tokens"] > 0 and report.fluency["ngram_entropy"] >= 0
     path = tmp_path / "r.json"
     report.to_json(path)
@@ -188,21 +215,45 @@ def test_cli_eval_and_compare(tmp_path, tiny_tokenizer, model_and_facts, capsys)
     save_facts_jsonl(facts, tmp_path / "facts.jsonl")
     (tmp_path / "corpus.txt").write_text(TEXT + "\n\n" + TEXT + "\n")
     lambada = tmp_path / "lambada.jsonl"
-    lambada.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["The capital of France is Paris",
-                                                                       "I think that you should go", "a b c"]))
+    lambada.write_text(
+        "".join(
+            json.dumps({"text": t}) + "\n"
+            for t in ["The capital of France is Paris", "I think that you should go", "a b c"]
+        )
+    )
     reports = []
     for i, model_dir in enumerate(dirs):
         out = tmp_path / f"r{i}.json"
-        args = ["eval", "--model", str(model_dir), "--facts", str(tmp_path / "facts.jsonl"), "--corpus",
-                str(tmp_path / "corpus.txt"), "--window", "16", "--stride", "8", "--reasoning", "lambada:2",
-                "--task-file", f"lambada={lambada}", "--out", str(out), "--label", f"m{i}"]
+        args = [
+            "eval",
+            "--model",
+            str(model_dir),
+            "--facts",
+            str(tmp_path / "facts.jsonl"),
+            "--corpus",
+            str(tmp_path / "corpus.txt"),
+            "--window",
+            "16",
+            "--stride",
+            "8",
+            "--reasoning",
+            "lambada:2",
+            "--task-file",
+            f"lambada={lambada}",
+            "--out",
+            str(out),
+            "--label",
+            f"m{i}",
+        ]
         args += ["--known-only"] if i == 0 else ["--subset", str(tmp_path / "r0.json")]
         assert main(args) == 0
         reports.append(out)
         assert "reasoning.lambada_openai.acc" in capsys.readouterr().out
     data = json.loads(reports[0].read_text())
     assert data["reasoning"]["lambada_openai"]["n"] == 2 and data["settings"]["seed"] == 0
-    assert json.loads(reports[1].read_text())["knowledge"]["facts"]["case_ids"] == data["knowledge"]["facts"]["case_ids"]
+    assert (
+        json.loads(reports[1].read_text())["knowledge"]["facts"]["case_ids"] == data["knowledge"]["facts"]["case_ids"]
+    )
     md, png = tmp_path / "cmp.md", tmp_path / "cmp.png"
     plot = ["--plot", str(png)] if importlib.util.find_spec("matplotlib") else []  # matplotlib: dev/plot extra
     assert main(["compare", *map(str, reports), "--markdown", str(md), *plot]) == 0

@@ -5,14 +5,13 @@ on 2 cores. The 200-item baseline numbers are in the README (measured with `law-
 """
 
 import pytest
+from conftest import shared_data, smollm2_marks
 
 import law_fast as lf
 from law_fast.cli import demo_facts
 
-from conftest import shared_data, smollm2_marks
-
 DATA = shared_data()
-pytestmark = smollm2_marks('reasoning files, WikiText-2')
+pytestmark = smollm2_marks("reasoning files, WikiText-2")
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +21,17 @@ def smollm2():
 
 def test_small_subset_is_deterministic_and_sane(smollm2):
     model, tok = smollm2
-    kwargs = dict(corpus=DATA / "wikitext2" / "wiki.test.raw", ppl_max_tokens=512, ppl_window=256, ppl_stride=128,
-                  reasoning=["lambada", "arc_easy"], limit={"lambada": 10, "arc_easy": 12}, seed=0,
-                  data_dir=DATA / "reasoning", progress=False)
+    kwargs = dict(
+        corpus=DATA / "wikitext2" / "wiki.test.raw",
+        ppl_max_tokens=512,
+        ppl_window=256,
+        ppl_stride=128,
+        reasoning=["lambada", "arc_easy"],
+        limit={"lambada": 10, "arc_easy": 12},
+        seed=0,
+        data_dir=DATA / "reasoning",
+        progress=False,
+    )
     first = lf.evaluate(model, tok, **kwargs)
     second = lf.evaluate(model, tok, **kwargs)
     assert first.reasoning == second.reasoning

@@ -4,18 +4,30 @@ import math
 
 import pytest
 
-from law_fast.eval.metrics import (answer_in, exact_match, gsm8k_exact_match, gsm8k_extract, mean, ngram_entropy,
-                              normalize_answer, qa_f1, text_ngram_entropy)
+from law_fast.eval.metrics import (
+    answer_in,
+    exact_match,
+    gsm8k_exact_match,
+    gsm8k_extract,
+    mean,
+    ngram_entropy,
+    normalize_answer,
+    qa_f1,
+    text_ngram_entropy,
+)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("The Eiffel Tower!", "eiffel tower"),
-    ("  an   apple,  a day ", "apple day"),
-    ("Paris.", "paris"),
-    ("the", ""),
-    ("Theater anathema", "theater anathema"),      # articles only as whole words
-    ("Jean-Paul's", "jeanpauls"),                  # punctuation removed, not replaced by spaces
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The Eiffel Tower!", "eiffel tower"),
+        ("  an   apple,  a day ", "apple day"),
+        ("Paris.", "paris"),
+        ("the", ""),
+        ("Theater anathema", "theater anathema"),  # articles only as whole words
+        ("Jean-Paul's", "jeanpauls"),  # punctuation removed, not replaced by spaces
+    ],
+)
 def test_normalize_answer(text, expected):
     assert normalize_answer(text) == expected
 
@@ -29,12 +41,12 @@ def test_f1_exact_and_partial():
 
 
 def test_f1_edge_cases():
-    assert qa_f1("", "Paris") == 0.0                       # empty prediction
+    assert qa_f1("", "Paris") == 0.0  # empty prediction
     assert qa_f1("   ", "Paris") == 0.0
-    assert qa_f1("Paris", "") == 0.0                       # empty gold
-    assert qa_f1("the a an", "The") == 0.0                 # articles only: both normalise to nothing
-    assert qa_f1("!!!", "...") == 0.0                      # punctuation only
-    assert qa_f1("Paris!!!", "paris.") == 1.0              # punctuation ignored
+    assert qa_f1("Paris", "") == 0.0  # empty gold
+    assert qa_f1("the a an", "The") == 0.0  # articles only: both normalise to nothing
+    assert qa_f1("!!!", "...") == 0.0  # punctuation only
+    assert qa_f1("Paris!!!", "paris.") == 1.0  # punctuation ignored
     # repeated tokens: multiset intersection counts "paris" once; P = 1/2, R = 1 → 2/3
     assert qa_f1("paris paris", "Paris") == pytest.approx(2 / 3)
     # both repeated: common = 2 of each side → 1.0
@@ -54,13 +66,16 @@ def test_answer_in_is_the_reference_rule():
     assert answer_in("US", " the usa")  # substring, as the reference (no word boundary)
 
 
-@pytest.mark.parametrize("generation, flexible, strict", [
-    ("She has 5 apples. The answer is 5.", "5.", "5"),
-    ("So 20 - 12 = 8. The answer is 8.\n\n", "8.", "8"),     # the regex's final "." is any char but newline
-    ("It costs $1,250.50 in total", "$1,250.50", "[invalid]"),
-    ("No number here", "[invalid]", "[invalid]"),
-    ("The answer is -3. Then 7", "7", "-3."),                # ... so "3." + " " (normalised away later)
-])
+@pytest.mark.parametrize(
+    "generation, flexible, strict",
+    [
+        ("She has 5 apples. The answer is 5.", "5.", "5"),
+        ("So 20 - 12 = 8. The answer is 8.\n\n", "8.", "8"),  # the regex's final "." is any char but newline
+        ("It costs $1,250.50 in total", "$1,250.50", "[invalid]"),
+        ("No number here", "[invalid]", "[invalid]"),
+        ("The answer is -3. Then 7", "7", "-3."),  # ... so "3." + " " (normalised away later)
+    ],
+)
 def test_gsm8k_extract(generation, flexible, strict):
     assert gsm8k_extract(generation, "flexible") == flexible
     assert gsm8k_extract(generation, "strict") == strict
@@ -68,10 +83,10 @@ def test_gsm8k_extract(generation, flexible, strict):
 
 def test_gsm8k_exact_match_normalises_like_the_harness():
     gold = "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs.\n#### 1,800"
-    assert gsm8k_exact_match("The answer is 1800.", gold) == 1.0             # "," and trailing "." dropped
-    assert gsm8k_exact_match("so $1,800.", gold) == 1.0                       # "$" dropped
-    assert gsm8k_exact_match("1800 eggs or 17", gold) == 0.0                  # flexible takes the last number
-    assert gsm8k_exact_match("1800 eggs or 17", gold, mode="strict") == 0.0   # no "The answer is"
+    assert gsm8k_exact_match("The answer is 1800.", gold) == 1.0  # "," and trailing "." dropped
+    assert gsm8k_exact_match("so $1,800.", gold) == 1.0  # "$" dropped
+    assert gsm8k_exact_match("1800 eggs or 17", gold) == 0.0  # flexible takes the last number
+    assert gsm8k_exact_match("1800 eggs or 17", gold, mode="strict") == 0.0  # no "The answer is"
     assert gsm8k_exact_match("The answer is 1800. Then 17", gold, mode="strict") == 1.0
     with pytest.raises(ValueError, match="mode"):
         gsm8k_extract("1", "loose")
@@ -82,8 +97,8 @@ def test_ngram_entropy_hand_computed():
     h2 = -(2 / 3 * math.log2(2 / 3) + 1 / 3 * math.log2(1 / 3))
     expected = (2 / 3 * h2 + 4 / 3 * 1.0) / 2
     assert text_ngram_entropy("a b a b") == pytest.approx(expected)
-    assert text_ngram_entropy("x x x x x x") == 0.0          # fully repetitive
-    assert text_ngram_entropy("one") == 0.0                  # no n-grams
+    assert text_ngram_entropy("x x x x x x") == 0.0  # fully repetitive
+    assert text_ngram_entropy("one") == 0.0  # no n-grams
     assert ngram_entropy(["a b a b", "x x x x"]) == pytest.approx(expected / 2)
 
 

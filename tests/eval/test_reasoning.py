@@ -8,30 +8,60 @@ import math
 
 import pytest
 import torch
-
 from conftest import make_tiny_model, shared_data
-from law_fast.eval.lm import encode_pair, generate_until, loglikelihoods
-from law_fast.eval.tasks import (GSM8K_FEWSHOT, ReasoningDataError, _capitalize_last_fragment, default_data_dir,
-                                 gsm8k_prompt, hellaswag_preprocess, load_task, resolve_task, run_reasoning, score_gsm8k,
-                                 score_lambada, score_multiple_choice)
 
-LAMBADA = ["The capital of France is Paris", "I think that you should go because it is late",
-           "The man is a teacher and a writer", "hello world this is text about science"]
+from law_fast.eval.lm import encode_pair, generate_until, loglikelihoods
+from law_fast.eval.tasks import (
+    GSM8K_FEWSHOT,
+    ReasoningDataError,
+    _capitalize_last_fragment,
+    default_data_dir,
+    gsm8k_prompt,
+    hellaswag_preprocess,
+    load_task,
+    resolve_task,
+    run_reasoning,
+    score_gsm8k,
+    score_lambada,
+    score_multiple_choice,
+)
+
+LAMBADA = [
+    "The capital of France is Paris",
+    "I think that you should go because it is late",
+    "The man is a teacher and a writer",
+    "hello world this is text about science",
+]
 HELLASWAG = [
-    {"query": "Cooking: The man is in the kitchen. he", "label": 1,
-     "endings": ["goes to Paris.", "cooks the food [title] now.", "is a teacher.", "writes."]},
-    {"query": "Travel: I think that you should go", "label": 0,
-     "endings": ["because it is late.", "to Rome.", "home now.", "to Berlin and Madrid."]},
+    {
+        "query": "Cooking: The man is in the kitchen. he",
+        "label": 1,
+        "endings": ["goes to Paris.", "cooks the food [title] now.", "is a teacher.", "writes."],
+    },
+    {
+        "query": "Travel: I think that you should go",
+        "label": 0,
+        "endings": ["because it is late.", "to Rome.", "home now.", "to Berlin and Madrid."],
+    },
 ]
 ARC = [
-    {"id": "a", "question": "What is the capital of France?",
-     "choices": {"text": ["Paris", "Rome", "Berlin"], "label": ["A", "B", "C"]}, "answerKey": "A"},
-    {"id": "b", "question": "Who founded Apple?",
-     "choices": {"text": ["Steve Jobs", "a teacher", "the river", "London"], "label": ["1", "2", "3", "4"]},
-     "answerKey": "1"},
+    {
+        "id": "a",
+        "question": "What is the capital of France?",
+        "choices": {"text": ["Paris", "Rome", "Berlin"], "label": ["A", "B", "C"]},
+        "answerKey": "A",
+    },
+    {
+        "id": "b",
+        "question": "Who founded Apple?",
+        "choices": {"text": ["Steve Jobs", "a teacher", "the river", "London"], "label": ["1", "2", "3", "4"]},
+        "answerKey": "1",
+    },
 ]
-GSM8K = [{"question": "Tom has 3 apples and gets 2 more. How many apples?", "answer": "3+2=5\n#### 5"},
-         {"question": "A box has 10 pens. 4 are taken. How many are left?", "answer": "10-4=6\n#### 6"}]
+GSM8K = [
+    {"question": "Tom has 3 apples and gets 2 more. How many apples?", "answer": "3+2=5\n#### 5"},
+    {"question": "A box has 10 pens. 4 are taken. How many are left?", "answer": "10-4=6\n#### 6"},
+]
 
 
 def _write(path, records):
@@ -41,16 +71,18 @@ def _write(path, records):
 
 @pytest.fixture
 def task_files(tmp_path):
-    return {"lambada": _write(tmp_path / "lambada.jsonl", [{"text": t} for t in LAMBADA]),
-            "hellaswag": _write(tmp_path / "hellaswag.jsonl", HELLASWAG),
-            "arc_easy": _write(tmp_path / "arc.jsonl", ARC),
-            "gsm8k": _write(tmp_path / "gsm8k.jsonl", GSM8K)}
+    return {
+        "lambada": _write(tmp_path / "lambada.jsonl", [{"text": t} for t in LAMBADA]),
+        "hellaswag": _write(tmp_path / "hellaswag.jsonl", HELLASWAG),
+        "arc_easy": _write(tmp_path / "arc.jsonl", ARC),
+        "gsm8k": _write(tmp_path / "gsm8k.jsonl", GSM8K),
+    }
 
 
 def _direct_loglikelihood(model, tokenizer, context, continuation):
     """Sum of log p(continuation tokens): one forward of the whole sequence, no padding."""
     n_context = len(tokenizer(context.rstrip())["input_ids"])
-    full = tokenizer(context.rstrip() + context[len(context.rstrip()):] + continuation)["input_ids"]
+    full = tokenizer(context.rstrip() + context[len(context.rstrip()) :] + continuation)["input_ids"]
     with torch.no_grad():
         logprobs = model(torch.tensor([full])).logits.double().log_softmax(-1)[0]
     targets = full[n_context:]
@@ -71,8 +103,8 @@ def test_task_names_and_aliases():
 
 def test_loaders_normalise_documents(task_files):
     docs = load_task("hellaswag", task_files["hellaswag"])
-    assert docs[0]["query"] == "Cooking: The man is in the kitchen. He"   # ctx_b.capitalize() reconstructed
-    assert docs[0]["choices"][1] == "cooks the food. now."                   # the harness's preprocess
+    assert docs[0]["query"] == "Cooking: The man is in the kitchen. He"  # ctx_b.capitalize() reconstructed
+    assert docs[0]["choices"][1] == "cooks the food. now."  # the harness's preprocess
     assert docs[1]["query"] == "Travel: I think that you should go"
     arc = load_task("arc_easy", task_files["arc_easy"])
     assert [d["gold"] for d in arc] == [0, 0] and arc[1]["choices"][0] == "Steve Jobs"
@@ -80,8 +112,13 @@ def test_loaders_normalise_documents(task_files):
 
 
 def test_hellaswag_original_schema_is_processed_as_the_harness():
-    record = {"activity_label": "Roof shingle removal", "ctx_a": "A man is sitting on a roof.", "ctx_b": "he",
-              "endings": ["is using wrap [step] to wrap a pair of skis.", "b", "c", "d"], "label": "3"}
+    record = {
+        "activity_label": "Roof shingle removal",
+        "ctx_a": "A man is sitting on a roof.",
+        "ctx_b": "he",
+        "endings": ["is using wrap [step] to wrap a pair of skis.", "b", "c", "d"],
+        "label": "3",
+    }
     from law_fast.eval.tasks import _hellaswag_doc
 
     doc = _hellaswag_doc(record, "x")
@@ -104,17 +141,23 @@ def test_subset_is_fixed_by_seed(task_files):
     assert len(seeds) > 1
 
 
-@pytest.mark.parametrize("task, line, message", [
-    ("gsm8k", '{"question": "q", "answer": "5"}', "must end with '#### <number>'"),
-    ("arc_easy", '{"question": "q", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "C"}',
-     "answerKey 'C'"),
-    ("hellaswag", '{"query": "q", "endings": ["a", "b"], "label": 2}', "field 'label'"),
-    ("lambada", '{"txt": "a b"}', "missing field 'text'"),
-    ("lambada", "{not json", "invalid JSON"),
-])
+@pytest.mark.parametrize(
+    "task, line, message",
+    [
+        ("gsm8k", '{"question": "q", "answer": "5"}', "must end with '#### <number>'"),
+        (
+            "arc_easy",
+            '{"question": "q", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "C"}',
+            "answerKey 'C'",
+        ),
+        ("hellaswag", '{"query": "q", "endings": ["a", "b"], "label": 2}', "field 'label'"),
+        ("lambada", '{"txt": "a b"}', "missing field 'text'"),
+        ("lambada", "{not json", "invalid JSON"),
+    ],
+)
 def test_bad_files_name_file_line_and_field(tmp_path, task, line, message):
     path = tmp_path / "bad.jsonl"
-    path.write_text('\n' + line + '\n')
+    path.write_text("\n" + line + "\n")
     with pytest.raises(ReasoningDataError, match=message) as err:
         load_task(task, path)
     assert f"{path}:2" in str(err.value)
@@ -153,9 +196,13 @@ def test_encode_pair_moves_trailing_space(tiny_tokenizer):
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_loglikelihoods_match_direct_forward(family, tiny_tokenizer):
     model = make_tiny_model(family, len(tiny_tokenizer)).double()
-    requests = [("The capital of France is ", "Paris"), ("I think", " that you should go"),
-                ("hello world this is text about science, history", " and music"), ("A", " b"),
-                ("The man is a teacher", " and a writer in London, Berlin, Madrid.")]
+    requests = [
+        ("The capital of France is ", "Paris"),
+        ("I think", " that you should go"),
+        ("hello world this is text about science, history", " and music"),
+        ("A", " b"),
+        ("The man is a teacher", " and a writer in London, Berlin, Madrid."),
+    ]
     scores = loglikelihoods(model, tiny_tokenizer, requests, batch_size=3)
     for (context, continuation), score in zip(requests, scores):
         ll, greedy = _direct_loglikelihood(model, tiny_tokenizer, context, continuation)
@@ -167,9 +214,15 @@ def test_loglikelihoods_match_direct_forward(family, tiny_tokenizer):
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 2e-4)])
 def test_left_padding_batch_equals_one_by_one(family, dtype, tol, tiny_tokenizer):
     model = make_tiny_model(family, len(tiny_tokenizer)).to(dtype)
-    requests = [(c, " " + w) for c, w in [("The capital of France is", "Paris"), ("I", "think that you should go"),
-                                          ("hello world this is text about science, history, music and", "the"),
-                                          ("Toyota is headquartered in", "Japan. The Eiffel Tower")]]
+    requests = [
+        (c, " " + w)
+        for c, w in [
+            ("The capital of France is", "Paris"),
+            ("I", "think that you should go"),
+            ("hello world this is text about science, history, music and", "the"),
+            ("Toyota is headquartered in", "Japan. The Eiffel Tower"),
+        ]
+    ]
     batched = loglikelihoods(model, tiny_tokenizer, requests, batch_size=4)
     alone = [loglikelihoods(model, tiny_tokenizer, [r], batch_size=1)[0] for r in requests]
     for b, a in zip(batched, alone):
@@ -194,7 +247,9 @@ def test_multiple_choice_and_lambada_scores_by_hand(task_files, tiny_tokenizer):
         assert result.metrics == {"acc": sum(acc) / len(acc), "acc_norm": sum(acc_norm) / len(acc_norm), "n": len(docs)}
     docs = load_task("lambada", task_files["lambada"])
     result = score_lambada(model, tiny_tokenizer, docs, batch_size=2)
-    direct = [_direct_loglikelihood(model, tiny_tokenizer, t.rsplit(" ", 1)[0], " " + t.rsplit(" ", 1)[1]) for t in LAMBADA]
+    direct = [
+        _direct_loglikelihood(model, tiny_tokenizer, t.rsplit(" ", 1)[0], " " + t.rsplit(" ", 1)[1]) for t in LAMBADA
+    ]
     assert result.metrics["perplexity"] == pytest.approx(math.exp(-sum(ll for ll, _ in direct) / len(direct)), rel=1e-9)
     assert result.metrics["acc"] == sum(g for _, g in direct) / len(direct)
 
@@ -203,7 +258,9 @@ def test_multiple_choice_can_be_right(tiny_tokenizer):
     """A model that prefers the gold ending gets acc = 1 (the scorer is not trivially 0)."""
     model = make_tiny_model("gpt2", len(tiny_tokenizer)).double()
     docs = [{"query": "The capital of France is", "choices": ["Paris", "x"], "gold": 0, "index": 0}]
-    lls = [_direct_loglikelihood(model, tiny_tokenizer, "The capital of France is", " " + c)[0] for c in docs[0]["choices"]]
+    lls = [
+        _direct_loglikelihood(model, tiny_tokenizer, "The capital of France is", " " + c)[0] for c in docs[0]["choices"]
+    ]
     docs[0]["gold"] = int(lls[1] > lls[0])
     assert score_multiple_choice(model, tiny_tokenizer, "hellaswag", docs).metrics["acc"] == 1.0
 
@@ -248,13 +305,21 @@ def test_gsm8k_prompt_and_scorer(task_files, tiny_tokenizer):
 
 def test_run_reasoning_limits_per_task(task_files, tiny_tokenizer):
     model = make_tiny_model("gpt2", len(tiny_tokenizer))
-    out = run_reasoning(model, tiny_tokenizer, ["lambada", "arc_easy"], limit={"lambada": 2, "default": 1},
-                        paths=task_files, progress=False)
+    out = run_reasoning(
+        model,
+        tiny_tokenizer,
+        ["lambada", "arc_easy"],
+        limit={"lambada": 2, "default": 1},
+        paths=task_files,
+        progress=False,
+    )
     assert out["lambada_openai"]["n"] == 2 and out["arc_easy"]["n"] == 1
 
 
-@pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None,
-                    reason="lm-evaluation-harness is not installed (pip install lm-eval); it is not a dev dependency")
+@pytest.mark.skipif(
+    importlib.util.find_spec("lm_eval") is None,
+    reason="lm-evaluation-harness is not installed (pip install lm-eval); it is not a dev dependency",
+)
 def test_lm_eval_adapter_agrees_with_builtin_scorers(task_files, tiny_tokenizer):
     from law_fast.eval.harness import run_lm_eval
 

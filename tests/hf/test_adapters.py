@@ -88,7 +88,9 @@ def test_fingerprint_changes_with_weights(tiny):
 def test_unsupported_model_names_class_and_how_to_add():
     from transformers import BertConfig, BertForMaskedLM
 
-    model = BertForMaskedLM(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
+    model = BertForMaskedLM(
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    )
     with pytest.raises(NotImplementedError, match="BertForMaskedLM.*ADAPTERS"):
         get_adapter(model)
 
@@ -112,7 +114,8 @@ def test_subject_index_with_bos_tokenizer(tiny_tokenizer):
 
     tok = copy.deepcopy(tiny_tokenizer)
     tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 0)])
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 0)]
+    )
     text, end = fill("The capital of {} is", "France")
     plain = encode_at(tiny_tokenizer, [text], [end])
     bos = encode_at(tok, [text], [end])

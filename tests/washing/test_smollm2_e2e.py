@@ -4,11 +4,10 @@ Skipped (with the reason) when the model package or ../shared/data is missing.  
 """
 
 import pytest
+from conftest import shared_data, smollm2_marks
 
 import law_fast as lf
 from law_fast.washing.elimination import known_facts
-
-from conftest import shared_data, smollm2_marks
 
 DATA = shared_data()
 pytestmark = smollm2_marks()
@@ -43,7 +42,9 @@ def test_wash_removes_facts_and_keeps_controls(smollm2, counterfact):
     after_w, conts = known_facts(model, tok, washed)
     after_c, _ = known_facts(model, tok, control)
     # the issue's bar: washed accuracy <= 20 %, controls >= 80 % of their original accuracy (100 %)
-    assert sum(after_w) <= 0.2 * len(washed), f"still produced after the wash: {[c for c, k in zip(conts, after_w) if k]}"
+    assert sum(after_w) <= 0.2 * len(washed), (
+        f"still produced after the wash: {[c for c, k in zip(conts, after_w) if k]}"
+    )
     assert sum(after_c) >= 0.8 * len(control), f"controls kept: {sum(after_c)} of {len(control)}"
     assert result.report["still_known_after"] == sum(after_w)
     # the wash is exactly reversible

@@ -6,12 +6,17 @@ import pytest
 import torch
 
 from law_fast.config import LawConfig, MemitConfig
+from law_fast.testing import plain_lambda, plain_law, plain_memit_delta
 from law_fast.washing.keys import KeyMoments
 from law_fast.washing.law import law_optimize
-from law_fast.washing.memit import (LambdaSearchError, MemitSolver, choose_lambda, cholesky_with_jitter, condition_estimate,
-                             memit_update)
-
-from law_fast.testing import plain_lambda, plain_law, plain_memit_delta
+from law_fast.washing.memit import (
+    LambdaSearchError,
+    MemitSolver,
+    cholesky_with_jitter,
+    choose_lambda,
+    condition_estimate,
+    memit_update,
+)
 
 
 def _problem(m=12, f=40, d=16, seed=0, rank_c=None):
@@ -56,7 +61,7 @@ def test_few_keys_eigenproblem_equals_full(m):
 
 def test_reference_lambda_search_matches_plain_loop():
     K, R, C, W = _problem(m=30)
-    W = W / W.norm() * 2 * float(plain_memit_delta(K, R, C, 0.5).norm())   # bounds reachable near λ = 0.5
+    W = W / W.norm() * 2 * float(plain_memit_delta(K, R, C, 0.5).norm())  # bounds reachable near λ = 0.5
     cfg = MemitConfig(lambda_rule="reference", mom2_update_weight=20.0, lambda_step=0.5, decay_factor=0.75)
     solver = MemitSolver.build(K, R, C)
     lam, trials = choose_lambda(solver, W, C, cfg)
@@ -110,17 +115,17 @@ def test_disruption_lambda_equals_per_trial_solve_search(m, keys, n_facts):
 
 
 def test_lambda_search_warns_when_the_rule_is_unreachable(caplog):
-    K, R, C, W = _problem(m=80)   # m > f: the least-squares fit leaves ~70 % of ‖R‖ at any λ
+    K, R, C, W = _problem(m=80)  # m > f: the least-squares fit leaves ~70 % of ‖R‖ at any λ
     cfg = MemitConfig(lambda_rule="fit", fit_target=0.1)
     with caplog.at_level("WARNING", logger="law_fast.washing.memit"):
-        lam, _ = choose_lambda(MemitSolver.build(K, R, C), W, C, cfg, resid_sq=float((R ** 2).sum()))
+        lam, _ = choose_lambda(MemitSolver.build(K, R, C), W, C, cfg, resid_sq=float((R**2).sum()))
     assert "holds nowhere" in caplog.text
     assert lam == pytest.approx(1e-10 * float(MemitSolver.build(K, R, C).eig.max()))
 
 
 def test_ill_conditioned_covariance_is_reported(caplog):
     Q, _ = torch.linalg.qr(torch.randn(20, 20, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
-    C = Q @ torch.diag(torch.logspace(0, -13, 20, dtype=torch.float64)) @ Q.T     # cond 1e13, factorisable
+    C = Q @ torch.diag(torch.logspace(0, -13, 20, dtype=torch.float64)) @ Q.T  # cond 1e13, factorisable
     L = torch.linalg.cholesky(C)
     assert 1e12 < condition_estimate(C, L) <= 1e13 * (1 + 1e-3)
     with caplog.at_level("WARNING", logger="law_fast.washing.memit"):
@@ -142,7 +147,7 @@ def test_memit_update_needs_targets():
 def test_fit_residual_in_closed_form_equals_plain(m, keys):
     K, R, C, _ = _problem(m=m)
     solver = MemitSolver.from_moments(K.T @ K, K.T @ R, C, keys=K if keys else None)
-    resid_sq = float((R ** 2).sum())
+    resid_sq = float((R**2).sum())
     for lam in (1e-4, 1.0, 1e4):
         delta = plain_memit_delta(K, R, C, lam)
         expected = float(((K @ delta.T - R) ** 2).sum())
@@ -151,7 +156,7 @@ def test_fit_residual_in_closed_form_equals_plain(m, keys):
 
 @pytest.mark.parametrize("target", [0.2, 0.5, 0.9])
 def test_fit_rule_meets_target_tightly(target):
-    K, R, C, W = _problem(m=80)    # m > f: the fit cannot reach 0, and the rule is still defined
+    K, R, C, W = _problem(m=80)  # m > f: the fit cannot reach 0, and the rule is still defined
     solver = MemitSolver.build(K, R, C)
     resid = float(R.norm())
 
@@ -160,13 +165,12 @@ def test_fit_rule_meets_target_tightly(target):
         return float((K @ delta.T - R).norm()) / resid
 
     floor = fit(1e-10 * float(solver.eig.max()))
-    lam, _ = choose_lambda(solver, W, C, MemitConfig(lambda_rule="fit", fit_target=target),
-                           float((R ** 2).sum()))
-    if target <= floor:   # unreachable: the smallest λ of the range
+    lam, _ = choose_lambda(solver, W, C, MemitConfig(lambda_rule="fit", fit_target=target), float((R**2).sum()))
+    if target <= floor:  # unreachable: the smallest λ of the range
         assert lam == pytest.approx(1e-10 * float(solver.eig.max()))
         return
     assert fit(lam) <= target * (1 + 1e-9)
-    assert fit(lam * (1 + 1e-4)) > target * (1 - 1e-3)   # a slightly larger λ (less disruption) misses it
+    assert fit(lam * (1 + 1e-4)) > target * (1 - 1e-3)  # a slightly larger λ (less disruption) misses it
 
 
 def test_fit_rule_needs_residual_and_valid_target():
@@ -186,8 +190,8 @@ def test_disruption_budget_scales_with_the_number_of_facts():
     # memit_update spends the budget of its moments' fact count
     K, R, C, W = _problem(m=8)
     out_energy = float((W @ C * W).sum())
-    moments = KeyMoments(K.T @ K, K.T @ R, float((R ** 2).sum()), len(K))
-    for per_fact in (1e-5, 1e-4):   # budgets 8e-5, 8e-4 (the unconstrained Δ here disrupts 4.8e-3)
+    moments = KeyMoments(K.T @ K, K.T @ R, float((R**2).sum()), len(K))
+    for per_fact in (1e-5, 1e-4):  # budgets 8e-5, 8e-4 (the unconstrained Δ here disrupts 4.8e-3)
         delta, rep = memit_update(moments, C, W, MemitConfig(disruption_per_fact=per_fact, disruption_budget=1.0))
         assert rep["n_facts"] == 8
         assert float((delta @ C * delta).sum()) / out_energy == pytest.approx(8 * per_fact, rel=1e-4)
@@ -195,7 +199,7 @@ def test_disruption_budget_scales_with_the_number_of_facts():
 
 def test_memit_update_report():
     K, R, C, W = _problem(m=8)
-    moments = KeyMoments(K.T @ K, K.T @ R, float((R ** 2).sum()), len(K))
+    moments = KeyMoments(K.T @ K, K.T @ R, float((R**2).sum()), len(K))
     delta, rep = memit_update(moments, C, W, MemitConfig(lambda_rule="fixed", mom2_update_weight=0.1))
     torch.testing.assert_close(delta, plain_memit_delta(K, R, C, 0.1))
     assert rep["lambda"] == 0.1 and rep["jitter"] == 0.0
@@ -207,7 +211,9 @@ def test_singular_covariance_gets_reported_jitter():
     _, _, C, _ = _problem(f=20, rank_c=5)
     L, jitter = cholesky_with_jitter(C)
     assert jitter > 0
-    torch.testing.assert_close(L @ L.T, C + jitter * float(C.diagonal().mean()) * torch.eye(20, dtype=C.dtype), rtol=0, atol=1e-8)
+    torch.testing.assert_close(
+        L @ L.T, C + jitter * float(C.diagonal().mean()) * torch.eye(20, dtype=C.dtype), rtol=0, atol=1e-8
+    )
     with pytest.raises(ValueError, match="non-positive"):
         cholesky_with_jitter(torch.zeros(3, 3, dtype=torch.float64))
 
@@ -255,10 +261,11 @@ def test_law_backends_follow_the_same_trajectory(law_dtype, tolerance):
 
     K, R, C, _ = _problem(m=60, f=300, d=20)  # f > one 256-row tile of the C++ kernel
     delta0 = plain_memit_delta(K, R, C, 1.0)
-    cfg = LawConfig(learning_rate=1e-3, lr_after_hitting_boundary=1e-5, total_iters=300,
-                     law_dtype=law_dtype)
+    cfg = LawConfig(learning_rate=1e-3, lr_after_hitting_boundary=1e-5, total_iters=300, law_dtype=law_dtype)
     dispatched, rep = law_optimize(delta0, K.T @ K, C, cfg)
-    default, rep_default = law_optimize(delta0, K.T @ K, C, cfg, kernels=LawKernels(law_quadratic_ref, law_adam_step_ref))
+    default, rep_default = law_optimize(
+        delta0, K.T @ K, C, cfg, kernels=LawKernels(law_quadratic_ref, law_adam_step_ref)
+    )
     assert rep["first_contact"] == rep_default["first_contact"] is not None
     assert float((dispatched - default).norm() / default.norm()) < tolerance
 
@@ -267,8 +274,9 @@ def test_law_zero_iterations_returns_the_init():
     K, R, C, _ = _problem(m=10)
     delta0 = plain_memit_delta(K, R, C, 1.0)
     # WashConfig wants total_iters >= 1; the solver only reads these five fields
-    config = SimpleNamespace(learning_rate=1e-3, lr_after_hitting_boundary=None, total_iters=0, beta_ratio=1.1,
-                             law_dtype="float64")
+    config = SimpleNamespace(
+        learning_rate=1e-3, lr_after_hitting_boundary=None, total_iters=0, beta_ratio=1.1, law_dtype="float64"
+    )
     delta, rep = law_optimize(delta0, K.T @ K, C, config)
     assert torch.equal(delta, delta0) and rep["first_contact"] is None
     assert rep["rho_final"] == rep["rho_init"] and rep["beta"] == pytest.approx(1.1 * rep["rho_init"], rel=1e-15)

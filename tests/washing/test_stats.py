@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import law_fast.washing.stats as stats_module
 from law_fast.corpus import load_corpus
 from law_fast.hf.adapters import get_adapter
 from law_fast.hf.hooks import capture
-import law_fast.washing.stats as stats_module
 from law_fast.hf.loading import cache_dir
 from law_fast.washing.stats import _cache_path, _stats_key, layer_stats, token_batches, tokenize_documents
 
@@ -37,12 +37,16 @@ def test_single_pass_equals_per_layer_unpadded(family, tiny_tokenizer):
     model = make_tiny_model(family, len(tiny_tokenizer))
     adapter = get_adapter(model)
     corpus = load_corpus(TEXTS)
-    stats = layer_stats(model, adapter, tiny_tokenizer, corpus, [0, 1, 3], batch_tokens=64, use_cache=False, progress=False)
+    stats = layer_stats(
+        model, adapter, tiny_tokenizer, corpus, [0, 1, 3], batch_tokens=64, use_cache=False, progress=False
+    )
     for layer in (0, 1, 3):
         expected, count = _manual_sum(model, adapter, tiny_tokenizer, TEXTS, layer)
         assert stats[layer].count == count
         torch.testing.assert_close(stats[layer].sum, expected, rtol=1e-5, atol=1e-4)
-        separate = layer_stats(model, adapter, tiny_tokenizer, corpus, [layer], batch_tokens=64, use_cache=False, progress=False)
+        separate = layer_stats(
+            model, adapter, tiny_tokenizer, corpus, [layer], batch_tokens=64, use_cache=False, progress=False
+        )
         torch.testing.assert_close(separate[layer].sum, stats[layer].sum, rtol=1e-6, atol=1e-6)
 
 
@@ -55,8 +59,15 @@ def test_cache_reuse_key_changes_and_corruption(tiny_tokenizer):
     first = layer_stats(model, adapter, tiny_tokenizer, corpus, [1], max_length=64, progress=False)
     key = _stats_key("x", "fp", 1, corpus, 64, "float64")
     base = _cache_path(key)
-    for change in [dict(name="y"), dict(fingerprint="fq"), dict(layer=2), dict(corpus=load_corpus(TEXTS[:-1])),
-                   dict(max_length=32), dict(dtype="float32"), dict(block_tokens=65536)]:
+    for change in [
+        dict(name="y"),
+        dict(fingerprint="fq"),
+        dict(layer=2),
+        dict(corpus=load_corpus(TEXTS[:-1])),
+        dict(max_length=32),
+        dict(dtype="float32"),
+        dict(block_tokens=65536),
+    ]:
         args = dict(name="x", fingerprint="fp", layer=1, corpus=corpus, max_length=64, dtype="float64") | change
         assert _cache_path(_stats_key(**args)) != base, change
     # a cached result is reused: same numbers without running the model
@@ -76,7 +87,9 @@ def test_cache_reuse_key_changes_and_corruption(tiny_tokenizer):
     torch.testing.assert_close(redo[1].sum, first[1].sum)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        layer_stats(model, adapter, tiny_tokenizer, corpus, [1], max_length=64, progress=False)  # rewritten, valid again
+        layer_stats(
+            model, adapter, tiny_tokenizer, corpus, [1], max_length=64, progress=False
+        )  # rewritten, valid again
 
 
 def test_empty_corpus_is_an_error(tiny_tokenizer):
@@ -109,7 +122,7 @@ def test_token_batches_resume_from_any_position(tiny_tokenizer, monkeypatch):
     for j, (_, _, position) in enumerate(full):
         rest = list(token_batches(documents, 48, 0, start=position))
         assert len(rest) == len(full) - j - 1
-        for (ids_a, mask_a, pos_a), (ids_b, mask_b, pos_b) in zip(rest, full[j + 1:]):
+        for (ids_a, mask_a, pos_a), (ids_b, mask_b, pos_b) in zip(rest, full[j + 1 :]):
             assert torch.equal(ids_a, ids_b) and torch.equal(mask_a, mask_b) and pos_a == pos_b
 
 
@@ -183,8 +196,10 @@ def test_checkpoint_of_other_corpus_or_corrupt_is_not_used(tiny_tokenizer, tmp_p
     adapter = get_adapter(model)
     corpus_a, corpus_b = load_corpus(TEXTS), load_corpus(TEXTS[::-1])
     kwargs = dict(batch_tokens=64, checkpoint_every_tokens=40, progress=False)
-    fresh = {name: layer_stats(model, adapter, tiny_tokenizer, corpus, [1], use_cache=False, **kwargs)[1]
-             for name, corpus in (("a", corpus_a), ("b", corpus_b))}
+    fresh = {
+        name: layer_stats(model, adapter, tiny_tokenizer, corpus, [1], use_cache=False, **kwargs)[1]
+        for name, corpus in (("a", corpus_a), ("b", corpus_b))
+    }
     calls, handle = _count_forwards(model)
     layer_stats(model, adapter, tiny_tokenizer, corpus_a, [1], use_cache=False, **kwargs)
     handle.remove()

@@ -5,13 +5,12 @@ import torch
 
 from law_fast.config import TargetConfig
 from law_fast.facts import Fact
-from law_fast.washing.keys import compute_keys, fact_sentences
 from law_fast.hf.adapters import get_adapter
 from law_fast.hf.hooks import block_output_tensor
-from law_fast.washing.targets import compute_targets, target_token_ids
 from law_fast.hf.tokens import encode_at
-
 from law_fast.testing import plain_compute_z
+from law_fast.washing.keys import compute_keys, fact_sentences
+from law_fast.washing.targets import compute_targets, target_token_ids
 
 FACTS = [
     Fact("France", "The capital of {} is", "Paris", 0),
@@ -48,9 +47,10 @@ def test_mixed_early_stops_and_clamps_equal_per_fact_loop(tiny):
     adapter = get_adapter(model)
     ids = target_token_ids(tok, adapter.eos_token_id(model, tok), "space+eos")
     cfg = TargetConfig(v_num_grad_steps=6, v_lr=0.5, clamp_norm_factor=0.05)
-    first = compute_targets(model, adapter, tok, FACTS, TEMPLATES, cfg.replace(v_num_grad_steps=1), 2, ids,
-                            progress=False).loss               # every fact's loss before any step
-    cfg = cfg.replace(loss_threshold=float(first.median()) + 1e-9)   # the lowest fact(s) stop at once, the others not
+    first = compute_targets(
+        model, adapter, tok, FACTS, TEMPLATES, cfg.replace(v_num_grad_steps=1), 2, ids, progress=False
+    ).loss  # every fact's loss before any step
+    cfg = cfg.replace(loss_threshold=float(first.median()) + 1e-9)  # the lowest fact(s) stop at once, the others not
     batched = compute_targets(model, adapter, tok, FACTS, TEMPLATES, cfg, 2, ids, progress=False)
     assert 0 in batched.steps.tolist() and int(batched.steps.max()) > 0
     for j, fact in enumerate(FACTS):
@@ -58,7 +58,7 @@ def test_mixed_early_stops_and_clamps_equal_per_fact_loop(tiny):
         assert float((batched.z_star[j] - plain).norm() / plain.norm()) < 1e-6, fact
     moved = batched.steps > 0
     norms = (batched.z_star - batched.z_init).norm(dim=1)[moved]
-    torch.testing.assert_close(norms, cfg.clamp_norm_factor * batched.z_init.norm(dim=1)[moved])   # clamped
+    torch.testing.assert_close(norms, cfg.clamp_norm_factor * batched.z_init.norm(dim=1)[moved])  # clamped
     assert bool((batched.z_star[~moved] == batched.z_init[~moved]).all())
 
 
@@ -104,8 +104,9 @@ def test_prefix_cache_and_chunks_equal_full_forward(tiny):
     # block 0 runs only while the prefix and block-z outputs are stored (twice per bucket), never in a step
     assert cached.steps.max() > 0 and len(calls) == 2 * setup_calls
     assert setup_calls <= 2 * len(FACTS) * (len(TEMPLATES) + 1)
-    one_fact_chunks = compute_targets(model, adapter, tok, FACTS, TEMPLATES, cfg.replace(target_batch_tokens=1), 1, ids,
-                                      progress=False)
+    one_fact_chunks = compute_targets(
+        model, adapter, tok, FACTS, TEMPLATES, cfg.replace(target_batch_tokens=1), 1, ids, progress=False
+    )
     for other in (cached, one_fact_chunks):
         torch.testing.assert_close(other.z_star, full.z_star, rtol=1e-9, atol=1e-9)
         torch.testing.assert_close(other.z_init, full.z_init, rtol=1e-9, atol=1e-9)
@@ -124,7 +125,7 @@ def test_chunks_respect_token_budget():
             p = max(max(index[j]) for j in chunk)
             s = max(len(t) - i for j in chunk for t, i in zip(ids[j], index[j]))
             assert len(chunk) * 2 * (p + s) <= 2 * 2 * 12
-    assert _chunks(ids, index, budget=1) == [[1], [0], [2]]   # sorted by prefix length, one per chunk
+    assert _chunks(ids, index, budget=1) == [[1], [0], [2]]  # sorted by prefix length, one per chunk
 
 
 def test_per_fact_early_stop(tiny):
@@ -140,15 +141,19 @@ def _full_forward_states(model, adapter, tok, texts, ends, key_layer, block_laye
     """The reference's way: batches of 4 sentences, a whole-model forward each, the down-projection's
     input and the block output read by forward hooks at the subject's last token."""
     got = {}
-    handles = [adapter.down_proj_module(model, key_layer).register_forward_pre_hook(
-                   lambda module, args: got.__setitem__("key", args[0].detach())),
-               adapter.block(model, block_layer).register_forward_hook(
-                   lambda module, args, output: got.__setitem__("block", block_output_tensor(output).detach()))]
+    handles = [
+        adapter.down_proj_module(model, key_layer).register_forward_pre_hook(
+            lambda module, args: got.__setitem__("key", args[0].detach())
+        ),
+        adapter.block(model, block_layer).register_forward_hook(
+            lambda module, args, output: got.__setitem__("block", block_output_tensor(output).detach())
+        ),
+    ]
     keys, blocks = [], []
     try:
         with torch.no_grad():
             for start in range(0, len(texts), batch):
-                enc = encode_at(tok, texts[start:start + batch], ends[start:start + batch])
+                enc = encode_at(tok, texts[start : start + batch], ends[start : start + batch])
                 model(**enc.model_inputs)
                 rows = torch.arange(len(enc.index))
                 keys.append(got["key"][rows, enc.index])
@@ -174,7 +179,9 @@ def test_keys_batched_equal_batches_of_four_full_forward(tiny):
         torch.testing.assert_close(block, b.reshape(len(FACTS), len(TEMPLATES), -1)[:, 0], rtol=1e-5, atol=1e-6)
     # key_moments runs one forward per chunk of facts, all of a fact's template sentences in it
     calls = []
-    handle = adapter.down_proj_module(model, 0).register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    handle = adapter.down_proj_module(model, 0).register_forward_pre_hook(
+        lambda module, args: calls.append(args[0].shape[0])
+    )
     try:
         key_moments(model, adapter, tok, FACTS, TEMPLATES, 1, batch_size=2)
     finally:
@@ -195,7 +202,7 @@ def test_key_moments_stream_equals_full_keys(tiny):
     mom = key_moments(model, adapter, tok, FACTS, TEMPLATES, 1, batch_size=2, targets=targets, z_layer=2, scale=0.5)
     torch.testing.assert_close(mom.gram, K.T @ K, rtol=1e-6, atol=1e-8)
     torch.testing.assert_close(mom.cross, K.T @ R, rtol=1e-6, atol=1e-8)
-    assert mom.resid_sq == pytest.approx(float((R ** 2).sum()), rel=1e-9) and mom.count == len(FACTS)
+    assert mom.resid_sq == pytest.approx(float((R**2).sum()), rel=1e-9) and mom.count == len(FACTS)
     plain = key_moments(model, adapter, tok, FACTS, TEMPLATES, 1)
     torch.testing.assert_close(plain.gram, mom.gram)
     assert plain.cross is None

@@ -14,12 +14,24 @@ FACTS = [
     Fact("Danielle Darrieux", "The mother tongue of {} is", "French", 1),
     Fact("Apple", "{} was founded by", "Steve Jobs", 2),
 ]
-CORPUS = [f"The city of London is on the river number {i}. Music and science and history are things people like." for i in range(40)]
+CORPUS = [
+    f"The city of London is on the river number {i}. Music and science and history are things people like."
+    for i in range(40)
+]
 
 
 def _cfg(**kw):
-    base = dict(layers=(1, 2), only_known=False, prune_requests=False, v_num_grad_steps=3, total_iters=20, learning_rate=1e-4,
-                disruption_budget=0.05, disruption_per_fact=None, stats_max_length=64)
+    base = dict(
+        layers=(1, 2),
+        only_known=False,
+        prune_requests=False,
+        v_num_grad_steps=3,
+        total_iters=20,
+        learning_rate=1e-4,
+        disruption_budget=0.05,
+        disruption_per_fact=None,
+        stats_max_length=64,
+    )
     base.update(kw)
     return WashConfig.create(**base)
 
@@ -117,7 +129,7 @@ def test_interrupt_in_the_final_check_restores_original_weights(tiny_tokenizer, 
     real = result_module.known_facts
     calls = []
 
-    def interrupted_second_call(*args, **kwargs):   # the initial check runs, the final check is interrupted
+    def interrupted_second_call(*args, **kwargs):  # the initial check runs, the final check is interrupted
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
@@ -143,7 +155,7 @@ def test_bad_layers_and_empty_facts(tiny):
 def test_only_known_skips_unknown_facts(tiny):
     model, tok = tiny
     result = lf.wash(model, tok, FACTS, _cfg(only_known=True), corpus=CORPUS, progress=False)
-    assert result.report["known_before"] == 0          # a random model knows nothing
+    assert result.report["known_before"] == 0  # a random model knows nothing
     assert result.report["skipped_unknown"] == [0, 1, 2]
     assert result.deltas == {}
 
@@ -163,15 +175,36 @@ def test_config_json_round_trip_and_validation(tmp_path):
 
 
 def test_reference_hparams_import(tmp_path):
-    ref = {"layers": [13, 14, 15, 16, 17], "fact_token": "subject_last", "v_num_grad_steps": 20, "v_lr": 5e-1,
-           "v_loss_layer": 47, "v_weight_decay": 0.5, "clamp_norm_factor": 0.75, "kl_factor": 0.0625,
-           "mom2_adjustment": True, "mom2_update_weight": 20000, "rewrite_module_tmp": "transformer.h.{}.mlp.c_proj",
-           "layer_module_tmp": "transformer.h.{}", "mlp_module_tmp": "transformer.h.{}.mlp",
-           "attn_module_tmp": "transformer.h.{}.attn", "ln_f_module": "transformer.ln_f",
-           "lm_head_module": "transformer.wte", "mom2_dataset": "wikipedia", "mom2_n_samples": 100000,
-           "mom2_dtype": "float32", "learning_rate": 1e-7, "total_iters": 1000, "beta_ratio": 1.1,
-           "decay_factor": 0.75, "prune_requests": 1, "keep_original_requests": True,
-           "compute_initialization_at_once": True, "noise_scale": 0.001, "layer_selection": "all"}
+    ref = {
+        "layers": [13, 14, 15, 16, 17],
+        "fact_token": "subject_last",
+        "v_num_grad_steps": 20,
+        "v_lr": 5e-1,
+        "v_loss_layer": 47,
+        "v_weight_decay": 0.5,
+        "clamp_norm_factor": 0.75,
+        "kl_factor": 0.0625,
+        "mom2_adjustment": True,
+        "mom2_update_weight": 20000,
+        "rewrite_module_tmp": "transformer.h.{}.mlp.c_proj",
+        "layer_module_tmp": "transformer.h.{}",
+        "mlp_module_tmp": "transformer.h.{}.mlp",
+        "attn_module_tmp": "transformer.h.{}.attn",
+        "ln_f_module": "transformer.ln_f",
+        "lm_head_module": "transformer.wte",
+        "mom2_dataset": "wikipedia",
+        "mom2_n_samples": 100000,
+        "mom2_dtype": "float32",
+        "learning_rate": 1e-7,
+        "total_iters": 1000,
+        "beta_ratio": 1.1,
+        "decay_factor": 0.75,
+        "prune_requests": 1,
+        "keep_original_requests": True,
+        "compute_initialization_at_once": True,
+        "noise_scale": 0.001,
+        "layer_selection": "all",
+    }
     path = tmp_path / "gpt2-xl-mcf.json"
     path.write_text(json.dumps(ref))
     cfg = WashConfig.from_reference_hparams(path)
