@@ -36,7 +36,10 @@ def parse_table(text: str) -> dict[str, dict]:
         if match:
             title, before, pct_b, after, pct_a, _ = match.groups()
             scale_b, scale_a = (0.01 if pct_b else 1.0), (0.01 if pct_a else 1.0)
-            rows[title.strip()] = {"before": float(before) * scale_b, "after": float(after) * scale_a}
+            rows[title.strip()] = {
+                "before": round(float(before) * scale_b, 6),
+                "after": round(float(after) * scale_a, 6),
+            }
     return rows
 
 
