@@ -81,13 +81,15 @@ def interleaved(
 
 
 def git_sha() -> str | None:
-    """HEAD of the repository (with "-dirty" when the work tree has changes), None if unknown."""
+    """HEAD of the repository, with "-dirty" when the work tree has changes outside benchmarks/results
+    (None if unknown)."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return None
+        # benchmarks/results is what the scripts write, not what runs: a run after another still has a clean sha
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results"],
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
