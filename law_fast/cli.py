@@ -59,9 +59,12 @@ def cmd_demo(args) -> int:
     from .hf.generate import greedy_continuations, sample_continuations
     from .hf.loading import load_model
     from .washing.api import wash
+    from .washing.result import check_output_dir
 
     t0 = time.perf_counter()
     model, tok = load_model(args.model)
+    if args.out:
+        check_output_dir(args.out, args.overwrite, model)  # before the work, not after it
     washed, control = demo_facts()
     held_out = [
         p + c
@@ -213,8 +216,10 @@ def cmd_wash(args) -> int:
     from .facts import load_facts
     from .hf.loading import load_model
     from .washing.api import wash
+    from .washing.result import check_output_dir
 
     model, tok = load_model(args.model)
+    check_output_dir(args.out, args.overwrite, model)  # before the work, not after it
     facts = load_facts(args.facts, format=args.format, limit=args.limit)
     cfg = _config(args, model)
     result = wash(model, tok, facts, cfg)

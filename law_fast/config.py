@@ -22,8 +22,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import numbers
 import os
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,19 +39,162 @@ METHODS = ("law", "memit") + BASELINE_METHODS
 LAMBDA_RULES = ("disruption", "fit", "reference", "fixed")
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+def _rule(check, allowed: str):
+    return check, allowed
+
+
+_POSITIVE = _rule(lambda v: v > 0, "> 0")
+_NON_NEGATIVE = _rule(lambda v: v >= 0, ">= 0")
+_AT_LEAST_1 = _rule(lambda v: v >= 1, ">= 1")
+_NON_EMPTY = _rule(lambda v: len(v) > 0, "non-empty")
+
+
+def _one_of(options) -> tuple:
+    return _rule(lambda v: v in options, f"one of {list(options)}")
+
+
+#: the allowed range of every field that has one (field names are unique across the sections)
+RULES: dict[str, tuple] = {
+    # common
+    "method": _one_of(METHODS),
+    "key_batch_size": _AT_LEAST_1,
+    # targets
+    "target": _NON_EMPTY,
+    "template_length": _AT_LEAST_1,
+    "v_num_grad_steps": _AT_LEAST_1,
+    "v_lr": _POSITIVE,
+    "v_loss_layer": _rule(lambda v: v >= -1, ">= -1 (-1: the last block)"),
+    "v_weight_decay": _NON_NEGATIVE,
+    "clamp_norm_factor": _POSITIVE,
+    "kl_factor": _NON_NEGATIVE,
+    "loss_threshold": _NON_NEGATIVE,
+    "target_batch_tokens": _AT_LEAST_1,
+    # stats
+    "corpus": _NON_EMPTY,
+    "mom2_n_samples": _AT_LEAST_1,
+    "stats_max_length": _rule(lambda v: v >= 2, ">= 2"),
+    "stats_dtype": _one_of(("float32", "float64")),
+    "stats_batch_tokens": _AT_LEAST_1,
+    # memit
+    "mom2_update_weight": _POSITIVE,
+    "lambda_rule": _one_of(LAMBDA_RULES),
+    "disruption_per_fact": _POSITIVE,
+    "disruption_budget": _POSITIVE,
+    "fit_target": _rule(lambda v: 0 < v < 1, "in (0, 1)"),
+    "norm_bounds": _rule(lambda v: 0 < v[0] < v[1], "(low, high) with 0 < low < high"),
+    "lambda_step": _POSITIVE,
+    "decay_factor": _rule(lambda v: 0 < v < 1, "in (0, 1)"),
+    "max_lambda_trials": _AT_LEAST_1,
+    # law
+    "learning_rate": _POSITIVE,
+    "lr_after_hitting_boundary": _POSITIVE,
+    "total_iters": _AT_LEAST_1,
+    "beta_ratio": _POSITIVE,
+    "law_dtype": _one_of(("float32", "float64")),
+    # checks
+    "check_max_new_tokens": _AT_LEAST_1,
+    "check_batch_size": _AT_LEAST_1,
+    # finetune
+    "ft_lr": _POSITIVE,
+    "ft_epochs": _AT_LEAST_1,
+    "ft_batch_size": _AT_LEAST_1,
+    "ft_weight_decay": _NON_NEGATIVE,
+    "ft_max_steps": _AT_LEAST_1,
+    "ft_lora_rank": _AT_LEAST_1,
+    "ft_lora_alpha": _POSITIVE,
+    "ft_lora_dropout": _rule(lambda v: 0 <= v < 1, "in [0, 1)"),
+    "meft_layer": _NON_NEGATIVE,
+    "meft_linf": _POSITIVE,
+    "woh_alpha": _POSITIVE,
+    "woh_reinforce_lr": _POSITIVE,
+    "woh_reinforce_epochs": _AT_LEAST_1,
+    "guard_ppl_ratio": _rule(lambda v: v > 1, "> 1 (a ratio to the perplexity before training)"),
+    "guard_every": _AT_LEAST_1,
+    "guard_texts": _AT_LEAST_1,
+    "guard_max_length": _rule(lambda v: v >= 2, ">= 2"),
+}
+
+
+_PLURAL = {int: "integers", float: "finite numbers", str: "strings"}
+
+
+def _coerce(value: Any, kind: Any) -> Any:
+    """``value`` as the annotated type ``kind`` (int → float where a float is wanted, a list → tuple);
+    TypeError naming what was expected when it is not one."""
+    args = typing.get_args(kind)
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        (kind,) = [a for a in args if a is not type(None)]
+        args = typing.get_args(kind)
+    if typing.get_origin(kind) is tuple:
+        element = _PLURAL.get(args[0], "values")
+        if (
+            isinstance(value, (str, bytes))
+            or not isinstance(value, (list, tuple, range))
+            and not hasattr(value, "tolist")
+        ):
+            raise TypeError(f"a list of {element}")
+        value = list(value.tolist() if hasattr(value, "tolist") else value)
+        if args[-1] is not Ellipsis and len(value) != len(args):
+            raise TypeError(f"a list of {len(args)} {element}")
+        try:
+            kinds = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
+            return tuple(_coerce(v, k) for v, k in zip(value, kinds))
+        except TypeError:
+            raise TypeError(f"a list of {element}") from None
+    if kind is bool:
+        if isinstance(value, bool):
+            return bool(value)
+        raise TypeError("true or false")
+    if kind is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+        raise TypeError("an integer")
+    if kind is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        raise TypeError("a finite number")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError("a string")
+    if isinstance(kind, type) and not isinstance(value, kind):
+        raise TypeError(f"a {kind.__name__}")
+    return value
+
+
+def _validate(obj) -> None:
+    """Check and normalise every field of the frozen dataclass ``obj``: its annotated type, then its
+    range (:data:`RULES`), then ``obj.problems()`` (rules across fields); one ValueError naming every
+    offending field, its value and what is allowed."""
+    hints = typing.get_type_hints(type(obj))
+    problems = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        try:
+            value = _coerce(value, hints[f.name])
+        except TypeError as expected:
+            problems.append(f"{f.name} must be {expected}, got {value!r}")
+            continue
+        object.__setattr__(obj, f.name, value)
+        check = RULES.get(f.name)
+        if check is not None and value is not None and not check[0](value):
+            problems.append(f"{f.name} must be {check[1]}, got {value!r}")
+    if not problems:
+        problems = obj.problems()
+    if problems:
+        raise ValueError(f"invalid {type(obj).__name__}: " + "; ".join(problems))
 
 
 class _Section:
     """What every section shares: validation at construction, ``replace``, ``to_dict``."""
 
     def __post_init__(self):
-        problems = self.problems()
-        if problems:
-            raise ValueError(f"invalid {type(self).__name__}: " + "; ".join(problems))
+        _validate(self)
 
     def problems(self) -> list[str]:
+        """Rules that involve several fields (each field's own type and range: :data:`RULES`)."""
         return []
 
     def replace(self, **changes):
@@ -78,14 +224,6 @@ class TargetConfig(_Section):
         16384  # aligned prompt tokens per z* chunk (bounds memory; facts sorted by prefix length)
     )
 
-    def problems(self) -> list[str]:
-        bad = [
-            name
-            for name in ("v_num_grad_steps", "target_batch_tokens", "template_length")
-            if not _positive_int(getattr(self, name))
-        ]
-        return [f"{name} must be an integer >= 1, got {getattr(self, name)!r}" for name in bad]
-
 
 @dataclass(frozen=True)
 class StatsConfig(_Section):
@@ -96,16 +234,6 @@ class StatsConfig(_Section):
     stats_max_length: int = 1024
     stats_dtype: str = "float64"  # accumulator dtype
     stats_batch_tokens: int = 4096
-
-    def problems(self) -> list[str]:
-        problems = [
-            f"{name} must be an integer >= 1, got {getattr(self, name)!r}"
-            for name in ("mom2_n_samples", "stats_max_length", "stats_batch_tokens")
-            if not _positive_int(getattr(self, name))
-        ]
-        if self.stats_dtype not in ("float32", "float64"):
-            problems.append(f"stats_dtype must be 'float32' or 'float64', got {self.stats_dtype!r}")
-        return problems
 
 
 @dataclass(frozen=True)
@@ -134,28 +262,6 @@ class MemitConfig(_Section):
     decay_factor: float = 0.75
     max_lambda_trials: int = 200
 
-    def __post_init__(self):
-        object.__setattr__(self, "norm_bounds", tuple(float(x) for x in self.norm_bounds))
-        super().__post_init__()
-
-    def problems(self) -> list[str]:
-        problems = []
-        if self.lambda_rule not in LAMBDA_RULES:
-            problems.append(f"lambda_rule must be one of {LAMBDA_RULES}, got {self.lambda_rule!r}")
-        if len(self.norm_bounds) != 2 or not 0 < self.norm_bounds[0] < self.norm_bounds[1]:
-            problems.append(f"norm_bounds must be (low, high) with 0 < low < high, got {self.norm_bounds}")
-        if not 0 < self.decay_factor < 1:
-            problems.append(f"decay_factor must be in (0, 1), got {self.decay_factor}")
-        if self.disruption_budget <= 0 or self.mom2_update_weight <= 0:
-            problems.append("disruption_budget and mom2_update_weight must be positive")
-        if self.disruption_per_fact is not None and self.disruption_per_fact <= 0:
-            problems.append(f"disruption_per_fact must be positive or None, got {self.disruption_per_fact}")
-        if not 0 < self.fit_target < 1:
-            problems.append(f"fit_target must lie in (0, 1), got {self.fit_target}")
-        if not _positive_int(self.max_lambda_trials):
-            problems.append(f"max_lambda_trials must be an integer >= 1, got {self.max_lambda_trials!r}")
-        return problems
-
     def disruption_for(self, n_facts: int) -> float:
         """The "disruption" rule's budget for an edit fitting ``n_facts`` facts."""
         if self.disruption_per_fact is None:
@@ -174,14 +280,6 @@ class LawConfig(_Section):
     beta_ratio: float = 1.1
     law_dtype: str = "float64"
 
-    def problems(self) -> list[str]:
-        problems = []
-        if self.law_dtype not in ("float32", "float64"):
-            problems.append(f"law_dtype must be 'float32' or 'float64', got {self.law_dtype!r}")
-        if not _positive_int(self.total_iters):
-            problems.append(f"total_iters must be an integer >= 1, got {self.total_iters!r}")
-        return problems
-
 
 @dataclass(frozen=True)
 class CheckConfig(_Section):
@@ -191,13 +289,6 @@ class CheckConfig(_Section):
     keep_original_requests: bool = True
     check_max_new_tokens: int = 10
     check_batch_size: int = 32
-
-    def problems(self) -> list[str]:
-        return [
-            f"{name} must be an integer >= 1, got {getattr(self, name)!r}"
-            for name in ("check_max_new_tokens", "check_batch_size")
-            if not _positive_int(getattr(self, name))
-        ]
 
 
 @dataclass(frozen=True)
@@ -230,47 +321,6 @@ class FinetuneConfig(_Section):
     guard_every: int = 10  # optimizer steps between perplexity checks (and one after the last step)
     guard_texts: int = 8  # held-out documents for the guard
     guard_max_length: int = 128  # tokens per guard document
-
-    def __post_init__(self):
-        if isinstance(self.ft_lora_targets, str):
-            raise ValueError(
-                f"invalid FinetuneConfig: ft_lora_targets must be a list of module-name suffixes, "
-                f"got the string {self.ft_lora_targets!r}"
-            )
-        object.__setattr__(self, "ft_lora_targets", tuple(str(x) for x in self.ft_lora_targets))
-        super().__post_init__()
-
-    def problems(self) -> list[str]:
-        problems = []
-        for name in ("ft_lr", "woh_reinforce_lr", "woh_alpha", "ft_lora_alpha", "meft_linf"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                problems.append(f"{name} must be positive, got {value!r}")
-        for name in (
-            "ft_epochs",
-            "ft_batch_size",
-            "ft_max_steps",
-            "woh_reinforce_epochs",
-            "ft_lora_rank",
-            "guard_every",
-            "guard_texts",
-        ):
-            value = getattr(self, name)
-            if value is not None and not _positive_int(value):
-                problems.append(f"{name} must be an integer >= 1, got {value!r}")
-        if self.guard_max_length < 2:
-            problems.append(f"guard_max_length must be >= 2, got {self.guard_max_length}")
-        if self.ft_weight_decay < 0:
-            problems.append(f"ft_weight_decay must be >= 0, got {self.ft_weight_decay}")
-        if not 0 <= self.ft_lora_dropout < 1:
-            problems.append(f"ft_lora_dropout must be in [0, 1), got {self.ft_lora_dropout}")
-        if self.guard_ppl_ratio is not None and not self.guard_ppl_ratio > 1:
-            problems.append(
-                f"guard_ppl_ratio must be > 1 (a ratio to the perplexity before training) or None, got {self.guard_ppl_ratio}"
-            )
-        if self.meft_layer is not None and self.meft_layer < 0:
-            problems.append(f"meft_layer must be >= 0, got {self.meft_layer}")
-        return problems
 
 
 #: section attribute → its class, in the order ``to_dict`` writes them
@@ -308,27 +358,14 @@ class WashConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def __post_init__(self):
-        if isinstance(self.layers, (str, bytes)) or not all(
-            isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in self.layers
-        ):
-            raise ValueError(
-                f"invalid WashConfig: layers must be a list of block indices (integers), got {self.layers!r}"
-            )
-        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
-        problems = []
+        _validate(self)
+
+    def problems(self) -> list[str]:
         if not self.layers:
-            problems.append("layers is empty")
-        if list(self.layers) != sorted(set(self.layers)) or (self.layers and self.layers[0] < 0):
-            problems.append(f"layers must be strictly ascending block indices >= 0, got {list(self.layers)}")
-        if self.method not in METHODS:
-            problems.append(f"method must be one of {METHODS}, got {self.method!r}")
-        if not _positive_int(self.key_batch_size):
-            problems.append(f"key_batch_size must be an integer >= 1, got {self.key_batch_size!r}")
-        for name, cls in SECTIONS.items():
-            if not isinstance(getattr(self, name), cls):
-                problems.append(f"{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
-        if problems:
-            raise ValueError("invalid WashConfig: " + "; ".join(problems))
+            return ["layers is empty"]
+        if list(self.layers) != sorted(set(self.layers)) or self.layers[0] < 0:
+            return [f"layers must be strictly ascending block indices >= 0, got {list(self.layers)}"]
+        return []
 
     @property
     def target(self) -> str:

@@ -99,3 +99,36 @@ def test_readme_test_command_is_what_ci_runs():
     assert command in readme
     demo = re.findall(r"```bash\n(.+?)\n```", readme)[0]
     assert demo.endswith("law-fast demo")
+
+
+def test_wash_checks_out_before_any_work(tmp_path, tiny_tokenizer, capsys, monkeypatch):
+    from conftest import make_tiny_model
+
+    import law_fast.washing.api as api
+
+    model_dir = tmp_path / "tiny"
+    make_tiny_model("gpt2", len(tiny_tokenizer)).save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text('{"subject": "France", "prompt": "The capital of {} is", "object": "Paris"}\n')
+
+    def no_wash(*args, **kwargs):
+        raise AssertionError("the wash ran although --out was unusable")
+
+    monkeypatch.setattr(api, "wash", no_wash)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    for out, overwrite, message in (
+        (a_file, False, "is a file"),
+        (foreign, False, "not empty"),
+        (foreign, True, "not a law_fast result"),
+        (model_dir, True, "is or holds the model's source"),
+        (tmp_path, True, "is or holds the model's source"),
+    ):
+        argv = ["wash", "--model", str(model_dir), "--facts", str(facts), "--out", str(out)]
+        assert main(argv + (["--overwrite"] if overwrite else [])) == 2
+        assert message in capsys.readouterr().err
+    assert (foreign / "keep.txt").read_text() == "mine" and (model_dir / "config.json").is_file()

@@ -71,18 +71,47 @@ def test_replace_routes_names_and_takes_whole_sections():
             r"unknown field\(s\) \['lerning_rate'\] in WashConfig section 'law'",
         ),
         ({"layers": [1], "law": 3}, "section 'law' must be an object"),
-        ({"layers": "12"}, "layers must be a list of block indices"),
-        ({"layers": [1.7, 2.2]}, "layers must be a list of block indices"),
+        ({"layers": "12"}, "layers must be a list of integers"),
+        ({"layers": [1.7, 2.2]}, "layers must be a list of integers"),
         ({"layers": [2, 1]}, "strictly ascending"),
         ({"layers": [-1]}, "block indices >= 0"),
-        ({"layers": [1], "total_iters": 0}, "total_iters must be an integer >= 1"),
+        ({"layers": [1], "total_iters": 0}, "total_iters must be >= 1, got 0"),
         ({"layers": [1], "lambda_rule": "magic"}, "lambda_rule must be one of"),
-        ({"layers": [1], "ft_lora_targets": "q_proj"}, "ft_lora_targets must be a list"),
+        ({"layers": [1], "ft_lora_targets": "q_proj"}, "ft_lora_targets must be a list of strings"),
+        ({"layers": [1], "prune_requests": "no"}, "prune_requests must be true or false, got 'no'"),
+        ({"layers": [1], "learning_rate": -1e-3}, "learning_rate must be > 0"),
+        ({"layers": [1], "v_lr": -0.5}, "v_lr must be > 0"),
+        ({"layers": [1], "v_lr": float("nan")}, "v_lr must be a finite number, got nan"),
+        ({"layers": [1], "clamp_norm_factor": -1}, "clamp_norm_factor must be > 0"),
+        ({"layers": [1], "total_iters": 2.5}, "total_iters must be an integer, got 2.5"),
+        ({"layers": [1], "learning_rate": "fast"}, "learning_rate must be a finite number, got 'fast'"),
+        ({"layers": [1], "beta_ratio": -1}, "beta_ratio must be > 0"),
+        ({"layers": [1], "stats_max_length": 0}, "stats_max_length must be >= 2"),
+        ({"layers": [1], "stats_dtype": "float16"}, "stats_dtype must be one of"),
+        ({"layers": [1], "v_loss_layer": -2}, "v_loss_layer must be >= -1"),
+        ({"layers": [1], "guard_ppl_ratio": 0.5}, "guard_ppl_ratio must be > 1"),
+        ({"layers": [1], "ft_epochs": True}, "ft_epochs must be an integer, got True"),
+        ({"layers": [1], "seed": "0"}, "seed must be an integer"),
+        ({"layers": [1], "corpus": 3}, "corpus must be a string"),
+        ({"layers": [1], "norm_bounds": [0.5, 0.2]}, "norm_bounds must be"),
     ],
 )
 def test_bad_configs_name_the_field(data, message):
     with pytest.raises(ValueError, match=message):
         WashConfig.from_dict(data)
+
+
+def test_every_offending_field_is_named_at_once():
+    with pytest.raises(ValueError) as error:
+        LawConfig(learning_rate=-1.0, total_iters=0, law_dtype="half")
+    assert all(name in str(error.value) for name in ("learning_rate", "total_iters", "law_dtype"))
+
+
+def test_reference_hparams_importer_validates_too(tmp_path):
+    path = tmp_path / "hparams.json"
+    path.write_text(json.dumps({"layers": "12", "v_lr": 0.5}))
+    with pytest.raises(ValueError, match="layers must be a list of integers"):
+        WashConfig.from_reference_hparams(path)
 
 
 def test_sections_are_typed_and_layers_accept_numpy_integers():

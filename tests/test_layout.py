@@ -18,6 +18,7 @@ LAYERS = {
     "law_fast.ops": 0,
     "law_fast._native": 0,
     "law_fast._moved": 0,
+    "law_fast.integrity": 0,
     "law_fast.info": 1,
     "law_fast.config": 1,
     "law_fast.facts": 1,

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import weakref
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from ..integrity import update_with_tensor
 
 log = logging.getLogger(__name__)
 
@@ -124,20 +127,28 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def model_fingerprint(model: nn.Module, samples_per_tensor: int = 4096) -> str:
-    """A short hash of the model's weights: names, shapes, dtypes and a strided sample of values.
+def model_fingerprint(model: nn.Module) -> str:
+    """A short hash of every weight of the model: names, shapes, dtypes and all values.
 
-    Cheap (does not read every weight) but changes when any sampled value, shape or name changes,
-    which is what cache keys need: an edited model must not reuse the original's statistics.
-    """
+    What cache keys need: statistics computed on one model are never reused for another, however
+    small the difference (an edited weight, one changed value anywhere).  Hashing reads every
+    weight once (about a second per GB on a CPU); the result is remembered per model object until
+    one of its parameters or buffers is changed in place."""
+    tensors = list(model.state_dict().items())
+    versions = tuple((t.data_ptr(), t._version) for _, t in tensors)  # replaced or edited in place: new hash
+    cached = _FINGERPRINTS.get(model)
+    if cached is not None and cached[0] == versions:
+        return cached[1]
     h = hashlib.sha256()
-    for name, p in model.state_dict().items():
-        flat = p.detach().reshape(-1)
-        step = max(1, flat.numel() // samples_per_tensor)
-        sample = flat[::step][:samples_per_tensor].to("cpu", torch.float64)
-        h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
-        h.update(sample.numpy().tobytes())
-    return h.hexdigest()[:16]
+    for name, tensor in tensors:
+        h.update(name.encode())
+        update_with_tensor(h, tensor)
+    digest = h.hexdigest()[:16]
+    _FINGERPRINTS[model] = (versions, digest)
+    return digest
+
+
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def model_name(model: nn.Module) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..integrity import file_digest
 from .adapters import get_adapter
 from .compat import ensure_pad_token
 
@@ -57,7 +59,7 @@ def _gguf_to_safetensors(gguf: Path) -> Path:
     stat = gguf.stat()
     digest = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     out = cache_dir() / "models" / f"{gguf.stem}-{digest}"
-    if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
+    if _conversion_intact(out):
         return out
     log.info("converting %s to safetensors in %s (once)", gguf, out)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -70,12 +72,46 @@ def _gguf_to_safetensors(gguf: Path) -> Path:
     fresh = AutoModelForCausalLM.from_config(config)
     fresh.load_state_dict(model.state_dict())
     tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
     fresh.save_pretrained(str(tmp))
     tok.save_pretrained(str(tmp))
-    if out.exists():  # a stale partial directory
+    files = {p.name: file_digest(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    (tmp / CONVERSION_MARKER).write_text(json.dumps({"source": str(gguf.resolve()), "files": files}, indent=2))
+    if out.exists():  # a stale, partial or corrupt directory
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+CONVERSION_MARKER = "law_fast_conversion.json"
+
+
+def _conversion_intact(out: Path) -> bool:
+    """Whether a cached GGUF conversion is complete and unchanged: every file its marker lists is
+    there with the recorded sha256 (a truncated, edited or corrupt file gives a new conversion)."""
+    marker = out / CONVERSION_MARKER
+    if not marker.is_file():
+        if out.exists():
+            log.warning(
+                "cached conversion %s has no %s (partial or from an older law_fast): converting again",
+                out,
+                CONVERSION_MARKER,
+            )
+        return False
+    try:
+        files = json.loads(marker.read_text())["files"]
+        bad = [
+            name for name, digest in files.items() if not (out / name).is_file() or file_digest(out / name) != digest
+        ]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        bad = [f"{CONVERSION_MARKER} ({error})"]
+    if bad or "model.safetensors" not in files:
+        log.warning(
+            "cached conversion %s is damaged (%s): converting again", out, ", ".join(bad) or "no weights listed"
+        )
+        return False
+    return True
 
 
 def load_model(

@@ -44,6 +44,11 @@ def run_closed_form(
         raise ValueError(
             f"config.layers {list(config.layers)} exceed the model's {n_layers} blocks (0..{n_layers - 1})"
         )
+    if config.targets.v_loss_layer >= n_layers:
+        raise ValueError(
+            f"v_loss_layer {config.targets.v_loss_layer} is beyond the model's {n_layers} blocks "
+            f"(0..{n_layers - 1}; -1: the last block)"
+        )
     layers = list(config.layers)
 
     def body(requests: list, result: WashResult, timer: Timer) -> None:

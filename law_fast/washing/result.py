@@ -122,35 +122,73 @@ class WashResult:
 
     def save(self, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the washed model (safetensors) + tokenizer, ``deltas.safetensors``, ``report.json``
-        and ``wash_config.json`` to ``out_dir`` (written to a temporary folder, then renamed)."""
+        and ``wash_config.json`` to ``out_dir`` (written to a temporary folder beside it, then renamed).
+
+        ``out_dir`` is checked first (:func:`check_output_dir`): never the model's source or a folder
+        holding it; with ``overwrite`` only a previous law_fast result is replaced."""
         from safetensors.torch import save_file
 
         if self.model is None:
             raise ValueError("this WashResult holds no model to save")
-        out = Path(out_dir).expanduser().resolve()
-        source = Path(str(getattr(self.model.config, "_name_or_path", "") or "")).expanduser()
-        if source.exists() and source.resolve() == out:
-            raise ValueError(f"refusing to write the washed model over its source {source}; choose another directory")
-        if out.exists() and any(out.iterdir()) and not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
+        out = check_output_dir(out_dir, overwrite, self.model)
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        self.model.save_pretrained(str(tmp), safe_serialization=True)
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(str(tmp))
-        save_file(
-            {name: d.contiguous() for name, d in self.weight_deltas().items()},
-            str(tmp / "deltas.safetensors"),
-            metadata={"orientation": "stored (as in the model's state dict): W_new = W + delta"},
-        )
-        (tmp / "report.json").write_text(json.dumps(self.report.to_dict(), indent=2, default=str) + "\n")
-        self.config.to_json(tmp / "wash_config.json")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        try:
+            self.model.save_pretrained(str(tmp), safe_serialization=True)
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(str(tmp))
+            save_file(
+                {name: d.contiguous() for name, d in self.weight_deltas().items()},
+                str(tmp / "deltas.safetensors"),
+                metadata={"orientation": "stored (as in the model's state dict): W_new = W + delta"},
+            )
+            (tmp / "report.json").write_text(json.dumps(self.report.to_dict(), indent=2, default=str) + "\n")
+            self.config.to_json(tmp / RESULT_MARKER)
+            if out.exists():
+                shutil.rmtree(out)  # a previous law_fast result (check_output_dir made sure)
+            tmp.rename(out)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
         return out
+
+
+#: the file every saved result holds; a folder with it was written by :meth:`WashResult.save`
+RESULT_MARKER = "wash_config.json"
+
+
+def check_output_dir(out_dir: str | os.PathLike, overwrite: bool, model=None) -> Path:
+    """Where :meth:`WashResult.save` may write, checked before any work (the CLI calls it before the
+    wash starts): not a regular file; not the model's source directory nor a folder that holds it;
+    an existing non-empty folder only with ``overwrite`` and only when it is a previous law_fast
+    result (it holds ``wash_config.json``) — law_fast never deletes what it did not write.
+    Returns the resolved path; raises FileExistsError or ValueError naming the path."""
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a directory; choose a directory")
+    source_name = str(getattr(getattr(model, "config", None), "_name_or_path", "") or "")
+    source = Path(source_name).expanduser() if source_name else None
+    if source is not None and source.exists():
+        source = source.resolve()
+        if source == out or out in source.parents:
+            raise ValueError(
+                f"refusing to write the washed model to {out}: it is or holds the model's source "
+                f"{source}; choose another directory"
+            )
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"{out} exists and is not empty (pass overwrite=True / --overwrite to replace a "
+                "previous law_fast result)"
+            )
+        if not (out / RESULT_MARKER).is_file():
+            raise FileExistsError(
+                f"{out} is not empty and is not a law_fast result (no {RESULT_MARKER}); law_fast "
+                "only replaces folders it wrote: choose another directory or empty it yourself"
+            )
+    return out
 
 
 class Timer:

@@ -3,9 +3,10 @@
 One pass over the corpus serves every requested layer: each batch runs the model only up to
 the deepest missing layer and accumulates the keys of all layers (padding excluded) with the
 ``cov_accumulate_`` op.  Results are cached per layer on disk as the raw sum and the token
-count, keyed by model identity (name + weight fingerprint), layer, corpus identity (which
+count, keyed by model identity (name + a hash of every weight), layer, corpus identity (which
 includes the sample count and seed), max length, accumulator dtype and block size; files are
-written atomically and a corrupt or mismatching file is recomputed with a warning.
+written atomically with a digest of their payload, and a file whose key, digest, shape, dtype or
+finiteness is wrong is recomputed with a warning, never used.
 
 Resume: every ``checkpoint_every_tokens`` tokens the partial sums, the token count and the
 position in the (deterministic) batch stream are written atomically to a checkpoint file next
@@ -34,6 +35,7 @@ from ..hf.adapters import Adapter, model_device, model_fingerprint, model_name
 from ..hf.compat import pad_id
 from ..hf.hooks import capture, run_until
 from ..hf.loading import cache_dir
+from ..integrity import update_with_tensor
 from ..ops import cov_accumulate_
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,7 @@ def _stats_key(
         "max_length": max_length,
         "dtype": dtype,
         "block_tokens": block_tokens,
-        "version": 1,
+        "version": 2,
     }
 
 
@@ -88,7 +90,7 @@ def _checkpoint_key(layer_keys: Sequence[dict], batch_tokens: int) -> dict:
         "layers": list(layer_keys),
         "batch_tokens": batch_tokens,
         "sort_group": SORT_GROUP,
-        "version": 1,
+        "version": 2,
     }
 
 
@@ -107,28 +109,68 @@ def _checkpoint_path(key: dict) -> Path:
     return _key_path(key, first["model"], first["fingerprint"], "checkpoint")
 
 
+def _blob_digest(blob) -> str:
+    """sha256 of everything a cache or checkpoint file holds (tensors by their bytes)."""
+    h = hashlib.sha256()
+
+    def walk(value) -> None:
+        if isinstance(value, torch.Tensor):
+            update_with_tensor(h, value)
+        elif isinstance(value, dict):
+            for k in sorted(value):
+                h.update(repr(k).encode())
+                walk(value[k])
+        else:
+            h.update(repr(value).encode())
+
+    walk(blob)
+    return h.hexdigest()
+
+
 def _write_atomic(path: Path, blob: dict) -> None:
-    """torch.save to a temporary file in the same directory, then rename over ``path``."""
+    """torch.save ``blob`` with its digest to a temporary file in the same directory, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(blob, tmp)
+        torch.save({**blob, "digest": _blob_digest(blob)}, tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _load_cached(path: Path, key: dict) -> LayerStats | None:
+def _read_verified(path: Path, key: dict) -> dict:
+    """A file written by :func:`_write_atomic` for ``key``; ValueError when its key differs or its
+    payload does not match its digest (a flipped bit, a truncated or foreign file)."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("key") != json.dumps(key, sort_keys=True):
+        raise ValueError("key mismatch")
+    digest = blob.pop("digest", None)
+    if digest != _blob_digest(blob):
+        raise ValueError("the payload does not match its digest (corrupt file)")
+    return blob
+
+
+def _check_sum(name: str, tensor, f: int, dtype: torch.dtype) -> None:
+    if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != (f, f) or tensor.dtype != dtype:
+        got = f"{tuple(tensor.shape)} {tensor.dtype}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+        raise ValueError(f"{name} is {got}, expected ({f}, {f}) {dtype}")
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{name} holds NaN or inf")
+
+
+def _load_cached(path: Path, key: dict, f: int, dtype: torch.dtype) -> LayerStats | None:
+    """The cached statistics of one layer, or None (with a warning for an unusable file): the key,
+    the digest, the shape (f, f), the dtype and finiteness of the sum and a positive count are
+    checked before the file is trusted."""
     if not path.is_file():
         return None
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        if blob["key"] != json.dumps(key, sort_keys=True):
-            raise ValueError("key mismatch")
-        stats = LayerStats(blob["sum"], int(blob["count"]))
-        if stats.sum.ndim != 2 or stats.sum.shape[0] != stats.sum.shape[1] or stats.count <= 0:
-            raise ValueError("bad shapes or count")
-        return stats
+        blob = _read_verified(path, key)
+        _check_sum("the sum", blob["sum"], f, dtype)
+        count = blob["count"]
+        if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
+            raise ValueError(f"bad token count {count!r}")
+        return LayerStats(blob["sum"], count)
     except Exception as e:  # corrupt, truncated or foreign file: recompute, never use it
         warnings.warn(f"covariance cache {path} is unusable ({type(e).__name__}: {e}); recomputing", stacklevel=3)
         return None
@@ -178,6 +220,8 @@ class _Accumulator:
                 mine is not None and (theirs.shape != mine.shape or theirs.dtype != mine.dtype)
             ):
                 raise ValueError(f"{name} does not match the accumulator")
+            if mine is not None and mine.is_floating_point() and not bool(torch.isfinite(theirs).all()):
+                raise ValueError(f"{name} holds NaN or inf")
         if not 0 <= int(state["tokens_in_block"]) < (self.block_tokens or 1):
             raise ValueError("bad tokens_in_block")
 
@@ -234,9 +278,7 @@ def _load_checkpoint(path: Path, key: dict, accumulators: dict[int, _Accumulator
     if not path.is_file():
         return 0, 0
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        if blob["key"] != json.dumps(key, sort_keys=True):
-            raise ValueError("key mismatch")
+        blob = _read_verified(path, key)
         documents, tokens, states = int(blob["documents"]), int(blob["tokens"]), blob["layers"]
         if not 0 <= documents <= n_documents:
             raise ValueError(f"position {documents} outside the corpus of {n_documents} documents")
@@ -352,7 +394,10 @@ def layer_stats(
     result: dict[int, LayerStats] = {}
     if use_cache:
         for layer in layers:
-            cached = _load_cached(_cache_path(keys[layer]), keys[layer])
+            f = adapter.dims(model, layer)[1]
+            cached = _load_cached(
+                _cache_path(keys[layer]), keys[layer], f, torch.float64 if block_tokens else getattr(torch, dtype)
+            )
             if cached is not None:
                 result[layer] = cached
     missing = sorted(set(layers) - set(result))

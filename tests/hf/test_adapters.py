@@ -1,5 +1,7 @@
 """Adapters on tiny random models of every family: keys, block outputs, weight orientation, errors."""
 
+import copy
+
 import pytest
 import torch
 
@@ -83,6 +85,27 @@ def test_fingerprint_changes_with_weights(tiny):
     assert model_fingerprint(model) == before
     adapter.add_to_weight(model, 0, torch.ones(adapter.dims(model, 0)))
     assert model_fingerprint(model) != before
+
+
+def test_fingerprint_sees_every_value(tiny):
+    """A change at any one position — not only at sampled ones — gives another fingerprint, also
+    when the weight is changed behind the model's back (a new tensor, or through .data)."""
+    model, _ = tiny
+    before = model_fingerprint(model)
+    weight = next(p for n, p in model.named_parameters() if p.numel() > 1000)
+    for index in (1, weight.numel() // 3 + 1, weight.numel() - 2):
+        with torch.no_grad():
+            old = weight.view(-1)[index].item()
+            weight.view(-1)[index] += 1e-3
+        assert model_fingerprint(model) != before, index
+        with torch.no_grad():
+            weight.view(-1)[index] = old
+        assert model_fingerprint(model) == before
+    twin = copy.deepcopy(model)
+    assert model_fingerprint(twin) == before
+    with torch.no_grad():
+        next(p for n, p in twin.named_parameters() if p.numel() > 1000).data = weight.detach().clone() * 1.0001
+    assert model_fingerprint(twin) != before
 
 
 def test_unsupported_model_names_class_and_how_to_add():

@@ -92,6 +92,70 @@ def test_cache_reuse_key_changes_and_corruption(tiny_tokenizer):
         )  # rewritten, valid again
 
 
+def _tamper_sum(path, change):
+    """Rewrite a cache file with its payload changed by ``change(blob)`` but its key (and, unless the
+    change touches it, its old digest) kept — what a bug, a foreign writer or a disk fault leaves."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    change(blob)
+    torch.save(blob, path)
+
+
+def _flip_one_bit(blob):
+    flat = blob["sum"].view(-1).view(torch.uint8)
+    flat[len(flat) // 2] ^= 1
+
+
+@pytest.mark.parametrize(
+    ("name", "change"),
+    [
+        ("wrong size", lambda blob: blob.update(sum=blob["sum"][:16, :16].clone())),
+        ("NaN", lambda blob: blob["sum"].view(-1).__setitem__(5, float("nan"))),
+        ("float16", lambda blob: blob.update(sum=blob["sum"].half())),
+        ("flipped bit", _flip_one_bit),
+        ("zero count", lambda blob: blob.update(count=0)),
+        ("not a dict", lambda blob: (blob.clear(), blob.update(key="x"))),
+    ],
+)
+def test_cache_payload_is_checked_before_it_is_trusted(name, change, tiny_tokenizer, tmp_path, monkeypatch):
+    """A cache file whose key matches but whose payload is wrong is never used: it is recomputed (same
+    result as a fresh computation) with a warning naming the file."""
+    from conftest import make_tiny_model
+
+    from law_fast.hf.adapters import model_fingerprint, model_name
+
+    monkeypatch.setenv("LAW_FAST_CACHE", str(tmp_path))
+    model = make_tiny_model("gpt2", len(tiny_tokenizer))
+    adapter = get_adapter(model)
+    corpus = load_corpus(TEXTS)
+    first = layer_stats(model, adapter, tiny_tokenizer, corpus, [1], max_length=64, progress=False)[1]
+    path = _cache_path(_stats_key(model_name(model), model_fingerprint(model), 1, corpus, 64, "float64"))
+    _tamper_sum(path, change)
+    with pytest.warns(UserWarning, match=f"covariance cache {path} is unusable"):
+        again = layer_stats(model, adapter, tiny_tokenizer, corpus, [1], max_length=64, progress=False)[1]
+    assert again.sum.shape == first.sum.shape and again.sum.dtype == first.sum.dtype
+    assert torch.equal(again.sum, first.sum) and again.count == first.count
+
+
+def test_statistics_of_models_differing_at_one_weight_are_not_shared(tiny_tokenizer, tmp_path, monkeypatch):
+    from conftest import make_tiny_model
+
+    monkeypatch.setenv("LAW_FAST_CACHE", str(tmp_path))
+    model = make_tiny_model("gpt2", len(tiny_tokenizer))
+    adapter = get_adapter(model)
+    corpus = load_corpus(TEXTS)
+    first = layer_stats(model, adapter, tiny_tokenizer, corpus, [1], max_length=64, progress=False)[1]
+    # one value of the embedding (12,800 values) of a token the corpus uses, at a position that a strided
+    # sample of 4096 values (law_fast 0.1's fingerprint: every 3rd here) skips
+    embedding = model.transformer.wte.weight
+    token = tiny_tokenizer(TEXTS[0])["input_ids"][1]
+    index = next(i for i in range(token * 32, token * 32 + 32) if i % 3)
+    with torch.no_grad():
+        embedding.view(-1)[index] += 0.5
+    second = layer_stats(model, adapter, tiny_tokenizer, corpus, [1], max_length=64, progress=False)[1]
+    fresh = layer_stats(model, adapter, tiny_tokenizer, corpus, [1], max_length=64, use_cache=False, progress=False)[1]
+    assert not torch.equal(second.sum, first.sum) and torch.equal(second.sum, fresh.sum)
+
+
 def test_empty_corpus_is_an_error(tiny_tokenizer):
     from law_fast.corpus import CorpusError
 
@@ -218,6 +282,18 @@ def test_checkpoint_of_other_corpus_or_corrupt_is_not_used(tiny_tokenizer, tmp_p
     handle.remove()
     assert len(calls) == n_batches and torch.equal(other.sum, fresh["b"].sum)
     assert _checkpoints() == [checkpoint_a]
+
+    # a checkpoint with one flipped bit in its sums is ignored with a warning
+    intact = checkpoint_a.read_bytes()
+    blob = torch.load(checkpoint_a, map_location="cpu", weights_only=True)
+    blob["layers"]["1"]["block"].view(-1).view(torch.uint8)[7] ^= 4
+    torch.save(blob, checkpoint_a)
+    with pytest.warns(UserWarning, match="checkpoint .* is unusable .*digest"):
+        flipped = layer_stats(model, adapter, tiny_tokenizer, corpus_a, [1], **kwargs)[1]
+    assert torch.equal(flipped.sum, fresh["a"].sum)
+    for cached in tmp_path.rglob("layer*.pt"):  # back to the interrupted state: no result, the checkpoint
+        cached.unlink()
+    checkpoint_a.write_bytes(intact)
 
     # a truncated checkpoint is ignored with a warning: full pass, same result
     checkpoint_a.write_bytes(checkpoint_a.read_bytes()[:200])

@@ -95,10 +95,26 @@ def test_save_round_trip_and_refusals(tmp_path, tiny_tokenizer):
     assert json.loads((out / "report.json").read_text())["n_facts"] == 3
     with pytest.raises(FileExistsError, match="not empty"):
         result.save(out)
-    # never over the source directory
-    model.config._name_or_path = str(out)
-    with pytest.raises(ValueError, match="over its source"):
-        result.save(out, overwrite=True)
+    assert result.save(out, overwrite=True) == out.resolve()  # a previous law_fast result may be replaced
+    # never over the source directory, nor over a folder that holds it (overwrite would delete it)
+    source = tmp_path / "models" / "source"
+    source.mkdir(parents=True)
+    (source / "config.json").write_text("{}")
+    model.config._name_or_path = str(source)
+    for target in (source, source.parent, tmp_path):
+        with pytest.raises(ValueError, match="is or holds the model's source"):
+            result.save(target, overwrite=True)
+    assert (source / "config.json").is_file()
+    # a folder law_fast did not write is never replaced, a file is no directory
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a law_fast result"):
+        result.save(foreign, overwrite=True)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    with pytest.raises(FileExistsError, match="is a file"):
+        result.save(foreign / "notes.txt", overwrite=True)
+    assert not list(tmp_path.glob(".*.tmp-*"))  # no temporary folder left behind
 
 
 def test_failure_restores_original_weights(tiny, monkeypatch):
@@ -150,6 +166,8 @@ def test_bad_layers_and_empty_facts(tiny):
         lf.wash(model, tok, FACTS, _cfg(layers=(3, 4)), corpus=CORPUS, progress=False)
     with pytest.raises(ValueError, match="no facts"):
         lf.wash(model, tok, [], _cfg(), corpus=CORPUS, progress=False)
+    with pytest.raises(ValueError, match="v_loss_layer 9 is beyond the model's 4 blocks"):
+        lf.wash(model, tok, FACTS, _cfg(v_loss_layer=9), corpus=CORPUS, progress=False)
 
 
 def test_only_known_skips_unknown_facts(tiny):
