@@ -39,7 +39,7 @@ MOVED: dict[str, tuple[str, ...]] = {
         "law_fast.eval.lm",
         "law_fast.eval.compare",
     ),
-    "law_fast.reasoning": ("law_fast.eval.tasks", "law_fast.eval.lm", "law_fast.eval.harness"),
+    "law_fast.reasoning": ("law_fast.eval.tasks", "law_fast.eval.lm", "law_fast.eval.harness", "law_fast.hf.compat"),
     "law_fast.metrics": ("law_fast.eval.metrics",),
 }
 

@@ -16,15 +16,34 @@ log = logging.getLogger(__name__)
 
 
 def _layers(text: str) -> tuple[int, ...]:
-    """ "4-8" or "4,5,6" → (4, 5, ...)."""
+    """ "4-8" or "4,5,6" or "1-2,7" → (4, 5, ...): block indices, ascending ranges, at least one."""
     out: list[int] = []
     for part in text.split(","):
-        if "-" in part:
-            a, b = part.split("-")
-            out.extend(range(int(a), int(b) + 1))
-        elif part.strip():
-            out.append(int(part))
+        bounds = part.strip().split("-")
+        if not all(b.strip().isdigit() for b in bounds) or len(bounds) > 2:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected block indices such as 4-8 or 4,6 or 1-2,7 (got the part {part.strip()!r})"
+            )
+        low, high = int(bounds[0]), int(bounds[-1])
+        if high < low:
+            raise argparse.ArgumentTypeError(f"{text!r}: the range {part.strip()!r} is empty (write low-high)")
+        out.extend(range(low, high + 1))
     return tuple(out)
+
+
+def _count(minimum: int):
+    """An argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is too small (at least {minimum})")
+        return value
+
+    return parse
 
 
 def _config(args, model):
@@ -35,7 +54,7 @@ def _config(args, model):
     if getattr(args, "method", None):
         changes["method"] = args.method
     if getattr(args, "layers", None):
-        changes["layers"] = _layers(args.layers)
+        changes["layers"] = args.layers
     if getattr(args, "corpus", None):
         changes["corpus"] = args.corpus
     if getattr(args, "samples", None):
@@ -223,6 +242,11 @@ def cmd_wash(args) -> int:
     facts = load_facts(args.facts, format=args.format, limit=args.limit)
     cfg = _config(args, model)
     result = wash(model, tok, facts, cfg)
+    if not result.report.n_washed_requests and not args.allow_nothing:
+        raise ValueError(
+            f"none of the {len(facts)} facts is produced by the model, so nothing was washed and nothing saved "
+            "(--allow-nothing saves the unchanged model anyway)"
+        )
     out = result.save(args.out, overwrite=args.overwrite)
     rep = result.report
     print(
@@ -249,7 +273,7 @@ def cmd_stats(args) -> int:
         get_adapter(model),
         tok,
         corpus,
-        _layers(args.layers),
+        args.layers,
         args.max_length,
         args.batch_tokens,
         args.dtype,
@@ -274,6 +298,7 @@ def cmd_info(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="law-fast", description="Wash facts out of Hugging Face causal LMs (LaW).")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -281,7 +306,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--model", default=None, help="model directory or .gguf (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--method", choices=METHODS)
-    p.add_argument("--layers")
+    p.add_argument("--layers", type=_layers, help='e.g. "4-8" or "4,6"')
     p.add_argument("--config", help="WashConfig JSON")
     p.add_argument("--out", help="also save the washed model here")
     p.add_argument("--overwrite", action="store_true")
@@ -291,16 +316,19 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None)
     p.add_argument("--facts", required=True)
     p.add_argument("--format", default=None, help="facts format (default: detected from the content)")
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=_count(1), default=None)
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument(
         "--method", choices=METHODS, help="law (default), memit, or a fine-tuning baseline (docs/baselines.md)"
     )
-    p.add_argument("--layers")
+    p.add_argument("--layers", type=_layers, help='e.g. "4-8" or "4,6"')
     p.add_argument("--config")
     p.add_argument("--corpus", help="statistics corpus: .txt, .jsonl or hf:NAME[:CONFIG[:SPLIT]] (default: embedded)")
-    p.add_argument("--samples", type=int, help="documents sampled from the corpus")
+    p.add_argument("--samples", type=_count(1), help="documents sampled from the corpus")
+    p.add_argument(
+        "--allow-nothing", action="store_true", help="save (exit 0) even when no fact is known, so nothing is washed"
+    )
     p.set_defaults(func=cmd_wash)
 
     p = sub.add_parser(
@@ -312,20 +340,20 @@ def main(argv=None) -> int:
     )
     p.add_argument("--model", default=None)
     p.add_argument("--corpus", default=None, help=".txt, .jsonl, .json or hf:NAME[:CONFIG[:SPLIT]] (default: embedded)")
-    p.add_argument("--layers", required=True, help='e.g. "4-8" or "4,6"')
-    p.add_argument("--samples", type=int, default=None, help="documents sampled from the corpus (default: all)")
-    p.add_argument("--max-length", type=int, default=1024)
-    p.add_argument("--batch-tokens", type=int, default=4096)
+    p.add_argument("--layers", required=True, type=_layers, help='e.g. "4-8" or "4,6"')
+    p.add_argument("--samples", type=_count(1), default=None, help="documents sampled from the corpus (default: all)")
+    p.add_argument("--max-length", type=_count(2), default=1024)
+    p.add_argument("--batch-tokens", type=_count(1), default=4096)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64", help="accumulator dtype")
     p.add_argument(
         "--block-tokens",
-        type=int,
+        type=_count(1),
         default=None,
         help="accumulate blocks of this many tokens in --dtype, added to a float64 total (e.g. 65536)",
     )
     p.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=_count(0),
         default=1_000_000,
         metavar="TOKENS",
         help="write a resumable checkpoint every this many tokens (0: never)",
@@ -344,7 +372,9 @@ def main(argv=None) -> int:
     p.add_argument("--facts", help="facts that were washed (any format load_facts reads)")
     p.add_argument("--controls", help="facts that were not washed and must stay")
     p.add_argument("--format", default=None, help="facts format (default: detected from the content)")
-    p.add_argument("--facts-limit", type=int, default=None, help="only the first N facts (and controls) of the files")
+    p.add_argument(
+        "--facts-limit", type=_count(1), default=None, help="only the first N facts (and controls) of the files"
+    )
     p.add_argument(
         "--known-only", action="store_true", help="only the facts this model knows (use on the original model)"
     )
@@ -354,23 +384,27 @@ def main(argv=None) -> int:
     p.add_argument("--corpus", help="perplexity text: .txt, .jsonl, .json or hf:NAME[:CONFIG[:SPLIT]]")
     p.add_argument(
         "--ppl-tokens",
-        type=int,
+        type=_count(0),
         default=16384,
         help="score the first N corpus tokens (default 16384, a few minutes on a CPU; 0 = all)",
     )
-    p.add_argument("--window", type=int, default=None, help="perplexity window in tokens (default: min(1024, context))")
-    p.add_argument("--stride", type=int, default=None, help="perplexity stride (default: window // 2)")
+    p.add_argument(
+        "--window", type=_count(2), default=None, help="perplexity window in tokens (default: min(1024, context))"
+    )
+    p.add_argument("--stride", type=_count(1), default=None, help="perplexity stride (default: window // 2)")
     p.add_argument("--entropy", action="store_true", help="also the n-gram entropy of sampled generations")
     p.add_argument(
         "--reasoning", default=None, help='tasks, e.g. "lambada,hellaswag,arc_easy,gsm8k:50" (":N" = own limit)'
     )
-    p.add_argument("--limit", type=int, default=None, help="items per reasoning task (fixed-seed subset; default: all)")
+    p.add_argument(
+        "--limit", type=_count(1), default=None, help="items per reasoning task (fixed-seed subset; default: all)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="folder of the reasoning files (default: ../shared/data/reasoning)")
     p.add_argument("--task-file", action="append", metavar="TASK=PATH", help="file of one task (repeatable)")
-    p.add_argument("--gsm8k-fewshot", type=int, default=8, help="chain-of-thought exemplars for gsm8k (0-8)")
+    p.add_argument("--gsm8k-fewshot", type=_count(0), default=8, help="chain-of-thought exemplars for gsm8k (0-8)")
     p.add_argument("--lm-eval", action="store_true", help="score the reasoning tasks with lm-evaluation-harness")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=_count(1), default=16)
     p.add_argument("--label", help="name of this model in compare tables and plots")
     p.add_argument("--out", help="write the JSON report here")
     p.set_defaults(func=cmd_eval)
@@ -391,8 +425,12 @@ def main(argv=None) -> int:
     )
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, ModuleNotFoundError) as e:
-        print(f"law-fast {args.command}: error: {e}", file=sys.stderr)
+    except Exception as error:  # every failure is one line (exit 2); --debug shows where it came from
+        if args.debug:
+            raise
+        kind = "" if isinstance(error, (ValueError, OSError, NotImplementedError)) else f"{type(error).__name__}: "
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"law-fast {args.command}: error: {kind}{message} (--debug shows the traceback)", file=sys.stderr)
         return 2
 
 

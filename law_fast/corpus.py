@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from .hf.adapters import model_fingerprint, model_name
+from .hf.compat import max_length
 from .hf.generate import sample_continuations
 from .hf.loading import cache_dir
 
@@ -447,6 +448,8 @@ def default_corpus(model, tokenizer, n_texts: int = 64, new_tokens: int = 128, s
 
     Needs no download and no licence; it is cached on disk per model fingerprint.  It is a
     stand-in for real text: for real runs pass a corpus (e.g. WikiText or Wikipedia)."""
+    longest_prompt = max(len(tokenizer(p)["input_ids"]) for p in DEFAULT_CORPUS_PROMPTS)
+    new_tokens = max(1, min(new_tokens, max_length(model, tokenizer) - longest_prompt))  # short-context models
     ident = f"sampled:{model_name(model)}:{model_fingerprint(model)}:n={n_texts}:len={new_tokens}:seed={seed}"
     path = cache_dir() / "corpora" / (hashlib.sha256(ident.encode()).hexdigest()[:20] + ".json")
     texts = None

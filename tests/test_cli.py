@@ -4,6 +4,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from law_fast.cli import _layers, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,3 +134,74 @@ def test_wash_checks_out_before_any_work(tmp_path, tiny_tokenizer, capsys, monke
         assert main(argv + (["--overwrite"] if overwrite else [])) == 2
         assert message in capsys.readouterr().err
     assert (foreign / "keep.txt").read_text() == "mine" and (model_dir / "config.json").is_file()
+
+
+@pytest.mark.parametrize("layers", ["3-1", "", "4-", "a-b", "1-2-3", "1,,2"])
+def test_bad_layers_name_the_argument(layers, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["stats", "--layers", layers])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --layers" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("argument", "value"), [("--samples", "0"), ("--batch-tokens", "-1"), ("--max-length", "x")])
+def test_bad_counts_name_the_argument(argument, value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["stats", "--layers", "1", argument, value])
+    assert exit_.value.code == 2 and f"argument {argument}" in capsys.readouterr().err
+
+
+def test_errors_are_one_line_without_traceback(tmp_path, tiny_tokenizer, capsys, monkeypatch):
+    from conftest import make_tiny_model
+
+    model_dir = tmp_path / "tiny"
+    make_tiny_model("gpt2", len(tiny_tokenizer)).save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    (tmp_path / "cfg").mkdir()
+    (model_dir / "broken").mkdir()
+    (model_dir / "broken" / "config.json").write_text("{ not json")
+    for argv, message in (
+        (["wash", "--model", str(model_dir), "--facts", str(tmp_path), "--out", str(tmp_path / "o")], str(tmp_path)),
+        (["stats", "--model", str(model_dir), "--layers", "1", "--corpus", str(tmp_path / "cfg")], "cfg"),
+        (["eval", "--model", str(model_dir / "broken"), "--corpus", str(tmp_path / "cfg")], "broken"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("law-fast")]  # besides progress bars
+        assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, err
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    monkeypatch.setenv("LAW_FAST_CACHE", str(not_a_folder))
+    assert main(["stats", "--model", str(model_dir), "--layers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "is a file" in err and "LAW_FAST_CACHE" in err
+
+
+def test_a_wash_that_washes_nothing_says_so(tmp_path, tiny_tokenizer, capsys):
+    from conftest import make_tiny_model
+
+    model_dir = tmp_path / "tiny"
+    make_tiny_model("gpt2", len(tiny_tokenizer)).save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text('{"subject": "France", "prompt": "The capital of {} is", "object": "Paris"}\n')
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"The river {i} runs through the city of London." for i in range(20)))
+    argv = [
+        "wash",
+        "--model",
+        str(model_dir),
+        "--facts",
+        str(facts),
+        "--out",
+        str(tmp_path / "o"),
+        "--layers",
+        "1",
+        "--corpus",
+        str(corpus),
+    ]
+    assert main(argv) == 2  # a random model knows nothing
+    assert "none of the 1 facts is produced by the model" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert main(argv + ["--allow-nothing"]) == 0 and (tmp_path / "o" / "model.safetensors").is_file()

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..hf.adapters import model_device
-from ..hf.compat import cache_inputs, last_logits_only, log_probs, output_cache, pad_id
+from ..hf.compat import cache_inputs, last_logits_only, log_probs, max_length, output_cache, pad_id
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +41,6 @@ class Score:
     greedy: bool
     n_tokens: int
     first_logprob: float
-
-
-def max_length(model, tokenizer=None, default: int = 2048) -> int:
-    """The model's context length, resolved as the harness does: config ``n_positions``,
-    ``max_position_embeddings``, ``n_ctx``, else the tokenizer's ``model_max_length`` (when set),
-    else ``default``."""
-    config = getattr(model, "config", None)
-    config = getattr(config, "text_config", None) or config
-    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(limit, int) and 0 < limit < 10**9:
-        return limit
-    return default
 
 
 def _encode(tokenizer, text: str) -> list[int]:

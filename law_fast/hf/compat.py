@@ -94,3 +94,19 @@ def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
 def log_probs(logits: torch.Tensor) -> torch.Tensor:
     """``log_softmax`` over the vocabulary in at least float32."""
     return at_least_fp32(logits).log_softmax(-1)
+
+
+def max_length(model, tokenizer=None, default: int = 2048) -> int:
+    """The model's context length, resolved as the harness does: config ``n_positions``,
+    ``max_position_embeddings``, ``n_ctx``, else the tokenizer's ``model_max_length`` (when set),
+    else ``default``."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 10**9:
+        return limit
+    return default

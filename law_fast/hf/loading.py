@@ -48,6 +48,10 @@ def cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "law_fast"
     )
     path = Path(root)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(
+            f"the cache folder {path} (LAW_FAST_CACHE or XDG_CACHE_HOME) is a file; point LAW_FAST_CACHE at a folder"
+        )
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -139,8 +143,20 @@ def load_model(
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
         kwargs = {"dtype": dtype if dtype is not None else torch.float32}
-        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(path))
+        try:
+            model, info = AutoModelForCausalLM.from_pretrained(str(path), output_loading_info=True, **kwargs)
+        except (OSError, ValueError, RuntimeError) as error:
+            raise ValueError(f"{path}: the model does not load: {str(error).strip().splitlines()[0]}") from error
+        _check_loaded_weights(path, info)
+        if tokenizer is None:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(str(path))
+            except (OSError, ValueError, TypeError) as error:
+                raise ValueError(
+                    f"{path}: no usable tokenizer ({str(error).strip().splitlines()[0]}); save the "
+                    "tokenizer beside the model or pass tokenizer="
+                ) from error
+    _check_tokenizer(model, tokenizer, getattr(model.config, "_name_or_path", "") or type(model).__name__)
     get_adapter(model)  # fail early on unsupported architectures
     if device is not None:
         model.to(device)
@@ -149,3 +165,35 @@ def load_model(
     model.eval()
     ensure_pad_token(tokenizer)
     return model, tokenizer
+
+
+def _check_loaded_weights(path: Path, info: dict) -> None:
+    """Refuse a checkpoint that leaves weights randomly initialised or of the wrong shape (transformers
+    only prints a load report for those); weights in the file that the model does not use are logged."""
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = [
+        str(entry[0]) if isinstance(entry, (tuple, list)) else str(entry) for entry in info.get("mismatched_keys") or []
+    ]
+    if missing or mismatched:
+        parts = ([f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}"] if missing else []) + (
+            [f"of another shape {mismatched[:5]}"] if mismatched else []
+        )
+        raise ValueError(
+            f"{path}: the checkpoint does not hold every weight of the model ({'; '.join(parts)}); "
+            "those would be random: refusing to load it"
+        )
+    if info.get("unexpected_keys"):
+        log.warning("%s: weights not used by the model: %s", path, sorted(info["unexpected_keys"])[:5])
+
+
+def _check_tokenizer(model: nn.Module, tokenizer, where) -> None:
+    """Refuse a tokenizer that yields nothing or ids beyond the model's embedding table."""
+    size = len(tokenizer)
+    rows = model.get_input_embeddings().num_embeddings
+    if size == 0 or not tokenizer("a", add_special_tokens=False)["input_ids"]:
+        raise ValueError(f"{where}: the tokenizer is empty (no vocabulary): save the model's tokenizer beside it")
+    if size > rows:
+        raise ValueError(
+            f"{where}: the tokenizer has {size} tokens but the model's embedding only {rows} rows: "
+            "they do not belong together"
+        )

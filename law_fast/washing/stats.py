@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..corpus import Corpus
 from ..hf.adapters import Adapter, model_device, model_fingerprint, model_name
+from ..hf.compat import max_length as context_length
 from ..hf.compat import pad_id
 from ..hf.hooks import capture, run_until
 from ..hf.loading import cache_dir
@@ -385,10 +386,7 @@ def layer_stats(
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if block_tokens is not None and block_tokens < 1:
         raise ValueError(f"block_tokens must be None or a positive integer, got {block_tokens!r}")
-    max_length = min(
-        max_length,
-        getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", max_length),
-    )
+    max_length = min(max_length, context_length(model, tokenizer))
     name, fingerprint = model_name(model), model_fingerprint(model)
     keys = {layer: _stats_key(name, fingerprint, layer, corpus, max_length, dtype, block_tokens) for layer in layers}
     result: dict[int, LayerStats] = {}
