@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 
 from ..facts import answer_in
 from ..hf.generate import greedy_continuations
+from ..hf.tokens import check_fits
 from .lm import loglikelihoods
 from .metrics import mean, qa_f1
 
@@ -29,6 +30,7 @@ def _score_prompts(
     if not prompts:
         return []
     stripped = [p.strip() for p in prompts]
+    check_fits(model, tokenizer, stripped, max_new_tokens, [repr(p[:40]) for p in stripped], "evaluation prompt")
     continuations = greedy_continuations(model, tokenizer, stripped, max_new_tokens, batch_size, desc)
     scores = loglikelihoods(
         model,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .compat import pad_id
+from .compat import max_length, pad_id
 
 log = logging.getLogger(__name__)
 
@@ -78,3 +78,18 @@ def encode_at(tokenizer, texts: list[str], char_ends: list[int]) -> Encoded:
         input_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
         mask[row, : len(tokens)] = 1
     return Encoded(input_ids, mask, torch.tensor(index, dtype=torch.long), mask.sum(1))
+
+
+def check_fits(model, tokenizer, texts, reserve: int, names, what: str = "prompt") -> None:
+    """Refuse texts that, with ``reserve`` more tokens (context template, generated tokens), do not
+    fit in the model's context: ValueError naming the first ones (``names[i]`` for ``texts[i]``),
+    their length and the limit — instead of an IndexError deep inside the model."""
+    limit = max_length(model, tokenizer)
+    lengths = [len(ids) for ids in tokenizer(list(texts))["input_ids"]] if len(texts) else []
+    too_long = [(name, n) for name, n in zip(names, lengths) if n + reserve > limit]
+    if too_long:
+        shown = ", ".join(f"{name} ({n} tokens)" for name, n in too_long[:3])
+        raise ValueError(
+            f"{len(too_long)} {what}(s) do not fit in the model's context of {limit} tokens with the {reserve} more "
+            f"that the wash needs: {shown}{' ...' if len(too_long) > 3 else ''}"
+        )

@@ -22,6 +22,7 @@ from ..config import WashConfig
 from ..eval.report import evaluate
 from ..facts import Fact
 from ..hf.adapters import model_name
+from ..hf.tokens import check_fits
 from .elimination import known_facts
 
 log = logging.getLogger(__name__)
@@ -236,6 +237,11 @@ def run_method(
     if not facts:
         raise ValueError("no facts to wash")
     checks = config.checks
+    # the longest row a stage builds: a context template + the prompt + the checks' new tokens
+    reserve = config.targets.template_length + checks.check_max_new_tokens + 2
+    check_fits(
+        model, tokenizer, [f.prompt for f in facts], reserve, [f"fact {f.case_id}" for f in facts], "fact prompt"
+    )
     timer = Timer()
     report = WashReport(model=model_name(model), method=config.method, n_facts=len(facts), **report_fields)
     with timer("initial check"):

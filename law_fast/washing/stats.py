@@ -299,6 +299,20 @@ def _load_checkpoint(path: Path, key: dict, accumulators: dict[int, _Accumulator
     return documents, tokens
 
 
+def _warn_stale_checkpoints(mine: Path) -> None:
+    """Name the checkpoints of interrupted runs of this model with other settings (they can be GBs):
+    they are kept, since their run may still be resumed, but the user is told where they are."""
+    others = [p for p in mine.parent.glob("checkpoint-*.pt") if p != mine] if mine.parent.is_dir() else []
+    if others:
+        size = sum(p.stat().st_size for p in others) / 2**20
+        warnings.warn(
+            f"{len(others)} statistics checkpoint(s) of interrupted runs of this model with other settings "
+            f"({size:.0f} MiB) in {mine.parent}: {', '.join(p.name for p in others[:3])}; rerun with those "
+            "settings to resume, or delete them",
+            stacklevel=3,
+        )
+
+
 def _save_checkpoint(path: Path, key: dict, accumulators: dict[int, _Accumulator], documents: int, tokens: int) -> None:
     _write_atomic(
         path,
@@ -416,6 +430,8 @@ def layer_stats(
     checkpointing = bool(use_cache and checkpoint_every_tokens)
     checkpoint_key = _checkpoint_key([keys[layer] for layer in missing], batch_tokens)
     checkpoint_path = _checkpoint_path(checkpoint_key)
+    if checkpointing:
+        _warn_stale_checkpoints(checkpoint_path)
     position, tokens_done = (
         _load_checkpoint(checkpoint_path, checkpoint_key, accumulators, len(documents)) if checkpointing else (0, 0)
     )

@@ -276,9 +276,10 @@ def test_checkpoint_of_other_corpus_or_corrupt_is_not_used(tiny_tokenizer, tmp_p
         h.remove()
     (checkpoint_a,) = _checkpoints()
 
-    # another corpus: A's checkpoint is neither used nor removed
+    # another corpus: A's checkpoint is neither used nor removed, and the user is told it is there
     calls, handle = _count_forwards(model)
-    other = layer_stats(model, adapter, tiny_tokenizer, corpus_b, [1], **kwargs)[1]
+    with pytest.warns(UserWarning, match=f"1 statistics checkpoint.*{checkpoint_a.name}"):
+        other = layer_stats(model, adapter, tiny_tokenizer, corpus_b, [1], **kwargs)[1]
     handle.remove()
     assert len(calls) == n_batches and torch.equal(other.sum, fresh["b"].sum)
     assert _checkpoints() == [checkpoint_a]

@@ -240,3 +240,15 @@ def test_elimination_stops_when_no_fact_is_left(tiny):
     result = lf.wash(model, tok, FACTS, _cfg(prune_requests=True), corpus=CORPUS, progress=False)
     assert sorted(result.deltas) == [1]
     assert result.report["per_layer"][0]["still_known_after"] == 0
+
+
+def test_a_fact_longer_than_the_context_is_refused_before_any_work(tiny_tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=24, n_embd=32, n_layer=3, n_head=4))
+    long_fact = Fact("France", "In a long sentence about rivers and cities and music, the capital of {} is", "Paris", 7)
+    with pytest.raises(ValueError, match=r"do not fit in the model's context of 24 tokens.*fact 7"):
+        lf.wash(model.eval(), tiny_tokenizer, [FACTS[0], long_fact], _cfg(), corpus=CORPUS, progress=False)
+    with pytest.raises(ValueError, match="evaluation prompt"):
+        lf.evaluate(model, tiny_tokenizer, facts=[long_fact], progress=False)
