@@ -76,7 +76,7 @@ FLUENCY_PROMPTS = ("The weather today is", "My favourite book is about", "In the
 def cmd_demo(args) -> int:
     from .eval.report import evaluate
     from .hf.generate import greedy_continuations, sample_continuations
-    from .hf.loading import load_model
+    from .hf.loading import DEFAULT_MODEL_NAME, load_model
     from .washing.api import wash
     from .washing.result import check_output_dir
 
@@ -120,7 +120,8 @@ def cmd_demo(args) -> int:
         ("fluency: perplexity (held-out)", "fluency.perplexity", ""),
     ]
     print()
-    print(f"law_fast demo — {result.report['model']} — method {cfg.method}, layers {list(cfg.layers)}")
+    title = DEFAULT_MODEL_NAME if args.model is None else Path(result.report.model).name
+    print(f"law_fast demo — {title} — method {cfg.method}, layers {list(cfg.layers)}")
     print(f"{'':38s}{'before':>10s}{'after':>10s}")
     for title, key, note in rows:
         if key in b:

@@ -383,11 +383,12 @@ def test_config_fields_validation_and_round_trip(tmp_path):
     assert WashConfig.create(layers=(3,), method="me-ft").resolved().finetune.meft_layer == 3
     assert WashConfig.create(layers=(3,)).resolved() == WashConfig.create(layers=(3,))
     for bad, message in [
-        (dict(ft_lr=-1.0), "ft_lr must be positive"),
-        (dict(ft_epochs=0), "ft_epochs must be an integer"),
+        (dict(ft_lr=-1.0), "ft_lr must be > 0, got -1.0"),
+        (dict(ft_epochs=0), "ft_epochs must be >= 1, got 0"),
+        (dict(ft_epochs=2.5), "ft_epochs must be an integer, got 2.5"),
         (dict(guard_ppl_ratio=0.5), "guard_ppl_ratio must be > 1"),
         (dict(ft_lora_dropout=1.0), "ft_lora_dropout"),
-        (dict(meft_linf=0.0), "meft_linf must be positive"),
+        (dict(meft_linf=0.0), "meft_linf must be > 0, got 0.0"),
         (dict(method="sft"), "method must be one of"),
     ]:
         with pytest.raises(ValueError, match=message):
