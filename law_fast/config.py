@@ -583,14 +583,15 @@ class WashConfig:
             total_iters=200, decay_factor=0.8, beta_ratio=1.0, prune_requests=False, keep_original_requests=False
         )
         kwargs.update({k: data[k] for k in mapped if k in data and data[k] is not None})
-        kwargs["prune_requests"] = bool(kwargs["prune_requests"])
+        if kwargs["prune_requests"] in (0, 1):  # the reference writes 0/1 or false/true; anything else is refused below
+            kwargs["prune_requests"] = bool(kwargs["prune_requests"])
         if "mom2_n_samples" in data:
-            kwargs["mom2_n_samples"] = int(data["mom2_n_samples"])
+            kwargs["mom2_n_samples"] = data["mom2_n_samples"]
         if "mom2_dtype" in data:
             kwargs["stats_dtype"] = "float64" if data["mom2_dtype"] == "float64" else "float32"
         kwargs["lambda_rule"] = "fixed" if data.get("skip_search") else "reference"
         kwargs["target"] = "space+eos"
-        kwargs["v_loss_layer"] = -1 if "v_loss_layer" not in data else int(data["v_loss_layer"])
+        kwargs["v_loss_layer"] = data.get("v_loss_layer", -1)
         kwargs.update(overrides)
         return cls.from_dict(kwargs)
 

@@ -28,6 +28,15 @@ def tiny_tokenizer():
     return make_tiny_tokenizer()
 
 
+@pytest.fixture
+def tiny_dir(tmp_path, tiny_tokenizer):
+    """A tiny random GPT-2 saved with its tokenizer to ``tmp_path / "tiny"`` (what the CLI loads)."""
+    folder = tmp_path / "tiny"
+    make_tiny_model("gpt2", len(tiny_tokenizer)).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(params=FAMILIES)
 def tiny(request, tiny_tokenizer):
     return make_tiny_model(request.param, len(tiny_tokenizer)), tiny_tokenizer

@@ -23,12 +23,9 @@ def test_info_prints_backends(capsys):
     assert info["torch"] and "law_fast" in info
 
 
-def test_wash_command_on_tiny_saved_model(tmp_path, tiny_tokenizer, capsys):
-    from conftest import make_tiny_model
+def test_wash_command_on_tiny_saved_model(tiny_dir, tmp_path, tiny_tokenizer, capsys):
 
-    model_dir = tmp_path / "tiny"
-    make_tiny_model("gpt2", len(tiny_tokenizer)).save_pretrained(model_dir)
-    tiny_tokenizer.save_pretrained(model_dir)
+    model_dir = tiny_dir
     facts = tmp_path / "facts.jsonl"
     facts.write_text('{"subject": "France", "prompt": "The capital of {} is", "object": "Paris"}\n')
     corpus = tmp_path / "corpus.txt"
@@ -103,14 +100,11 @@ def test_readme_test_command_is_what_ci_runs():
     assert demo.endswith("law-fast demo")
 
 
-def test_wash_checks_out_before_any_work(tmp_path, tiny_tokenizer, capsys, monkeypatch):
-    from conftest import make_tiny_model
+def test_wash_checks_out_before_any_work(tiny_dir, tmp_path, tiny_tokenizer, capsys, monkeypatch):
 
     import law_fast.washing.api as api
 
-    model_dir = tmp_path / "tiny"
-    make_tiny_model("gpt2", len(tiny_tokenizer)).save_pretrained(model_dir)
-    tiny_tokenizer.save_pretrained(model_dir)
+    model_dir = tiny_dir
     facts = tmp_path / "facts.jsonl"
     facts.write_text('{"subject": "France", "prompt": "The capital of {} is", "object": "Paris"}\n')
 
@@ -152,12 +146,9 @@ def test_bad_counts_name_the_argument(argument, value, capsys):
     assert exit_.value.code == 2 and f"argument {argument}" in capsys.readouterr().err
 
 
-def test_errors_are_one_line_without_traceback(tmp_path, tiny_tokenizer, capsys, monkeypatch):
-    from conftest import make_tiny_model
+def test_errors_are_one_line_without_traceback(tiny_dir, tmp_path, tiny_tokenizer, capsys, monkeypatch):
 
-    model_dir = tmp_path / "tiny"
-    make_tiny_model("gpt2", len(tiny_tokenizer)).save_pretrained(model_dir)
-    tiny_tokenizer.save_pretrained(model_dir)
+    model_dir = tiny_dir
     (tmp_path / "cfg").mkdir()
     (model_dir / "broken").mkdir()
     (model_dir / "broken" / "config.json").write_text("{ not json")
@@ -178,12 +169,9 @@ def test_errors_are_one_line_without_traceback(tmp_path, tiny_tokenizer, capsys,
     assert "is a file" in err and "LAW_FAST_CACHE" in err
 
 
-def test_a_wash_that_washes_nothing_says_so(tmp_path, tiny_tokenizer, capsys):
-    from conftest import make_tiny_model
+def test_a_wash_that_washes_nothing_says_so(tiny_dir, tmp_path, tiny_tokenizer, capsys):
 
-    model_dir = tmp_path / "tiny"
-    make_tiny_model("gpt2", len(tiny_tokenizer)).save_pretrained(model_dir)
-    tiny_tokenizer.save_pretrained(model_dir)
+    model_dir = tiny_dir
     facts = tmp_path / "facts.jsonl"
     facts.write_text('{"subject": "France", "prompt": "The capital of {} is", "object": "Paris"}\n')
     corpus = tmp_path / "corpus.txt"

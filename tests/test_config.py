@@ -112,6 +112,17 @@ def test_reference_hparams_importer_validates_too(tmp_path):
     path.write_text(json.dumps({"layers": "12", "v_lr": 0.5}))
     with pytest.raises(ValueError, match="layers must be a list of integers"):
         WashConfig.from_reference_hparams(path)
+    for bad, message in (
+        ({"prune_requests": "no"}, "prune_requests must be true or false"),
+        ({"mom2_n_samples": 2.5}, "mom2_n_samples must be an integer"),
+        ({"v_loss_layer": "47"}, "v_loss_layer must be an integer"),
+    ):
+        path.write_text(json.dumps({"layers": [4, 5], **bad}))
+        with pytest.raises(ValueError, match=message):
+            WashConfig.from_reference_hparams(path)
+    path.write_text(json.dumps({"layers": [4, 5], "prune_requests": 1, "v_loss_layer": 20}))
+    loaded = WashConfig.from_reference_hparams(path)
+    assert loaded.checks.prune_requests is True and loaded.targets.v_loss_layer == 20
 
 
 def test_sections_are_typed_and_layers_accept_numpy_integers():

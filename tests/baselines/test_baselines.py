@@ -439,12 +439,10 @@ def test_baseline_presets():
         WashConfig.baseline_preset("law", gpt2_xl)
 
 
-def test_cli_wash_accepts_baseline_methods(tmp_path, tiny_tokenizer, capsys):
+def test_cli_wash_accepts_baseline_methods(tiny_dir, tmp_path, tiny_tokenizer, capsys):
     from law_fast.cli import main
 
-    model_dir = tmp_path / "tiny"
-    make_tiny_model("gpt2", len(tiny_tokenizer)).save_pretrained(model_dir)
-    tiny_tokenizer.save_pretrained(model_dir)
+    model_dir = tiny_dir
     facts = tmp_path / "facts.jsonl"
     facts.write_text('{"subject": "France", "prompt": "The capital of {} is", "object": "Paris"}\n')
     corpus = tmp_path / "corpus.txt"
