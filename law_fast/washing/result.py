@@ -243,7 +243,9 @@ def run_method(
         model, tokenizer, [f.prompt for f in facts], reserve, [f"fact {f.case_id}" for f in facts], "fact prompt"
     )
     timer = Timer()
-    report = WashReport(model=model_name(model), method=config.method, n_facts=len(facts), **report_fields)
+    report = WashReport(
+        model=model_name(model), method=config.method, n_facts=len(facts), timings_s=timer.seconds, **report_fields
+    )  # timings_s is the timer's own dict: it fills as the stages run
     with timer("initial check"):
         known, _ = known_facts(
             model,
@@ -264,7 +266,6 @@ def run_method(
     report.n_washed_requests = len(requests)
     if not requests:
         log.warning("none of the %d facts is produced by the model; nothing to wash", len(facts))
-        report.timings_s = timer.seconds
         return result
     try:
         body(requests, result, timer)
@@ -276,5 +277,4 @@ def run_method(
     except BaseException:
         result.revert(model)
         raise
-    report.timings_s = timer.seconds
     return result
