@@ -191,16 +191,15 @@ def backend_report() -> dict:
     """
     kernels = _cov_accumulate_kernels
     return {
-        "torch": {
-            "version": torch.__version__,
+        # versions: law_fast.info.versions() (the one place); here only what the build and dispatch depend on
+        "torch_build": {
             "cuda": torch.version.cuda,
             "cuda_available": torch.cuda.is_available(),
             "threads": torch.get_num_threads(),
         },
         "native": _native.build_info(),
-        "triton": {
+        "triton_kernels": {
             "available": kernels.HAS_TRITON,
-            "version": getattr(kernels.triton, "__version__", None),
             "error": kernels.TRITON_IMPORT_ERROR,
             "interpret": kernels.triton_interpret_enabled(),
         },

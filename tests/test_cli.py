@@ -20,7 +20,9 @@ def test_layers_parser():
 def test_info_prints_backends(capsys):
     assert main(["info"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["torch"] and "law_fast" in info
+    import torch
+
+    assert info["torch"] == torch.__version__ and "law_fast" in info and "ops" in info
 
 
 def test_wash_command_on_tiny_saved_model(tiny_dir, tmp_path, tiny_tokenizer, capsys):
