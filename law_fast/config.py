@@ -8,6 +8,7 @@ Sections (attribute: class — who reads it):
 * ``memit``:    :class:`MemitConfig`    the MEMIT initialisation and its λ rule (law_fast.washing.memit)
 * ``law``:      :class:`LawConfig`      the LaW optimisation (law_fast.washing.law)
 * ``checks``:   :class:`CheckConfig`    the known-fact checks and successive elimination
+* ``retain``:   :class:`RetainConfig`   knowledge to keep in the closed-form methods (off by default)
 * ``finetune``: :class:`FinetuneConfig` the fine-tuning baselines only (law_fast.baselines)
 
 Field names are unique across sections and follow the reference (law-reference §9) where one
@@ -92,6 +93,8 @@ RULES: dict[str, tuple] = {
     "beta_ratio": _POSITIVE,
     "law_dtype": _one_of(("float32", "float64")),
     # checks
+    "retain_facts": _NON_EMPTY,
+    "retain_weight": _NON_NEGATIVE,
     "check_max_new_tokens": _AT_LEAST_1,
     "check_batch_size": _AT_LEAST_1,
     # finetune
@@ -282,6 +285,27 @@ class LawConfig(_Section):
 
 
 @dataclass(frozen=True)
+class RetainConfig(_Section):
+    """Knowledge to keep (issue 13, a retention mechanism under measurement; off by default).
+
+    The retained keys' second moment C_p (unit trace) enters the MEMIT initialisation and the LaW
+    constraint as C + ``retain_weight``·tr(C)·C_p: disruption is then measured on the corpus *and*
+    on the retained keys.  Sources: ``retain_facts`` (a fact file of knowledge to keep: keys at the
+    subject's last token, averaged over the context templates, as the washed keys) and/or
+    ``retain_neighbourhood`` (the inputs of the layer at every token of the washed facts'
+    neighbourhood prompts).  ``retain_weight`` 0 is the plain method."""
+
+    retain_facts: str | None = None
+    retain_neighbourhood: bool = False
+    retain_weight: float = 0.0
+
+    def problems(self) -> list[str]:
+        if self.retain_weight > 0 and self.retain_facts is None and not self.retain_neighbourhood:
+            return ["retain_weight > 0 needs retain_facts or retain_neighbourhood"]
+        return []
+
+
+@dataclass(frozen=True)
 class CheckConfig(_Section):
     """The known-fact checks (§6.2: answer in the greedy continuation) and successive elimination (§6)."""
 
@@ -330,6 +354,7 @@ SECTIONS: dict[str, type] = {
     "memit": MemitConfig,
     "law": LawConfig,
     "checks": CheckConfig,
+    "retain": RetainConfig,
     "finetune": FinetuneConfig,
 }
 #: flat field name → the section that holds it
@@ -355,6 +380,7 @@ class WashConfig:
     memit: MemitConfig = field(default_factory=MemitConfig)
     law: LawConfig = field(default_factory=LawConfig)
     checks: CheckConfig = field(default_factory=CheckConfig)
+    retain: RetainConfig = field(default_factory=RetainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def __post_init__(self):

@@ -20,6 +20,7 @@ from .keys import key_moments
 from .law import law_optimize
 from .memit import memit_update
 from .result import Timer, WashResult, run_method
+from .retain import effective_cov, retained_moments
 from .stats import layer_stats
 from .targets import compute_targets, target_token_ids
 from .templates import context_templates
@@ -106,6 +107,13 @@ def _wash_layers(
     with timer("templates"):
         templates = context_templates(model, tokenizer, seed=config.seed, length=config.targets.template_length)
         report.context_templates = templates
+    if config.retain.retain_weight > 0:
+        with timer("retained keys"):
+            retained = retained_moments(
+                model, adapter, tokenizer, requests, templates, layers, config.retain, config.key_batch_size
+            )
+            covs = {layer: effective_cov(covs[layer], retained[layer], config.retain.retain_weight) for layer in layers}
+            report.retain = config.retain.to_dict()
     with timer("targets"):
         target_ids = target_token_ids(tokenizer, adapter.eos_token_id(model, tokenizer), config.target)
         targets = compute_targets(

@@ -48,6 +48,7 @@ class WashReport:
     context_templates: list[str] | None = None
     targets: dict | None = None  # z*: {"ids", "mean_final_loss", "mean_steps"}
     per_layer: list[dict] | None = None  # per edited layer: memit / law reports, requests, facts still known
+    retain: dict | None = None  # the retain settings, when knowledge to keep entered the covariance
     training: dict | None = None  # fine-tuning baselines: the training log
     still_known_after: int | None = None  # final check: washed facts the model still produces
     still_known_ids: list | None = None

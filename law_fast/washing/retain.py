@@ -1,0 +1,63 @@
+"""Knowledge to keep: the second moment C_p of retained keys, added to the covariance the closed-form
+methods measure disruption with (``WashConfig.retain``; issue 13, under measurement).
+
+C_eff = C + ν·tr(C)·C_p with C_p of unit trace, in both the MEMIT initialisation (Δ = RᵀK(λC_eff +
+KᵀK)⁻¹: MEMIT/EMMET's preservation term) and the LaW constraint tr(ΔC_effΔᵀ)/tr(C_eff) ≤ β.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from ..config import RetainConfig
+from ..corpus import load_corpus
+from ..facts import Fact, load_facts
+from .keys import key_moments
+from .stats import layer_stats
+
+log = logging.getLogger(__name__)
+
+
+def retained_moments(
+    model,
+    adapter,
+    tokenizer,
+    requests: Sequence[Fact],
+    templates: Sequence[str],
+    layers: Sequence[int],
+    config: RetainConfig,
+    key_batch_size: int,
+) -> dict[int, torch.Tensor] | None:
+    """{layer: C_p (f×f float64, unit trace)} from the sources ``config`` names, on the model as it is
+    (call before any edit); None when ``retain_weight`` is 0.  Each source counts equally."""
+    if config.retain_weight == 0:
+        return None
+    parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    if config.retain_facts is not None:
+        kept = load_facts(config.retain_facts)
+        washed = {(f.subject, f.template) for f in requests}
+        clash = [f.case_id for f in kept if (f.subject, f.template) in washed]
+        if clash:
+            raise ValueError(
+                f"{config.retain_facts}: {len(clash)} fact(s) to keep are also being washed "
+                f"(same subject and prompt), e.g. case ids {clash[:5]}"
+            )
+        for layer in layers:
+            moments = key_moments(model, adapter, tokenizer, kept, templates, layer, key_batch_size)
+            parts[layer].append(moments.gram / moments.count)
+    if config.retain_neighbourhood:
+        prompts = [prompt for fact in requests for prompt, _ in fact.neighbourhood]
+        if not prompts:
+            raise ValueError("retain_neighbourhood: the facts being washed have no neighbourhood prompts")
+        stats = layer_stats(model, adapter, tokenizer, load_corpus(prompts), layers, use_cache=False, progress=False)
+        for layer in layers:
+            parts[layer].append(stats[layer].cov.to(torch.float64))
+    return {layer: sum(m / m.diagonal().sum() for m in ms) / len(ms) for layer, ms in parts.items()}
+
+
+def effective_cov(cov: torch.Tensor, retained: torch.Tensor, weight: float) -> torch.Tensor:
+    """C + weight·tr(C)·C_p (C_p of unit trace), in cov's dtype and device."""
+    return cov + weight * cov.diagonal().sum() * retained.to(cov.device, cov.dtype)
