@@ -95,6 +95,7 @@ RULES: dict[str, tuple] = {
     # checks
     "retain_facts": _NON_EMPTY,
     "retain_weight": _NON_NEGATIVE,
+    "null_space_energy": _rule(lambda v: 0 < v <= 1, "in (0, 1]"),
     "check_max_new_tokens": _AT_LEAST_1,
     "check_batch_size": _AT_LEAST_1,
     # finetune
@@ -293,15 +294,22 @@ class RetainConfig(_Section):
     on the retained keys.  Sources: ``retain_facts`` (a fact file of knowledge to keep: keys at the
     subject's last token, averaged over the context templates, as the washed keys) and/or
     ``retain_neighbourhood`` (the inputs of the layer at every token of the washed facts'
-    neighbourhood prompts).  ``retain_weight`` 0 is the plain method."""
+    neighbourhood prompts).  ``null_space_energy`` (AlphaEdit's idea, arXiv 2410.02355) restricts Δ to the
+    directions outside the top eigen-directions of C_p that hold this fraction of its trace, so that
+    ΔK_p ≈ 0.  ``retain_weight`` 0 and ``null_space_energy`` None are the plain method."""
 
     retain_facts: str | None = None
     retain_neighbourhood: bool = False
     retain_weight: float = 0.0
+    null_space_energy: float | None = None  # restrict Δ to the directions outside C_p's top ones holding this energy
+
+    @property
+    def active(self) -> bool:
+        return self.retain_weight > 0 or self.null_space_energy is not None
 
     def problems(self) -> list[str]:
-        if self.retain_weight > 0 and self.retain_facts is None and not self.retain_neighbourhood:
-            return ["retain_weight > 0 needs retain_facts or retain_neighbourhood"]
+        if self.active and self.retain_facts is None and not self.retain_neighbourhood:
+            return ["retain_weight > 0 or null_space_energy needs retain_facts or retain_neighbourhood"]
         return []
 
 

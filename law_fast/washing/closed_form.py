@@ -20,7 +20,7 @@ from .keys import key_moments
 from .law import law_optimize
 from .memit import memit_update
 from .result import Timer, WashResult, run_method
-from .retain import effective_cov, retained_moments
+from .retain import effective_cov, null_space_basis, retained_moments
 from .stats import layer_stats
 from .targets import compute_targets, target_token_ids
 from .templates import context_templates
@@ -107,13 +107,18 @@ def _wash_layers(
     with timer("templates"):
         templates = context_templates(model, tokenizer, seed=config.seed, length=config.targets.template_length)
         report.context_templates = templates
-    if config.retain.retain_weight > 0:
+    bases: dict = dict.fromkeys(layers)  # None: Δ free; else Δ = Δ̃Vᵀ in the span of V (f×r)
+    retain = config.retain
+    if retain.active:
         with timer("retained keys"):
             retained = retained_moments(
-                model, adapter, tokenizer, requests, templates, layers, config.retain, config.key_batch_size
+                model, adapter, tokenizer, requests, templates, layers, retain, config.key_batch_size
             )
-            covs = {layer: effective_cov(covs[layer], retained[layer], config.retain.retain_weight) for layer in layers}
-            report.retain = config.retain.to_dict()
+            if retain.retain_weight > 0:
+                covs = {layer: effective_cov(covs[layer], retained[layer], retain.retain_weight) for layer in layers}
+            if retain.null_space_energy is not None:
+                bases = {layer: null_space_basis(retained[layer], retain.null_space_energy) for layer in layers}
+            report.retain = retain.to_dict()
     with timer("targets"):
         target_ids = target_token_ids(tokenizer, adapter.eos_token_id(model, tokenizer), config.target)
         targets = compute_targets(
@@ -141,8 +146,14 @@ def _wash_layers(
                 z_layer=z_layer,
                 scale=1.0 / (len(layers) - i),
             )
-            delta, rep = memit_update(moments, covs[layer], adapter.weight(model, layer).detach(), config.memit)
+            delta, rep = memit_update(
+                moments, covs[layer], adapter.weight(model, layer).detach(), config.memit, basis=bases[layer]
+            )
             layer_reports[layer]["memit"] = rep
+            if bases[layer] is not None:  # how much of the washed keys' energy the restriction leaves to edit
+                V = bases[layer].to(moments.gram.device, moments.gram.dtype)
+                kept = float((V.T @ moments.gram @ V).diagonal().sum() / moments.gram.diagonal().sum())
+                layer_reports[layer]["null_space"] = {"dim": V.shape[1], "washed_energy_kept": kept}
             adapter.add_to_weight(model, layer, delta)
             inits[layer] = delta
             if i == 0:
@@ -160,7 +171,15 @@ def _wash_layers(
                 else key_moments(model, adapter, tokenizer, alive, templates, layer, config.key_batch_size)
             )
         with timer("law solve"):
-            delta, rep = law_optimize(inits[layer], moments.gram, covs[layer], config.law, keys=moments.keys)
+            V = bases[layer]
+            if V is None:
+                delta, rep = law_optimize(inits[layer], moments.gram, covs[layer], config.law, keys=moments.keys)
+            else:  # the same problem in the span of V: U = V Ũ
+                V = V.to(covs[layer].device, torch.float64)
+                G = moments.gram.to(V.device, torch.float64)
+                keys = None if moments.keys is None else moments.keys.to(V.device, torch.float64) @ V
+                reduced, rep = law_optimize(inits[layer] @ V, V.T @ G @ V, V.T @ covs[layer] @ V, config.law, keys=keys)
+                delta = reduced @ V.T
         adapter.add_to_weight(model, layer, delta)
         result.deltas[layer] = delta.float().cpu()
         layer_reports[layer]["law"] = rep

@@ -213,14 +213,25 @@ def _bisect_log_lambda(solver: MemitSolver, ok, small_ok: bool) -> tuple[float, 
     return lam, trials
 
 
-def memit_update(moments, cov: torch.Tensor, weight: torch.Tensor, config: MemitConfig) -> tuple[torch.Tensor, dict]:
+def memit_update(
+    moments, cov: torch.Tensor, weight: torch.Tensor, config: MemitConfig, basis: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict]:
     """Δ (d×f float64) for one layer from its :class:`~law_fast.washing.keys.KeyMoments` (gram, cross,
-    resid_sq) and a report (λ, trials, norms, disruption, fit, jitter)."""
+    resid_sq) and a report (λ, trials, norms, disruption, fit, jitter).
+
+    ``basis`` V (f×r, orthonormal): Δ = Δ̃Vᵀ is restricted to its span — the problem is solved in r
+    dimensions (VᵀGV, VᵀB, VᵀCV); the λ rules see the same disruption, norm and fit as in f dimensions."""
     if moments.cross is None:
         raise ValueError("memit_update needs key moments with targets (key_moments(..., targets=, z_layer=))")
-    solver = MemitSolver.from_moments(moments.gram, moments.cross, cov, keys=moments.keys)
+    if basis is None:
+        solver = MemitSolver.from_moments(moments.gram, moments.cross, cov, keys=moments.keys)
+    else:
+        V = basis.to(cov.device, torch.float64)
+        G, B, C = (t.to(cov.device, torch.float64) for t in (moments.gram, moments.cross, cov))
+        keys = None if moments.keys is None else moments.keys.to(cov.device, torch.float64) @ V
+        solver = MemitSolver.from_moments(V.T @ G @ V, V.T @ B, V.T @ C @ V, keys=keys)
     lam, trials = choose_lambda(solver, weight, cov, config, moments.resid_sq, moments.count)
-    delta = solver.delta(lam)
+    delta = solver.delta(lam) if basis is None else solver.delta(lam) @ V.T
     W = weight.to(delta.device, torch.float64)
     C = cov.to(delta.device, torch.float64)
     G = moments.gram.to(delta.device, torch.float64)

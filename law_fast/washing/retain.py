@@ -32,8 +32,8 @@ def retained_moments(
     key_batch_size: int,
 ) -> dict[int, torch.Tensor] | None:
     """{layer: C_p (f×f float64, unit trace)} from the sources ``config`` names, on the model as it is
-    (call before any edit); None when ``retain_weight`` is 0.  Each source counts equally."""
-    if config.retain_weight == 0:
+    (call before any edit); None when retention is off.  Each source counts equally."""
+    if not config.active:
         return None
     parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     if config.retain_facts is not None:
@@ -61,3 +61,13 @@ def retained_moments(
 def effective_cov(cov: torch.Tensor, retained: torch.Tensor, weight: float) -> torch.Tensor:
     """C + weight·tr(C)·C_p (C_p of unit trace), in cov's dtype and device."""
     return cov + weight * cov.diagonal().sum() * retained.to(cov.device, cov.dtype)
+
+
+def null_space_basis(retained: torch.Tensor, energy: float) -> torch.Tensor:
+    """Orthonormal basis V (f×r, float64) of the directions outside the fewest top eigen-directions of
+    ``retained`` (C_p) that hold ``energy`` of its trace: Δ = Δ̃Vᵀ leaves those keys' outputs alone."""
+    values, vectors = torch.linalg.eigh(retained.to(torch.float64))  # ascending
+    top_share = values.flip(0).cumsum(0) / values.sum()
+    k = int((top_share < energy).sum()) + 1  # the fewest top directions reaching the energy
+    k = min(k, values.numel() - 1)  # keep at least one direction to edit
+    return vectors[:, : values.numel() - k].contiguous()

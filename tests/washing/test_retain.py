@@ -75,9 +75,61 @@ def test_weight_zero_is_the_plain_method_and_sources_are_checked(tiny_tokenizer,
     assert all(torch.equal(plain.deltas[layer], zero.deltas[layer]) for layer in (1, 2))
     _, neighbours = _wash(tiny_tokenizer, tmp_path, retain_weight=5.0, retain_facts=None, retain_neighbourhood=True)
     assert not torch.equal(neighbours.deltas[1], plain.deltas[1])
-    with pytest.raises(ValueError, match="retain_weight > 0 needs retain_facts or retain_neighbourhood"):
+    with pytest.raises(ValueError, match="needs retain_facts or retain_neighbourhood"):
         WashConfig.create(layers=(1,), retain_weight=1.0)
+    with pytest.raises(ValueError, match="needs retain_facts or retain_neighbourhood"):
+        WashConfig.create(layers=(1,), null_space_energy=0.9)
     clash = tmp_path / "clash.jsonl"
     save_facts_jsonl([WASHED[0]], clash)
     with pytest.raises(ValueError, match="also being washed"):
         _wash(tiny_tokenizer, tmp_path, retain_weight=1.0, retain_facts=str(clash))
+
+
+def _problem(m=12, f=24, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(4 * f, f, generator=g, dtype=torch.float64)
+    K = torch.randn(m, f, generator=g, dtype=torch.float64)
+    R = torch.randn(m, d, generator=g, dtype=torch.float64)
+    W = torch.randn(d, f, generator=g, dtype=torch.float64)
+    kept = torch.randn(3, f, generator=g, dtype=torch.float64)
+    return X.T @ X / X.shape[0], K, R, W, kept
+
+
+def test_null_space_leaves_the_retained_keys_alone_in_float64():
+    from law_fast.config import LawConfig, MemitConfig
+    from law_fast.washing.keys import KeyMoments
+    from law_fast.washing.law import law_optimize
+    from law_fast.washing.memit import memit_update
+    from law_fast.washing.retain import null_space_basis
+
+    C, K, R, W, kept = _problem()
+    moments = KeyMoments(K.T @ K, K.T @ R, float((R**2).sum()), K.shape[0], K)
+    retained = kept.T @ kept
+    V = null_space_basis(retained / retained.diagonal().sum(), 1 - 1e-9)
+    assert V.shape == (24, 21)  # the 3 directions of the retained keys are removed
+    config = MemitConfig(lambda_rule="fixed", mom2_update_weight=0.1)
+    delta, _ = memit_update(moments, C, W, config, basis=V)
+    assert float((kept @ delta.T).norm()) <= 1e-10 * float(kept.norm() * delta.norm())
+    reduced, _ = law_optimize(
+        delta @ V, V.T @ moments.gram @ V, V.T @ C @ V, LawConfig(learning_rate=1e-3, total_iters=50)
+    )
+    law_delta = reduced @ V.T
+    assert float((kept @ law_delta.T).norm()) <= 1e-10 * float(kept.norm() * law_delta.norm())
+    # the full basis is no restriction: the same Δ as without one, for every λ rule
+    for rule in (config, MemitConfig(disruption_budget=0.5, disruption_per_fact=None), MemitConfig(lambda_rule="fit")):
+        free, free_report = memit_update(moments, C, W, rule)
+        full, full_report = memit_update(moments, C, W, rule, basis=torch.eye(24, dtype=torch.float64))
+        torch.testing.assert_close(full, free, rtol=1e-8, atol=1e-10)
+        assert full_report["lambda"] == pytest.approx(free_report["lambda"], rel=1e-6)
+
+
+def test_null_space_in_a_wash(tiny_tokenizer, tmp_path):
+    model, result = _wash(tiny_tokenizer, tmp_path, "law", null_space_energy=1 - 1e-9)
+    for layer in (1, 2):
+        info = result.report.per_layer[layer - 1]["null_space"]
+        assert info["dim"] == 64 - 3 and 0 < info["washed_energy_kept"] < 1
+        keys, _ = compute_keys(
+            model, lf.get_adapter(model), tiny_tokenizer, KEPT, result.report.context_templates, [layer]
+        )
+        delta = result.deltas[layer].double()
+        assert float((keys[layer].double() @ delta.T).norm()) <= 1e-5 * float(keys[layer].norm() * delta.norm())
