@@ -20,7 +20,7 @@ from .keys import key_moments
 from .law import law_optimize
 from .memit import memit_update
 from .result import Timer, WashResult, run_method
-from .retain import effective_cov, null_space_basis, retained_moments
+from .retain import effective_cov, null_space_basis, restrict, retained_moments
 from .stats import layer_stats
 from .targets import compute_targets, target_token_ids
 from .templates import context_templates
@@ -151,8 +151,8 @@ def _wash_layers(
             )
             layer_reports[layer]["memit"] = rep
             if bases[layer] is not None:  # how much of the washed keys' energy the restriction leaves to edit
-                V = bases[layer].to(moments.gram.device, moments.gram.dtype)
-                kept = float((V.T @ moments.gram @ V).diagonal().sum() / moments.gram.diagonal().sum())
+                V, gram, _, _, _ = restrict(bases[layer], moments.gram, covs[layer])
+                kept = float(gram.diagonal().sum() / moments.gram.diagonal().sum())
                 layer_reports[layer]["null_space"] = {"dim": V.shape[1], "washed_energy_kept": kept}
             adapter.add_to_weight(model, layer, delta)
             inits[layer] = delta
@@ -171,15 +171,9 @@ def _wash_layers(
                 else key_moments(model, adapter, tokenizer, alive, templates, layer, config.key_batch_size)
             )
         with timer("law solve"):
-            V = bases[layer]
-            if V is None:
-                delta, rep = law_optimize(inits[layer], moments.gram, covs[layer], config.law, keys=moments.keys)
-            else:  # the same problem in the span of V: U = V Ũ
-                V = V.to(covs[layer].device, torch.float64)
-                G = moments.gram.to(V.device, torch.float64)
-                keys = None if moments.keys is None else moments.keys.to(V.device, torch.float64) @ V
-                reduced, rep = law_optimize(inits[layer] @ V, V.T @ G @ V, V.T @ covs[layer] @ V, config.law, keys=keys)
-                delta = reduced @ V.T
+            delta, rep = law_optimize(
+                inits[layer], moments.gram, covs[layer], config.law, keys=moments.keys, basis=bases[layer]
+            )
         adapter.add_to_weight(model, layer, delta)
         result.deltas[layer] = delta.float().cpu()
         layer_reports[layer]["law"] = rep

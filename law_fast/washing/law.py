@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from .. import ops
 from ..config import LawConfig
 from ..kernels.law_step import STATE_FIRST_CONTACT, law_state
+from .retain import restrict
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ def law_optimize(
     kernels: LawKernels | None = None,
     keys: torch.Tensor | None = None,
     progress: bool = False,
+    basis: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Run LaW from the MEMIT init: (Δ (d×f) float64, report).
 
@@ -96,6 +98,8 @@ def law_optimize(
     keys: optionally the (m, f) keys behind ``gram``; when m < f/2 the products go through them
         (:func:`low_rank_quadratic`), which is cheaper than the Gram form for few facts.
     progress: show a tqdm bar over the iterations.
+    basis: optionally V (f, r) orthonormal: Δ is restricted to Δ = Δ̃Vᵀ and the loop runs in r dimensions
+        (``law_fast.washing.retain.restrict``).
 
     Returns Δ = Uᵀ (d, f) float64 on gram's device: the final iterate, after its rescale, and
     report = {beta, rho_init, rho_final, objective_init, objective_final, first_contact} (floats;
@@ -103,6 +107,12 @@ def law_optimize(
     and objective_final are recomputed from the returned iterate.
     """
     _check_inputs(delta0, gram, cov)
+    if basis is not None:  # the same problem in the span of V: U = V Ũ, Δ = Δ̃Vᵀ
+        V, gram, cov, keys, _ = restrict(basis, gram, cov, keys)
+        reduced, report = law_optimize(
+            delta0.to(V) @ V, gram, cov, config, kernels=kernels, keys=keys, progress=progress
+        )
+        return reduced @ V.T, report
     kernels = kernels or LawKernels()
     if keys is not None and 2 * keys.shape[0] < delta0.shape[1]:
         kernels = kernels._replace(quadratic=low_rank_quadratic(keys))

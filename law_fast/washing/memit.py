@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import MemitConfig
+from .retain import restrict
 
 log = logging.getLogger(__name__)
 
@@ -226,10 +227,8 @@ def memit_update(
     if basis is None:
         solver = MemitSolver.from_moments(moments.gram, moments.cross, cov, keys=moments.keys)
     else:
-        V = basis.to(cov.device, torch.float64)
-        G, B, C = (t.to(cov.device, torch.float64) for t in (moments.gram, moments.cross, cov))
-        keys = None if moments.keys is None else moments.keys.to(cov.device, torch.float64) @ V
-        solver = MemitSolver.from_moments(V.T @ G @ V, V.T @ B, V.T @ C @ V, keys=keys)
+        V, gram, sub_cov, keys, cross = restrict(basis, moments.gram, cov, moments.keys, moments.cross)
+        solver = MemitSolver.from_moments(gram, cross, sub_cov, keys=keys)
     lam, trials = choose_lambda(solver, weight, cov, config, moments.resid_sq, moments.count)
     delta = solver.delta(lam) if basis is None else solver.delta(lam) @ V.T
     W = weight.to(delta.device, torch.float64)

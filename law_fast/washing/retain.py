@@ -71,3 +71,20 @@ def null_space_basis(retained: torch.Tensor, energy: float) -> torch.Tensor:
     k = int((top_share < energy).sum()) + 1  # the fewest top directions reaching the energy
     k = min(k, values.numel() - 1)  # keep at least one direction to edit
     return vectors[:, : values.numel() - k].contiguous()
+
+
+def restrict(basis: torch.Tensor, gram: torch.Tensor, cov: torch.Tensor, keys=None, cross=None):
+    """A layer's problem in the span of ``basis`` V (f×r): (V, VᵀGV, VᵀCV, KV, VᵀB), float64 on cov's
+    device (``keys``/``cross`` None stay None).  An update Δ̃ found there is Δ = Δ̃Vᵀ in f dimensions."""
+
+    def f64(t):
+        return None if t is None else t.to(cov.device, torch.float64)
+
+    V = f64(basis)
+    return (
+        V,
+        V.T @ f64(gram) @ V,
+        V.T @ f64(cov) @ V,
+        None if keys is None else f64(keys) @ V,
+        None if cross is None else V.T @ f64(cross),
+    )
