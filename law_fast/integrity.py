@@ -24,13 +24,6 @@ def update_with_tensor(h, tensor: torch.Tensor) -> None:
         h.update(part.view(torch.uint8).numpy().tobytes())
 
 
-def tensor_digest(tensor: torch.Tensor) -> str:
-    """sha256 (hex) of a tensor's dtype, shape and values: any changed bit changes it."""
-    h = hashlib.sha256()
-    update_with_tensor(h, tensor)
-    return h.hexdigest()
-
-
 def file_digest(path: str | Path) -> str:
     """sha256 (hex) of a file's bytes."""
     h = hashlib.sha256()
