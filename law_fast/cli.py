@@ -242,7 +242,7 @@ def cmd_wash(args) -> int:
     check_output_dir(args.out, args.overwrite, model)  # before the work, not after it
     facts = load_facts(args.facts, format=args.format, limit=args.limit)
     cfg = _config(args, model)
-    result = wash(model, tok, facts, cfg)
+    result = wash(model, tok, facts, cfg, workdir=args.workdir)
     if not result.report.n_washed_requests and not args.allow_nothing:
         raise ValueError(
             f"none of the {len(facts)} facts is produced by the model, so nothing was washed and nothing saved "
@@ -330,6 +330,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--allow-nothing", action="store_true", help="save (exit 0) even when no fact is known, so nothing is washed"
     )
+    p.add_argument("--workdir", help="checkpoint the targets z* here per chunk; a rerun reuses them (law, memit)")
     p.set_defaults(func=cmd_wash)
 
     p = sub.add_parser(

@@ -215,7 +215,9 @@ class TargetConfig(_Section):
     """Context templates (§2.1) and the targets z* (§2.3): per fact, Adam on a δ added at the last
     edited layer until the model emits ``target`` after the prompt."""
 
-    target: str = "eos"  # "eos": the EOS token alone; "space+eos": " " + EOS as the reference; else literal text
+    # "eos": the EOS token alone; "space+eos": " " + EOS as the reference; "unlikely": push each fact's own
+    # answer token down (−log(1 − p) instead of −log p of a target); else literal text to emit
+    target: str = "eos"
     template_length: int = 10
     v_num_grad_steps: int = 20
     v_lr: float = 0.5
@@ -399,6 +401,8 @@ class WashConfig:
             return ["layers is empty"]
         if list(self.layers) != sorted(set(self.layers)) or self.layers[0] < 0:
             return [f"layers must be strictly ascending block indices >= 0, got {list(self.layers)}"]
+        if self.targets.target == "unlikely" and self.method in ("ft", "me-ft"):
+            return [f'target "unlikely" is for the closed-form methods (law, memit), not {self.method!r}']
         return []
 
     @property
@@ -478,14 +482,36 @@ class WashConfig:
 
     # -- presets -------------------------------------------------------------------------
     @classmethod
-    def preset(cls, model, **overrides) -> WashConfig:
+    def preset(cls, model, *, paper: bool = False, **overrides) -> WashConfig:
         """Hyper-parameters for ``model`` (a HF model or its config).
 
         GPT2-XL and GPT-J-6B get the reference's settings (law-reference §9, mcf files, with
         ``lambda_rule="disruption"``; use :meth:`from_reference_hparams` for the exact files).
         SmolLM2-135M gets settings tuned here (README).  Other models: five consecutive layers
         starting at 15% depth (fewer for shallow models) and the GPT2-XL solver settings.
+
+        ``paper=True``: LaW as published, on this model's layers: the reference λ search (norm bounds
+        ⅓–¾·‖W‖, decay 0.75), the " " + EOS target, β = 1.1·ρ(Δ₀), Adam lr 1e-7 for 1000 steps with no
+        boundary lr (the GPT2-XL mcf file; the GPT-J file's lr on GPT-J), float64 (law-reference §9).
         """
+        if paper:
+            paper_fields = dict(
+                lambda_rule="reference",
+                target="space+eos",
+                mom2_update_weight=20_000.0,
+                decay_factor=0.75,
+                learning_rate=1e-7,
+                lr_after_hitting_boundary=None,
+                total_iters=1000,
+                beta_ratio=1.1,
+                law_dtype="float64",
+                prune_requests=True,
+                keep_original_requests=True,
+            )
+            base = cls.preset(model)
+            if _reference_model_name(getattr(model, "config", model)) == "gpt-j-6B":
+                paper_fields.update(mom2_update_weight=100_000.0, learning_rate=1e-8, lr_after_hitting_boundary=1e-10)
+            return base.replace(**paper_fields, **overrides)
         config = getattr(model, "config", model)
         n_layers = int(getattr(config, "num_hidden_layers", None) or config.n_layer)
         model_type = getattr(config, "model_type", "")

@@ -114,8 +114,9 @@ def make_tiny_model(family: str, vocab_size: int, n_layers: int = 4, seed: int =
     return model.eval()
 
 
-def plain_compute_z(model, adapter, tok, fact, templates, config, z_layer, target_ids):
-    """One fact at a time, torch.optim.Adam, full forward with the model's own logits (law-reference §2.3)."""
+def plain_compute_z(model, adapter, tok, fact, templates, config, z_layer, target_ids, unlikely=False):
+    """One fact at a time, torch.optim.Adam, full forward with the model's own logits (law-reference §2.3).
+    ``unlikely``: ``target_ids`` is [the answer's first token] and the term is −log(1 − p) instead of −log p."""
     suffix = tok.decode(target_ids[:-1]) if len(target_ids) > 1 else ""
     texts, ends = rows([fact], templates, suffix)  # T rewriting prompts + the KL prompt
     enc = encode_at(tok, texts, ends)
@@ -145,7 +146,10 @@ def plain_compute_z(model, adapter, tok, fact, templates, config, z_layer, targe
                 for row in range(len(templates)):
                     n = int(enc.lengths[row])
                     for j, tid in enumerate(target_ids):
-                        nll = nll - logp_all[row, n - n_t + j, tid] / n_t
+                        lp = logp_all[row, n - n_t + j, tid]
+                        if unlikely:
+                            lp = torch.log(1 - torch.exp(lp).clamp(max=1 - 1e-6))
+                        nll = nll - lp / n_t
                 nll = nll / len(templates)
                 kl_row = len(templates)
                 log_p = logp_all[kl_row, enc.index[kl_row]]

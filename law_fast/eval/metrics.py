@@ -46,6 +46,17 @@ def mean(values: Iterable[float]) -> float:
     return math.fsum(values) / len(values) if values else float("nan")
 
 
+def stderr(values: Iterable[float]) -> float:
+    """Standard error of the mean, sqrt(sample variance / n) (lm-evaluation-harness's ``*_stderr``);
+    NaN for fewer than two values."""
+    values = list(values)
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    mu = math.fsum(values) / n
+    return math.sqrt(math.fsum((v - mu) ** 2 for v in values) / (n - 1) / n)
+
+
 # ----------------------------------------------------------------------------------------
 # SQuAD-style QA metrics
 # ----------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from typing import Any
 
 from ..corpus import json_lines
 from .lm import generate_until, loglikelihoods
-from .metrics import gsm8k_exact_match, mean
+from .metrics import gsm8k_exact_match, mean, stderr
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,8 @@ def score_lambada(model, tokenizer, docs: Sequence[dict], batch_size: int = 16, 
     continuation; ``perplexity`` = exp(-mean over documents of its summed log-likelihood)."""
     scores = loglikelihoods(model, tokenizer, [lambada_request(d) for d in docs], batch_size, desc)
     lls = [s.logprob for s in scores]
-    metrics = {"acc": mean(float(s.greedy) for s in scores), "perplexity": math.exp(-mean(lls)), "n": len(docs)}
+    greedy = [float(s.greedy) for s in scores]
+    metrics = {"acc": mean(greedy), "acc_stderr": stderr(greedy), "perplexity": math.exp(-mean(lls)), "n": len(docs)}
     return TaskScores(
         metrics, [{"index": d["index"], "ll": s.logprob, "greedy": s.greedy} for d, s in zip(docs, scores)]
     )
@@ -221,7 +222,13 @@ def score_multiple_choice(
         acc.append(float(pick == doc["gold"]))
         acc_norm.append(float(pick_norm == doc["gold"]))
         items.append({"index": doc["index"], "lls": lls, "gold": doc["gold"]})
-    return TaskScores({"acc": mean(acc), "acc_norm": mean(acc_norm), "n": len(docs)}, items)
+    metrics = {
+        "acc": mean(acc),
+        "acc_stderr": stderr(acc),
+        "acc_norm": mean(acc_norm),
+        "acc_norm_stderr": stderr(acc_norm),
+    }
+    return TaskScores({**metrics, "n": len(docs)}, items)
 
 
 #: The 8 chain-of-thought exemplars of Wei et al. (2022), as in the harness's ``gsm8k_cot`` task.

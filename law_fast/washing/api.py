@@ -41,6 +41,7 @@ def wash(
     corpus=None,
     final_check: bool = True,
     progress: bool = True,
+    workdir=None,
 ) -> WashResult:
     """Wash ``facts`` out of ``model`` in place and return a :class:`~law_fast.washing.result.WashResult`.
 
@@ -50,12 +51,18 @@ def wash(
     (a path, a list of texts or a :class:`~law_fast.corpus.Corpus`) overrides ``config.stats.corpus``
     for the covariance statistics (the baselines: the perplexity guard's held-out texts).  On any
     error — up to the final check — the model's original weights are restored before the
-    exception propagates.
+    exception propagates.  ``workdir`` (law, memit): a folder where the targets z* are checkpointed per
+    chunk and reused by any later wash of the same model and settings (``TargetStore``).
     """
     get_adapter(model)  # an unsupported architecture fails here, with what to do about it
     config = config or WashConfig.preset(model)
     if method is not None:
         config = config.replace(method=method)
+    extra = {}
+    if workdir is not None:
+        if METHODS[config.method] is not run_closed_form:
+            raise ValueError(f"workdir= checkpoints the closed-form methods (law, memit), not {config.method!r}")
+        extra["workdir"] = workdir
     return METHODS[config.method](
-        model, tokenizer, facts, config, corpus=corpus, final_check=final_check, progress=progress
+        model, tokenizer, facts, config, corpus=corpus, final_check=final_check, progress=progress, **extra
     )

@@ -37,6 +37,7 @@ def run_closed_form(
     corpus=None,
     final_check: bool = True,
     progress: bool = True,
+    workdir=None,
 ) -> WashResult:
     """Wash ``facts`` with ``config.method`` "law" or "memit" (see :func:`law_fast.wash`)."""
     adapter = get_adapter(model)
@@ -53,7 +54,7 @@ def run_closed_form(
     layers = list(config.layers)
 
     def body(requests: list, result: WashResult, timer: Timer) -> None:
-        _wash_layers(model, tokenizer, adapter, requests, config, layers, corpus, result, timer, progress)
+        _wash_layers(model, tokenizer, adapter, requests, config, layers, corpus, result, timer, progress, workdir)
 
     return run_method(
         model,
@@ -79,6 +80,7 @@ def _wash_layers(
     result: WashResult,
     timer: Timer,
     progress: bool,
+    workdir,
 ) -> None:
     report = result.report
     z_layer = layers[-1]
@@ -122,10 +124,19 @@ def _wash_layers(
     with timer("targets"):
         target_ids = target_token_ids(tokenizer, adapter.eos_token_id(model, tokenizer), config.target)
         targets = compute_targets(
-            model, adapter, tokenizer, requests, templates, config.targets, z_layer, target_ids, progress
+            model,
+            adapter,
+            tokenizer,
+            requests,
+            templates,
+            config.targets,
+            z_layer,
+            target_ids,
+            progress,
+            workdir=workdir,
         )
         report.targets = {
-            "ids": target_ids,
+            "ids": target_ids,  # None: "unlikely", each fact's answer token
             "mean_final_loss": float(targets.loss.mean()),
             "mean_steps": float(targets.steps.float().mean()),
         }

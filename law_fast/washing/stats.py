@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import warnings
 from collections.abc import Iterator, Sequence
@@ -36,7 +35,7 @@ from ..hf.compat import max_length as context_length
 from ..hf.compat import pad_id
 from ..hf.hooks import capture, run_until
 from ..hf.loading import cache_dir
-from ..integrity import update_with_tensor
+from ..integrity import read_verified, write_atomic
 from ..ops import cov_accumulate_
 
 log = logging.getLogger(__name__)
@@ -110,47 +109,6 @@ def _checkpoint_path(key: dict) -> Path:
     return _key_path(key, first["model"], first["fingerprint"], "checkpoint")
 
 
-def _blob_digest(blob) -> str:
-    """sha256 of everything a cache or checkpoint file holds (tensors by their bytes)."""
-    h = hashlib.sha256()
-
-    def walk(value) -> None:
-        if isinstance(value, torch.Tensor):
-            update_with_tensor(h, value)
-        elif isinstance(value, dict):
-            for k in sorted(value):
-                h.update(repr(k).encode())
-                walk(value[k])
-        else:
-            h.update(repr(value).encode())
-
-    walk(blob)
-    return h.hexdigest()
-
-
-def _write_atomic(path: Path, blob: dict) -> None:
-    """torch.save ``blob`` with its digest to a temporary file in the same directory, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save({**blob, "digest": _blob_digest(blob)}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _read_verified(path: Path, key: dict) -> dict:
-    """A file written by :func:`_write_atomic` for ``key``; ValueError when its key differs or its
-    payload does not match its digest (a flipped bit, a truncated or foreign file)."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or blob.get("key") != json.dumps(key, sort_keys=True):
-        raise ValueError("key mismatch")
-    digest = blob.pop("digest", None)
-    if digest != _blob_digest(blob):
-        raise ValueError("the payload does not match its digest (corrupt file)")
-    return blob
-
-
 def _check_sum(name: str, tensor, f: int, dtype: torch.dtype) -> None:
     if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != (f, f) or tensor.dtype != dtype:
         got = f"{tuple(tensor.shape)} {tensor.dtype}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
@@ -166,7 +124,7 @@ def _load_cached(path: Path, key: dict, f: int, dtype: torch.dtype) -> LayerStat
     if not path.is_file():
         return None
     try:
-        blob = _read_verified(path, key)
+        blob = read_verified(path, key)
         _check_sum("the sum", blob["sum"], f, dtype)
         count = blob["count"]
         if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
@@ -178,7 +136,7 @@ def _load_cached(path: Path, key: dict, f: int, dtype: torch.dtype) -> LayerStat
 
 
 def _save_atomic(path: Path, key: dict, stats: LayerStats) -> None:
-    _write_atomic(path, {"key": json.dumps(key, sort_keys=True), "sum": stats.sum.cpu(), "count": stats.count})
+    write_atomic(path, {"key": json.dumps(key, sort_keys=True), "sum": stats.sum.cpu(), "count": stats.count})
 
 
 # ------------------------------------------------------------------------------------------
@@ -279,7 +237,7 @@ def _load_checkpoint(path: Path, key: dict, accumulators: dict[int, _Accumulator
     if not path.is_file():
         return 0, 0
     try:
-        blob = _read_verified(path, key)
+        blob = read_verified(path, key)
         documents, tokens, states = int(blob["documents"]), int(blob["tokens"]), blob["layers"]
         if not 0 <= documents <= n_documents:
             raise ValueError(f"position {documents} outside the corpus of {n_documents} documents")
@@ -314,7 +272,7 @@ def _warn_stale_checkpoints(mine: Path) -> None:
 
 
 def _save_checkpoint(path: Path, key: dict, accumulators: dict[int, _Accumulator], documents: int, tokens: int) -> None:
-    _write_atomic(
+    write_atomic(
         path,
         {
             "key": json.dumps(key, sort_keys=True),

@@ -11,23 +11,39 @@ per-fact early stop (loss < threshold, checked before the step), the S−1 updat
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from ..config import TargetConfig
 from ..facts import Fact
-from ..hf.adapters import Adapter, model_device
+from ..hf.adapters import Adapter, model_device, model_fingerprint
 from ..hf.compat import cache_inputs, fork_cache, log_probs, new_cache, pad_id
 from ..hf.hooks import block_output_tensor, capture, frozen, run_until, skipped_blocks
 from ..hf.tokens import fill, tokenize_at
+from ..integrity import read_verified, write_atomic
 
 log = logging.getLogger(__name__)
 
 KL_TEMPLATE = "{} is a"
+UNLIKELY = "unlikely"  # TargetConfig.target: lower p(answer's first token) instead of raising a target's
+
+
+def answer_token_id(tokenizer, fact: Fact) -> int:
+    """The first token of the fact's answer as it follows the prompt (with its leading space)."""
+    ids = tokenizer(" " + fact.answer.strip(), add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"fact {fact.case_id}: the answer {fact.answer!r} tokenises to nothing")
+    return int(ids[0])
+
+
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
@@ -36,7 +52,10 @@ def target_token_ids(tokenizer, eos_id: int, target: str) -> list[int]:
     """Token ids the washed model should emit after a fact prompt.
 
     ``"eos"`` → [EOS]; ``"space+eos"`` → the reference's " " + EOS text (e.g. [220, 50256] on
-    GPT-2); anything else is tokenised as literal text (no special tokens added)."""
+    GPT-2); anything else is tokenised as literal text (no special tokens added).  ``"unlikely"``
+    has no shared ids (each fact's own answer is pushed down): None."""
+    if target == UNLIKELY:
+        return None
     if target == "eos":
         return [eos_id]
     text = " " + tokenizer.decode([eos_id]) if target == "space+eos" else target
@@ -52,6 +71,70 @@ class Targets:
     z_init: torch.Tensor  # (m, d) float32: z-block output at the plain prompt's subject token (δ = 0)
     loss: torch.Tensor  # (m,) loss at the last evaluated iterate
     steps: torch.Tensor  # (m,) number of Adam steps applied
+
+
+FIELDS = ("z_star", "z_init", "loss", "steps")
+
+
+def _sha(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+class TargetStore:
+    """z* already computed, on disk (``wash(..., workdir=)``): one file per chunk of facts in
+    ``directory/targets-<digest>/``, where the digest covers everything a fact's z* depends on but the
+    fact — the model's weights (their sha256), the target settings, the context templates, the z
+    layer, the target ids, the prefix cache — and a fact is known by its subject, template and answer.  Every
+    file is checked (key, digest, shapes, finiteness) before it is used; an unusable one is reported
+    and recomputed, never trusted.  Chunks are written atomically as they finish, so a killed run
+    loses at most the chunk it was computing."""
+
+    VERSION = 1
+
+    def __init__(self, directory, model, config: TargetConfig, templates, z_layer: int, target_ids, prefix_cache=True):
+        self.key = {
+            "kind": "targets",
+            "fingerprint": model_fingerprint(model),
+            "config": config.to_dict(),
+            "templates": list(templates),
+            "z_layer": z_layer,
+            "target_ids": None if target_ids is None else list(target_ids),
+            "prefix_cache": prefix_cache,
+            "version": self.VERSION,
+        }
+        self.directory = Path(directory) / f"targets-{_sha(self.key)[:20]}"
+        self.width = int(getattr(model.config, "hidden_size", None) or model.config.n_embd)
+
+    @staticmethod
+    def fact_key(fact: Fact) -> str:
+        return _sha([fact.subject, fact.template, fact.answer])[:32]
+
+    def load(self) -> dict[str, tuple]:
+        """{fact key: (z_star, z_init, loss, steps)} of every usable chunk file."""
+        found: dict[str, tuple] = {}
+        for path in sorted(self.directory.glob("chunk-*.pt")):
+            try:
+                blob = read_verified(path, self.key)
+                keys = blob["facts"]
+                n = len(keys)
+                shapes = {"z_star": (n, self.width), "z_init": (n, self.width), "loss": (n,), "steps": (n,)}
+                for name, shape in shapes.items():
+                    t = blob[name]
+                    if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+                        raise ValueError(f"{name} has shape {getattr(t, 'shape', None)}, expected {shape}")
+                    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                        raise ValueError(f"{name} holds NaN or inf")
+            except Exception as e:  # corrupt, truncated or foreign: recompute those facts
+                warnings.warn(f"z* checkpoint {path} is unusable ({type(e).__name__}: {e}); recomputing", stacklevel=2)
+                continue
+            for i, k in enumerate(keys):
+                found[k] = tuple(blob[name][i] for name in FIELDS)
+        return found
+
+    def save(self, keys: Sequence[str], part: Targets) -> None:
+        blob = {"key": json.dumps(self.key, sort_keys=True), "facts": list(keys)}
+        blob.update({name: getattr(part, name).detach().cpu() for name in FIELDS})
+        write_atomic(self.directory / f"chunk-{_sha(list(keys))[:20]}.pt", blob)
 
 
 def _rows(facts: Sequence[Fact], templates: Sequence[str], suffix: str):
@@ -76,20 +159,27 @@ def compute_targets(
     templates: Sequence[str],
     config: TargetConfig,
     z_layer: int,
-    target_ids: Sequence[int],
+    target_ids: Sequence[int] | None,
     progress: bool = True,
     prefix_cache: bool = True,
+    workdir=None,
 ) -> Targets:
     """z* for every fact (in the order of ``facts``), in chunks of at most ``config.target_batch_tokens``
     aligned tokens.  ``prefix_cache=False`` runs every step over the whole prompts (the plain way;
-    for tests and benchmarks)."""
+    for tests and benchmarks).  ``workdir``: read and write the chunks there (:class:`TargetStore`);
+    the chunks are planned over all of ``facts``, so a resumed run computes what an uninterrupted one
+    would, and a chunk whose facts are all on disk is not recomputed."""
     if not facts:
         raise ValueError("compute_targets needs at least one fact")
     if not templates or templates[0] != "{}":
         raise ValueError("templates[0] must be the plain template '{}' (z_init is read at the plain prompt)")
-    target_ids = list(target_ids)
-    n_target = len(target_ids)
-    suffix = tokenizer.decode(target_ids[:-1]) if n_target > 1 else ""
+    if target_ids is None:  # "unlikely": each fact's answer token, predicted at the prompt's last token
+        labels = [[answer_token_id(tokenizer, f)] for f in facts]
+    else:
+        target_ids = list(target_ids)
+        labels = [target_ids] * len(facts)
+    n_target = len(labels[0])
+    suffix = tokenizer.decode(labels[0][:-1]) if n_target > 1 else ""
     per_fact = len(templates) + 1
     texts, ends = _rows(facts, templates, suffix)
     ids, index = tokenize_at(tokenizer, texts, ends)
@@ -107,12 +197,23 @@ def compute_targets(
         for row, (tokens, i) in enumerate(zip(ids, index))
     ]
     bar = tqdm(total=len(facts) * config.v_num_grad_steps, desc="targets z* (fact-steps)", disable=not progress)
-    out = {name: [None] * len(facts) for name in ("z_star", "z_init", "loss", "steps")}
+    out = {name: [None] * len(facts) for name in FIELDS}
+    store = done = None
+    if workdir is not None:
+        store = TargetStore(workdir, model, config, templates, z_layer, target_ids, prefix_cache)
+        done = store.load()
+        keys = [store.fact_key(f) for f in facts]
     for chunk in _chunks(
         [ids[j * per_fact : (j + 1) * per_fact] for j in range(len(facts))],
         [index[j * per_fact : (j + 1) * per_fact] for j in range(len(facts))],
         config.target_batch_tokens,
     ):
+        if store is not None and all(keys[j] in done for j in chunk):
+            for j in chunk:
+                for name, value in zip(FIELDS, done[keys[j]]):
+                    out[name][j] = value.to(model_device(model))
+            bar.update(len(chunk) * config.v_num_grad_steps)
+            continue
         rows = [r for j in chunk for r in range(j * per_fact, (j + 1) * per_fact)]
         part = _targets_chunk(
             model,
@@ -123,15 +224,18 @@ def compute_targets(
             len(templates),
             config,
             z_layer,
-            target_ids,
+            [labels[j] for j in chunk],
+            target_ids is None,
             bar,
             prefix_cache,
         )
+        if store is not None:
+            store.save([keys[j] for j in chunk], part)
         for k, j in enumerate(chunk):
             for name in out:
                 out[name][j] = getattr(part, name)[k]
     bar.close()
-    return Targets(*(torch.stack(out[name]) for name in ("z_star", "z_init", "loss", "steps")))
+    return Targets(*(torch.stack(out[name]) for name in FIELDS))
 
 
 def _chunks(ids_per_fact, index_per_fact, budget: int) -> list[list[int]]:
@@ -200,15 +304,16 @@ def _buckets(ids: list[list[int]], index: list[int]) -> list[list[int]]:
 
 
 def _targets_chunk(
-    model, adapter, ids, index, pad: int, T: int, config, z_layer, target_ids, bar, prefix_cache
+    model, adapter, ids, index, pad: int, T: int, config, z_layer, labels, unlikely, bar, prefix_cache
 ) -> Targets:
-    """z* for one chunk: ``ids``/``index`` hold T rewriting rows then the KL row, per fact."""
+    """z* for one chunk: ``ids``/``index`` hold T rewriting rows then the KL row, per fact; ``labels``
+    the target ids per fact (pushed up, or with ``unlikely`` down)."""
     device = model_device(model)
     n_layers = adapter.num_layers(model)
     loss_layer = max(n_layers - 1 if config.v_loss_layer < 0 else config.v_loss_layer, z_layer)
     per_fact = T + 1
     m = len(ids) // per_fact
-    labels = torch.tensor(target_ids, device=device)
+    labels = torch.tensor(labels, device=device)  # (m, n_target)
 
     d = adapter.dims(model, z_layer)[0]
     dtype = torch.promote_types(next(model.parameters()).dtype, torch.float32)  # fp32 for fp16/bf16 models
@@ -233,7 +338,7 @@ def _targets_chunk(
         delta.requires_grad_(True)
         for it in range(config.v_num_grad_steps):
             live = active.nonzero().squeeze(1)
-            nll, log_p = _losses(model, adapter, buckets, delta, active, T, labels)
+            nll, log_p = _losses(model, adapter, buckets, delta, active, T, labels, unlikely)
             if it == 0:
                 log_p_init = log_p.detach()
             kl = (log_p.exp() * (log_p - log_p_init[live])).sum(-1)  # KL(p_cur ‖ p_init) at the subject token
@@ -350,12 +455,13 @@ class _SuffixRunner:
         return hidden[:, col:] if not self.use_cache else hidden
 
 
-def _losses(model, adapter, buckets, delta, active, T, labels):
+def _losses(model, adapter, buckets, delta, active, T, labels, unlikely=False):
     """One forward of every bucket's live rows → (NLL of the target tokens averaged over the T
     rewriting rows, (n,), log-probs at the KL row's subject token, (n, V)) for the n active facts,
-    in fact order.  The final norm and the head run only on the hidden states the loss reads."""
+    in fact order; with ``unlikely`` the first term is −log(1 − p) of the label instead.  The final
+    norm and the head run only on the hidden states the loss reads."""
     per_fact = T + 1
-    n_target = labels.numel()
+    n_target = labels.shape[1]
     rewrite, rewrite_rows, kl, kl_rows = [], [], [], []
     for rows, runner in buckets:
         local = active[rows // per_fact].nonzero().squeeze(1)
@@ -374,8 +480,11 @@ def _losses(model, adapter, buckets, delta, active, T, labels):
     norm = model.get_submodule(adapter.final_norm)
     head = adapter.lm_head(model)
     picked = torch.cat(rewrite)[torch.cat(rewrite_rows).argsort()]  # fact-major: (n·T, n_target, d)
-    logp = log_probs(head(norm(picked))).gather(-1, labels.expand(len(picked), -1)[..., None])
-    nll = -(logp.squeeze(-1).sum(-1) / n_target).reshape(-1, T).mean(1)
+    row_labels = labels[active].repeat_interleave(T, 0)  # (n·T, n_target), fact-major as ``picked``
+    logp = log_probs(head(norm(picked))).gather(-1, row_labels[..., None]).squeeze(-1)
+    if unlikely:  # −log(1 − p), p kept below 1 so that a certain answer still has a finite gradient
+        logp = torch.log1p(-logp.exp().clamp(max=1 - 1e-6))
+    nll = -(logp.sum(-1) / n_target).reshape(-1, T).mean(1)
     log_p = log_probs(head(norm(torch.cat(kl)[torch.cat(kl_rows).argsort()])))
     return nll, log_p
 

@@ -244,7 +244,14 @@ def test_multiple_choice_and_lambada_scores_by_hand(task_files, tiny_tokenizer):
             acc.append(float(max(range(len(lls)), key=lambda k: lls[k]) == doc["gold"]))
             normed = [ll / len(c) for ll, c in zip(lls, doc["choices"])]
             acc_norm.append(float(max(range(len(lls)), key=lambda k: normed[k]) == doc["gold"]))
-        assert result.metrics == {"acc": sum(acc) / len(acc), "acc_norm": sum(acc_norm) / len(acc_norm), "n": len(docs)}
+
+        def se(xs):  # sample standard error of the mean, by hand
+            mu = sum(xs) / len(xs)
+            return (sum((x - mu) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) ** 0.5
+
+        expected = {"acc": sum(acc) / len(acc), "acc_norm": sum(acc_norm) / len(acc_norm), "n": len(docs)}
+        expected |= {"acc_stderr": se(acc), "acc_norm_stderr": se(acc_norm)}
+        assert result.metrics == pytest.approx(expected, abs=1e-12)
     docs = load_task("lambada", task_files["lambada"])
     result = score_lambada(model, tiny_tokenizer, docs, batch_size=2)
     direct = [

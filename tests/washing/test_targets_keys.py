@@ -40,6 +40,31 @@ def test_batched_targets_equal_per_fact_loop(tiny, target):
     assert bool((norms <= cfg.clamp_norm_factor * batched.z_init.norm(dim=1) * (1 + 1e-5)).all())
 
 
+def test_unlikely_target_equals_per_fact_loop_and_lowers_the_answer(tiny):
+    """target "unlikely": each fact's own answer token is pushed down (−log(1 − p)); batched = plain loop."""
+    from law_fast.washing.targets import answer_token_id
+
+    model, tok = tiny
+    model = model.double()
+    adapter = get_adapter(model)
+    cfg = TargetConfig(target="unlikely", v_num_grad_steps=6, v_lr=0.5, loss_threshold=1e-9)
+    assert target_token_ids(tok, adapter.eos_token_id(model, tok), "unlikely") is None
+    batched = compute_targets(model, adapter, tok, FACTS, TEMPLATES, cfg, 2, None, progress=False)
+    assert int(batched.steps.min()) > 0
+    for j, fact in enumerate(FACTS):
+        ids = [answer_token_id(tok, fact)]
+        plain = plain_compute_z(model, adapter, tok, fact, TEMPLATES, cfg, 2, ids, unlikely=True)
+        assert float((batched.z_star[j] - plain).norm() / plain.norm()) < 1e-6, fact
+    # with the unlikelihood term alone, its value (≈ p of the answer) goes down for every fact (the
+    # random model's answer is unlikely from the start and the clamp bounds δ: a small, strict decrease)
+    alone = cfg.replace(kl_factor=0.0, v_weight_decay=0.0)
+    before = compute_targets(
+        model, adapter, tok, FACTS, TEMPLATES, alone.replace(v_num_grad_steps=1), 2, None, progress=False
+    )
+    after = compute_targets(model, adapter, tok, FACTS, TEMPLATES, alone, 2, None, progress=False)
+    assert bool((after.loss < 0.999 * before.loss).all()), (before.loss, after.loss)
+
+
 def test_mixed_early_stops_and_clamps_equal_per_fact_loop(tiny):
     """Facts that stop at different steps, with the norm clamp firing: each z* = its own plain loop."""
     model, tok = tiny
@@ -206,3 +231,53 @@ def test_key_moments_stream_equals_full_keys(tiny):
     plain = key_moments(model, adapter, tok, FACTS, TEMPLATES, 1)
     torch.testing.assert_close(plain.gram, mom.gram)
     assert plain.cross is None
+
+
+def test_target_store_resumes_and_never_trusts_a_bad_file(tiny, tmp_path):
+    """workdir: chunks are written as they finish; a rerun computes nothing and returns the same bits; a
+    partial store (a killed run) computes only the missing chunks; a corrupt or foreign file is
+    recomputed with a warning; other settings or weights use another store."""
+    from law_fast.washing.targets import TargetStore
+
+    model, tok = tiny
+    adapter = get_adapter(model)
+    cfg = TargetConfig(v_num_grad_steps=3, v_lr=0.5, target_batch_tokens=1)  # one fact per chunk
+    ids = target_token_ids(tok, adapter.eos_token_id(model, tok), "eos")
+
+    def run(**kw):
+        calls = []
+        handle = adapter.down_proj_module(model, 0).register_forward_pre_hook(lambda m, a: calls.append(1))
+        try:
+            out = compute_targets(
+                model, adapter, tok, FACTS, TEMPLATES, kw.pop("cfg", cfg), 1, ids, progress=False, **kw
+            )
+        finally:
+            handle.remove()
+        return out, len(calls)
+
+    plain, plain_calls = run()
+    first, _ = run(workdir=tmp_path)
+    store = TargetStore(tmp_path, model, cfg, TEMPLATES, 1, ids)
+    files = sorted(store.directory.glob("chunk-*.pt"))
+    assert len(files) == len(FACTS) and len(store.load()) == len(FACTS)
+    again, calls = run(workdir=tmp_path)
+    assert calls == 0  # nothing recomputed
+    for a, b in ((first, plain), (again, first)):
+        assert torch.equal(a.z_star, b.z_star) and torch.equal(a.z_init, b.z_init) and torch.equal(a.steps, b.steps)
+    files[0].unlink()  # a run killed before its first chunk was written
+    resumed, calls = run(workdir=tmp_path)
+    assert 0 < calls < plain_calls and torch.equal(resumed.z_star, plain.z_star)
+    blob = files[1].read_bytes()
+    files[1].write_bytes(blob[:-64] + bytes(64))  # damaged
+    with pytest.warns(UserWarning, match="unusable"):
+        damaged, calls = run(workdir=tmp_path)
+    assert calls > 0 and torch.equal(damaged.z_star, plain.z_star)
+    other = TargetStore(tmp_path, model, cfg.replace(v_lr=0.4), TEMPLATES, 1, ids)
+    assert other.directory != store.directory and other.load() == {}
+    with torch.no_grad():
+        adapter.weight(model, 0).add_(1e-3)
+    try:
+        assert TargetStore(tmp_path, model, cfg, TEMPLATES, 1, ids).directory != store.directory
+    finally:
+        with torch.no_grad():
+            adapter.weight(model, 0).sub_(1e-3)
