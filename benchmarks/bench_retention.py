@@ -21,6 +21,8 @@ Variants (``VARIANTS``) and their one knob ``s``:
   memit-retain   memit + retain_facts (the retain pool), retain_weight ν = s
   law-retain     law + retain_facts, ν = s
   law-null       law, Δ restricted to the null space of the retain pool's keys, energy = s
+  *-unlikely     memit / law with target "unlikely" (each answer's first token pushed down instead
+                 of EOS raised), disruption budget ×s
 Statistics from --stats-samples documents of WikiText-2 test (one cached pass).
 
 Resumable: the known-fact scan, z* (``wash(workdir=)``), the statistics (law_fast's cache) and each
@@ -58,6 +60,8 @@ def knob_overrides(variant: str, s: float, retain_file: str) -> dict:
     budget = dict(disruption_per_fact=BUDGET[0] * s, disruption_budget=BUDGET[1] * s)
     if variant in ("memit", "law"):
         return dict(method=variant, **budget)
+    if variant in ("memit-unlikely", "law-unlikely"):
+        return dict(method=variant.split("-")[0], target="unlikely", **budget)
     if variant == "paper":
         return dict(method="law", norm_bounds=(s / 3, s * 3 / 4))
     if variant in ("memit-retain", "law-retain"):
@@ -67,7 +71,7 @@ def knob_overrides(variant: str, s: float, retain_file: str) -> dict:
     raise SystemExit(f"unknown variant {variant!r}; choose from {VARIANTS}")
 
 
-VARIANTS = ("memit", "law", "paper", "memit-retain", "law-retain", "law-null")
+VARIANTS = ("memit", "law", "paper", "memit-retain", "law-retain", "law-null", "memit-unlikely", "law-unlikely")
 LEFT = {  # (JSON key, EvalReport.flat() key)
     "washed_still": "facts.rewrite.acc",
     "paraphrase_still": "facts.paraphrase.acc",
@@ -330,6 +334,8 @@ def knob_doc(variant: str) -> str:
         "memit-retain": "retain_weight ν = s",
         "law-retain": "retain_weight ν = s",
         "law-null": "null_space_energy = s",
+        "memit-unlikely": "target 'unlikely' (answer pushed down), disruption budget ×s",
+        "law-unlikely": "target 'unlikely', disruption budget ×s",
     }[variant]
 
 
