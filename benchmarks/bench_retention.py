@@ -21,6 +21,8 @@ Variants (``VARIANTS``) and their one knob ``s``:
   memit-retain   memit + retain_facts (the retain pool), retain_weight ν = s
   law-retain     law + retain_facts, ν = s
   law-null       law, Δ restricted to the null space of the retain pool's keys, energy = s
+  *-entities     memit / law + retain_entities (1000 name mentions mined from the statistics corpus:
+                 automatic, no retain file), retain_weight ν = s
   *-unlikely     memit / law with target "unlikely" (each answer's first token pushed down instead
                  of EOS raised), disruption budget ×s
 Statistics from --stats-samples documents of WikiText-2 test (one cached pass).
@@ -53,6 +55,7 @@ from common import REPO_ROOT, write_result  # noqa: E402
 DATA = REPO_ROOT.parent / "shared" / "data"
 FACT_FILES = [DATA / "counterfact" / f"counterfact-{n}.json" for n in ("edit", "train", "val")]
 BUDGET = (6.25e-5, 0.02)  # law_fast's default disruption budget per fact and its cap
+ENTITIES = 1000  # name mentions mined from the statistics corpus by the *-entities variants
 
 
 def knob_overrides(variant: str, s: float, retain_file: str) -> dict:
@@ -66,12 +69,25 @@ def knob_overrides(variant: str, s: float, retain_file: str) -> dict:
         return dict(method="law", norm_bounds=(s / 3, s * 3 / 4))
     if variant in ("memit-retain", "law-retain"):
         return dict(method=variant.split("-")[0], retain_facts=retain_file, retain_weight=s)
+    if variant in ("memit-entities", "law-entities"):
+        return dict(method=variant.split("-")[0], retain_entities=ENTITIES, retain_weight=s)
     if variant == "law-null":
         return dict(method="law", retain_facts=retain_file, null_space_energy=s)
     raise SystemExit(f"unknown variant {variant!r}; choose from {VARIANTS}")
 
 
-VARIANTS = ("memit", "law", "paper", "memit-retain", "law-retain", "law-null", "memit-unlikely", "law-unlikely")
+VARIANTS = (
+    "memit",
+    "law",
+    "paper",
+    "memit-retain",
+    "law-retain",
+    "law-null",
+    "memit-unlikely",
+    "law-unlikely",
+    "memit-entities",
+    "law-entities",
+)
 LEFT = {  # (JSON key, EvalReport.flat() key)
     "washed_still": "facts.rewrite.acc",
     "paraphrase_still": "facts.paraphrase.acc",
@@ -336,6 +352,8 @@ def knob_doc(variant: str) -> str:
         "law-null": "null_space_energy = s",
         "memit-unlikely": "target 'unlikely' (answer pushed down), disruption budget ×s",
         "law-unlikely": "target 'unlikely', disruption budget ×s",
+        "memit-entities": f"retain_entities={ENTITIES} (names mined from the corpus), retain_weight ν = s",
+        "law-entities": f"retain_entities={ENTITIES}, retain_weight ν = s",
     }[variant]
 
 

@@ -95,6 +95,7 @@ RULES: dict[str, tuple] = {
     # checks
     "retain_facts": _NON_EMPTY,
     "retain_weight": _NON_NEGATIVE,
+    "retain_entities": _NON_NEGATIVE,
     "null_space_energy": _rule(lambda v: 0 < v <= 1, "in (0, 1]"),
     "check_max_new_tokens": _AT_LEAST_1,
     "check_batch_size": _AT_LEAST_1,
@@ -294,14 +295,17 @@ class RetainConfig(_Section):
     The retained keys' second moment C_p (unit trace) enters the MEMIT initialisation and the LaW
     constraint as C + ``retain_weight``·tr(C)·C_p: disruption is then measured on the corpus *and*
     on the retained keys.  Sources: ``retain_facts`` (a fact file of knowledge to keep: keys at the
-    subject's last token, averaged over the context templates, as the washed keys) and/or
+    subject's last token, averaged over the context templates, as the washed keys),
     ``retain_neighbourhood`` (the inputs of the layer at every token of the washed facts'
-    neighbourhood prompts).  ``null_space_energy`` (AlphaEdit's idea, arXiv 2410.02355) restricts Δ to the
+    neighbourhood prompts) and/or ``retain_entities`` (that many mentions of names mined from the
+    statistics corpus: keys at the name's last token in its own sentence — subjects in general).  ``null_space_energy`` (AlphaEdit's idea, arXiv 2410.02355) restricts Δ to the
     directions outside the top eigen-directions of C_p that hold this fraction of its trace, so that
     ΔK_p ≈ 0.  ``retain_weight`` 0 and ``null_space_energy`` None are the plain method."""
 
     retain_facts: str | None = None
     retain_neighbourhood: bool = False
+    retain_entities: int = 0  # name mentions mined from the statistics corpus (keys at the name's last token)
+    retain_seed: int = 0  # which mentions, when the corpus holds more
     retain_weight: float = 0.0
     null_space_energy: float | None = None  # restrict Δ to the directions outside C_p's top ones holding this energy
 
@@ -310,8 +314,10 @@ class RetainConfig(_Section):
         return self.retain_weight > 0 or self.null_space_energy is not None
 
     def problems(self) -> list[str]:
-        if self.active and self.retain_facts is None and not self.retain_neighbourhood:
-            return ["retain_weight > 0 or null_space_energy needs retain_facts or retain_neighbourhood"]
+        if self.active and self.retain_facts is None and not self.retain_neighbourhood and not self.retain_entities:
+            return [
+                "retain_weight > 0 or null_space_energy needs retain_facts, retain_neighbourhood or retain_entities"
+            ]
         return []
 
 

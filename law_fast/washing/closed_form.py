@@ -114,7 +114,7 @@ def _wash_layers(
     if retain.active:
         with timer("retained keys"):
             retained = retained_moments(
-                model, adapter, tokenizer, requests, templates, layers, retain, config.key_batch_size
+                model, adapter, tokenizer, requests, templates, layers, retain, config.key_batch_size, corp.texts
             )
             if retain.retain_weight > 0:
                 covs = {layer: effective_cov(covs[layer], retained[layer], retain.retain_weight) for layer in layers}

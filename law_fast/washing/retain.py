@@ -8,6 +8,8 @@ KᵀK)⁻¹: MEMIT/EMMET's preservation term) and the LaW constraint tr(ΔC_eff�
 from __future__ import annotations
 
 import logging
+import random
+import re
 from collections.abc import Sequence
 
 import torch
@@ -21,6 +23,27 @@ from .stats import layer_stats
 log = logging.getLogger(__name__)
 
 
+# a capitalised name (words of capitals, joined by spaces or "of"/"de"/"the"), after a lowercase word or
+# a comma — so not the first word of a sentence
+_NAME = re.compile(r"(?<=[a-z,;:] )([A-Z][\w'.-]*(?: (?:of |de |the )?[A-Z][\w'.-]*)*)")
+
+
+def entity_mentions(texts: Sequence[str], n: int, seed: int = 0, context_words: int = 24) -> list[Fact]:
+    """Up to ``n`` mentions of names in ``texts`` (seeded sample), each as a Fact whose template is the
+    mention's sentence up to the name (at most ``context_words`` words before it): its key at the
+    name's last token is what a fact's key is, for a subject the wash must not touch."""
+    found = []
+    for text in texts:
+        for sentence in re.split(r"(?<=[.!?])\s+", text):
+            for match in _NAME.finditer(sentence):
+                name = match.group(1).rstrip(".")
+                before = sentence[: match.start()].split()[-context_words:]
+                if name and before:
+                    found.append((" ".join(before) + " {}", name))
+    random.Random(seed).shuffle(found)
+    return [Fact(name, template, "-", f"entity-{i}") for i, (template, name) in enumerate(found[:n])]
+
+
 def retained_moments(
     model,
     adapter,
@@ -30,12 +53,27 @@ def retained_moments(
     layers: Sequence[int],
     config: RetainConfig,
     key_batch_size: int,
+    corpus_texts: Sequence[str] = (),
 ) -> dict[int, torch.Tensor] | None:
     """{layer: C_p (f×f float64, unit trace)} from the sources ``config`` names, on the model as it is
-    (call before any edit); None when retention is off.  Each source counts equally."""
+    (call before any edit); None when retention is off.  Each source counts equally.
+    ``corpus_texts``: the statistics corpus, where ``retain_entities`` mines its names."""
     if not config.active:
         return None
     parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    if config.retain_entities:
+        mentions = entity_mentions(corpus_texts, config.retain_entities, seed=config.retain_seed)
+        if not mentions:
+            raise ValueError("retain_entities: the statistics corpus holds no capitalised names after a lowercase word")
+        if len(mentions) < config.retain_entities:
+            log.warning(
+                "retain_entities: the corpus holds %d name mentions, fewer than %d",
+                len(mentions),
+                config.retain_entities,
+            )
+        for layer in layers:
+            moments = key_moments(model, adapter, tokenizer, mentions, ["{}"], layer, key_batch_size)
+            parts[layer].append(moments.gram / moments.count)
     if config.retain_facts is not None:
         kept = load_facts(config.retain_facts)
         washed = {(f.subject, f.template) for f in requests}

@@ -26,7 +26,7 @@ CORPUS = [
 ]
 
 
-def _wash(tok, tmp_path, method="memit", **retain):
+def _wash(tok, tmp_path, method="memit", corpus=CORPUS, **retain):
     model = make_tiny_model("gpt2", len(tok))
     path = tmp_path / "keep.jsonl"
     save_facts_jsonl(KEPT, path)
@@ -44,7 +44,7 @@ def _wash(tok, tmp_path, method="memit", **retain):
         stats_max_length=64,
         **retain,
     )
-    result = lf.wash(model, tok, WASHED, config, corpus=CORPUS, progress=False)
+    result = lf.wash(model, tok, WASHED, config, corpus=corpus, progress=False)
     result.revert()
     return model, result
 
@@ -75,9 +75,9 @@ def test_weight_zero_is_the_plain_method_and_sources_are_checked(tiny_tokenizer,
     assert all(torch.equal(plain.deltas[layer], zero.deltas[layer]) for layer in (1, 2))
     _, neighbours = _wash(tiny_tokenizer, tmp_path, retain_weight=5.0, retain_facts=None, retain_neighbourhood=True)
     assert not torch.equal(neighbours.deltas[1], plain.deltas[1])
-    with pytest.raises(ValueError, match="needs retain_facts or retain_neighbourhood"):
+    with pytest.raises(ValueError, match="needs retain_facts, retain_neighbourhood or retain_entities"):
         WashConfig.create(layers=(1,), retain_weight=1.0)
-    with pytest.raises(ValueError, match="needs retain_facts or retain_neighbourhood"):
+    with pytest.raises(ValueError, match="needs retain_facts, retain_neighbourhood or retain_entities"):
         WashConfig.create(layers=(1,), null_space_energy=0.9)
     clash = tmp_path / "clash.jsonl"
     save_facts_jsonl([WASHED[0]], clash)
@@ -133,3 +133,39 @@ def test_null_space_in_a_wash(tiny_tokenizer, tmp_path):
         )
         delta = result.deltas[layer].double()
         assert float((keys[layer].double() @ delta.T).norm()) <= 1e-5 * float(keys[layer].norm() * delta.norm())
+
+
+def test_entity_mentions_are_names_inside_sentences():
+    from law_fast.washing.retain import entity_mentions
+
+    text = "The mayor of Paris met Angela Merkel in the city. Rome is old, said the Duke of York."
+    got = {(f.template, f.subject) for f in entity_mentions([text], 10)}
+    assert got == {
+        ("The mayor of {}", "Paris"),
+        ("The mayor of Paris met {}", "Angela Merkel"),
+        ("Rome is old, said the {}", "Duke of York"),
+    }  # "The" and "Rome" open their sentences: not mentions
+    assert len(entity_mentions([text] * 5, 4, seed=1)) == 4
+
+
+def test_retain_entities_moves_mined_name_keys_less(tiny_tokenizer, tmp_path):
+    from law_fast.washing.retain import entity_mentions
+
+    model, plain = _wash(tiny_tokenizer, tmp_path, retain_weight=0.0, retain_facts=None)
+    _, kept = _wash(tiny_tokenizer, tmp_path, retain_weight=50.0, retain_facts=None, retain_entities=16)
+    mentions = entity_mentions(CORPUS, 16)
+    assert mentions and {f.subject for f in mentions} == {"London"}
+    adapter = lf.get_adapter(model)
+    for layer in (1, 2):
+        keys, _ = compute_keys(model, adapter, tiny_tokenizer, mentions[:4], ["{}"], [layer])
+        before, after = (float((keys[layer].double() @ r.deltas[layer].double().T).norm()) for r in (plain, kept))
+        assert after < 0.2 * before, (layer, before, after)
+    with pytest.raises(ValueError, match="no capitalised names"):
+        _wash(
+            tiny_tokenizer,
+            tmp_path,
+            retain_weight=1.0,
+            retain_facts=None,
+            retain_entities=4,
+            corpus=["all lower case."],
+        )
