@@ -23,6 +23,7 @@ Variants (``VARIANTS``) and their one knob ``s``:
   law-null       law, Δ restricted to the null space of the retain pool's keys, energy = s
   *-entities     memit / law + retain_entities (1000 name mentions mined from the statistics corpus:
                  automatic, no retain file), retain_weight ν = s
+  law-entities-white  law-entities with the LaW steps whitened by C_eff (law_whiten)
   *-unlikely     memit / law with target "unlikely" (each answer's first token pushed down instead
                  of EOS raised), disruption budget ×s
 Statistics from --stats-samples documents of WikiText-2 test (one cached pass).
@@ -71,6 +72,8 @@ def knob_overrides(variant: str, s: float, retain_file: str) -> dict:
         return dict(method=variant.split("-")[0], retain_facts=retain_file, retain_weight=s)
     if variant in ("memit-entities", "law-entities"):
         return dict(method=variant.split("-")[0], retain_entities=ENTITIES, retain_weight=s)
+    if variant == "law-entities-white":
+        return dict(method="law", retain_entities=ENTITIES, retain_weight=s, law_whiten=True)
     if variant == "law-null":
         return dict(method="law", retain_facts=retain_file, null_space_energy=s)
     raise SystemExit(f"unknown variant {variant!r}; choose from {VARIANTS}")
@@ -87,6 +90,7 @@ VARIANTS = (
     "law-unlikely",
     "memit-entities",
     "law-entities",
+    "law-entities-white",
 )
 LEFT = {  # (JSON key, EvalReport.flat() key)
     "washed_still": "facts.rewrite.acc",
@@ -354,6 +358,7 @@ def knob_doc(variant: str) -> str:
         "law-unlikely": "target 'unlikely', disruption budget ×s",
         "memit-entities": f"retain_entities={ENTITIES} (names mined from the corpus), retain_weight ν = s",
         "law-entities": f"retain_entities={ENTITIES}, retain_weight ν = s",
+        "law-entities-white": f"retain_entities={ENTITIES}, retain_weight ν = s, law_whiten",
     }[variant]
 
 

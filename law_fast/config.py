@@ -286,6 +286,9 @@ class LawConfig(_Section):
     total_iters: int = 1000
     beta_ratio: float = 1.1
     law_dtype: str = "float64"
+    # Adam in the coordinates where the constraint is a sphere (Ũ = LᵀU, C = LLᵀ), lr scaled by ‖Ũ₀‖/‖U₀‖:
+    # the steps no longer spend the budget in the directions C weighs most (an anisotropic C_eff)
+    law_whiten: bool = False
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,8 @@ def law_optimize(
     progress: show a tqdm bar over the iterations.
     basis: optionally V (f, r) orthonormal: Δ is restricted to Δ = Δ̃Vᵀ and the loop runs in r dimensions
         (``law_fast.washing.retain.restrict``).
+    config.law_whiten: the loop runs on Ũ = LᵀU (C = LLᵀ): the same problem with G̃ = L⁻¹GL⁻ᵀ and the
+        constraint ‖Ũ‖² (C̃ = I), learning rates × ‖Ũ₀‖/‖U₀‖; Δ = (L⁻ᵀŨ)ᵀ, the report in the original ρ.
 
     Returns Δ = Uᵀ (d, f) float64 on gram's device: the final iterate, after its rescale, and
     report = {beta, rho_init, rho_final, objective_init, objective_final, first_contact} (floats;
@@ -113,6 +115,8 @@ def law_optimize(
             delta0.to(V) @ V, gram, cov, config, kernels=kernels, keys=keys, progress=progress
         )
         return reduced @ V.T, report
+    if config.law_whiten:
+        return _whitened(delta0, gram, cov, config, kernels, keys, progress)
     kernels = kernels or LawKernels()
     if keys is not None and 2 * keys.shape[0] < delta0.shape[1]:
         kernels = kernels._replace(quadratic=low_rank_quadratic(keys))
@@ -162,3 +166,33 @@ def law_optimize(
     }
     log.debug("LaW (f=%d, d=%d, %s, %d iterations): %s", f, d, config.law_dtype, config.total_iters, report)
     return U.T.to(torch.float64).contiguous(), report
+
+
+def _whitened(delta0, gram, cov, config: LawConfig, kernels, keys, progress) -> tuple[torch.Tensor, dict]:
+    """law_optimize on Ũ = LᵀU (see ``config.law_whiten``), float64 transforms on gram's device."""
+    from .memit import cholesky_with_jitter
+
+    device = gram.device
+    C = cov.detach().to(device, torch.float64)
+    L, _ = cholesky_with_jitter(C)
+    G = gram.detach().to(device, torch.float64)
+    G_w = torch.linalg.solve_triangular(L, torch.linalg.solve_triangular(L, G, upper=False).T, upper=False)
+    G_w = 0.5 * (G_w + G_w.T)  # L⁻¹ G L⁻ᵀ
+    U0 = delta0.detach().to(device, torch.float64).T
+    U0_w = L.T @ U0
+    scale = float(U0_w.norm() / U0.norm().clamp_min(1e-300))
+    keys_w = None
+    if keys is not None:
+        keys_w = torch.linalg.solve_triangular(L, keys.detach().to(device, torch.float64).T, upper=False).T  # K L⁻ᵀ
+    lr_after = config.lr_after_hitting_boundary
+    inner = config.replace(
+        law_whiten=False,
+        learning_rate=config.learning_rate * scale,
+        lr_after_hitting_boundary=None if lr_after is None else lr_after * scale,
+    )
+    eye = torch.eye(C.shape[0], dtype=torch.float64, device=device)
+    U_w, report = law_optimize(U0_w.T, G_w, eye, inner, kernels=kernels, keys=keys_w, progress=progress)
+    delta = torch.linalg.solve_triangular(L.T, U_w.T, upper=True).T  # (L⁻ᵀ Ũ)ᵀ
+    to_rho = C.shape[0] / float(C.diagonal().sum())  # ρ̃ = ‖Ũ‖²/f → ρ = ‖Ũ‖²/tr(C)
+    report = {**report, **{k: report[k] * to_rho for k in ("beta", "rho_init", "rho_final")}}
+    return delta.contiguous(), report

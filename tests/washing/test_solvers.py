@@ -296,3 +296,40 @@ def test_law_rejects_keys_in_place_of_the_gram_matrix():
         args[name][0, 0] = float("nan")
         with pytest.raises(ValueError, match=f"{name} has non-finite entries"):
             law_optimize(args["delta0"], args["gram"], args["cov"], LawConfig())
+
+
+def _law_problem(f=24, d=6, m=10, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(4 * f, f, generator=g, dtype=torch.float64)
+    K = torch.randn(m, f, generator=g, dtype=torch.float64)
+    delta0 = 1e-2 * torch.randn(d, f, generator=g, dtype=torch.float64)
+    return X.T @ X / X.shape[0], K, delta0
+
+
+def test_whitened_law_equals_plain_for_an_isotropic_cov():
+    """C = c·I: Ũ = √c·U and the lr scales by √c, so Adam takes the same steps (up to its eps)."""
+    _, K, delta0 = _law_problem()
+    cfg = LawConfig(learning_rate=1e-3, total_iters=60, beta_ratio=1.2, lr_after_hitting_boundary=1e-4)
+    cov = 3.7 * torch.eye(K.shape[1], dtype=torch.float64)
+    plain, rep = law_optimize(delta0, K.T @ K, cov, cfg)
+    white, rep_w = law_optimize(delta0, K.T @ K, cov, cfg.replace(law_whiten=True))
+    assert float((white - plain).norm() / plain.norm()) < 1e-6
+    for key in ("beta", "rho_init", "rho_final", "objective_init", "objective_final"):
+        assert rep_w[key] == pytest.approx(rep[key], rel=1e-6), key
+    assert rep_w["first_contact"] == rep["first_contact"]
+
+
+def test_whitened_law_keeps_its_gain_where_the_cov_is_anisotropic():
+    """C_eff with a heavily weighted direction the keys use: plain Adam's steps spend the budget there and
+    the radial rescale shrinks the objective; whitened steps raise it, and stay feasible."""
+    C, K, delta0 = _law_problem()
+    heavy = K[:3].T @ K[:3]
+    C_eff = C + 50.0 * C.trace() * heavy / heavy.trace()
+    cfg = LawConfig(learning_rate=2e-3, total_iters=200, beta_ratio=1.1)
+    G = K.T @ K
+    _, plain = law_optimize(delta0, G, C_eff, cfg)
+    white_delta, white = law_optimize(delta0, G, C_eff, cfg.replace(law_whiten=True))
+    assert white["objective_final"] > white["objective_init"]
+    assert white["objective_final"] > plain["objective_final"]
+    rho = float((white_delta @ C_eff * white_delta).sum() / C_eff.trace())
+    assert rho == pytest.approx(white["rho_final"], rel=1e-9) and rho <= white["beta"] * (1 + 1e-9)
