@@ -273,9 +273,14 @@ def test_law_backends_follow_the_same_trajectory(law_dtype, tolerance):
 def test_law_zero_iterations_returns_the_init():
     K, R, C, _ = _problem(m=10)
     delta0 = plain_memit_delta(K, R, C, 1.0)
-    # WashConfig wants total_iters >= 1; the solver only reads these five fields
+    # WashConfig wants total_iters >= 1; the solver only reads these six fields
     config = SimpleNamespace(
-        learning_rate=1e-3, lr_after_hitting_boundary=None, total_iters=0, beta_ratio=1.1, law_dtype="float64"
+        learning_rate=1e-3,
+        lr_after_hitting_boundary=None,
+        total_iters=0,
+        beta_ratio=1.1,
+        law_dtype="float64",
+        law_whiten=False,
     )
     delta, rep = law_optimize(delta0, K.T @ K, C, config)
     assert torch.equal(delta, delta0) and rep["first_contact"] is None
