@@ -24,6 +24,7 @@ Variants (``VARIANTS``) and their one knob ``s``:
   *-entities     memit / law + retain_entities (1000 name mentions mined from the statistics corpus:
                  automatic, no retain file), retain_weight ν = s
   law-entities-white  law-entities with the LaW steps whitened by C_eff (law_whiten)
+  *-ent1         memit / law + retain_entities at ν = 1, disruption budget ×s
   *-unlikely     memit / law with target "unlikely" (each answer's first token pushed down instead
                  of EOS raised), disruption budget ×s
 Statistics from --stats-samples documents of WikiText-2 test (one cached pass).
@@ -72,6 +73,8 @@ def knob_overrides(variant: str, s: float, retain_file: str) -> dict:
         return dict(method=variant.split("-")[0], retain_facts=retain_file, retain_weight=s)
     if variant in ("memit-entities", "law-entities"):
         return dict(method=variant.split("-")[0], retain_entities=ENTITIES, retain_weight=s)
+    if variant in ("memit-ent1", "law-ent1"):
+        return dict(method=variant.split("-")[0], retain_entities=ENTITIES, retain_weight=1.0, **budget)
     if variant == "law-entities-white":
         return dict(method="law", retain_entities=ENTITIES, retain_weight=s, law_whiten=True)
     if variant == "law-null":
@@ -91,6 +94,8 @@ VARIANTS = (
     "memit-entities",
     "law-entities",
     "law-entities-white",
+    "memit-ent1",
+    "law-ent1",
 )
 LEFT = {  # (JSON key, EvalReport.flat() key)
     "washed_still": "facts.rewrite.acc",
@@ -300,7 +305,9 @@ def main(argv=None) -> int:
                 label = f"{variant}@{m}@{s:g}"
                 key = {**base_key, "config": config.to_dict(), "washed": [f.case_id for f in washed]}
                 key["retain"] = [f.case_id for f in retain] if config.retain.active else None
-                path = workdir / "points" / f"{variant}-m{m}-s{s:g}-{sha(key)}.json"
+                digest = sha(key)  # the same computation under another variant's name is the same point
+                same = sorted((workdir / "points").glob(f"*-{digest}.json"))
+                path = same[0] if same else workdir / "points" / f"{variant}-m{m}-s{s:g}-{digest}.json"
                 point = read_json(path)
                 if point is None:
                     if args.budget_s and time.perf_counter() - started > args.budget_s:
@@ -359,6 +366,8 @@ def knob_doc(variant: str) -> str:
         "memit-entities": f"retain_entities={ENTITIES} (names mined from the corpus), retain_weight ν = s",
         "law-entities": f"retain_entities={ENTITIES}, retain_weight ν = s",
         "law-entities-white": f"retain_entities={ENTITIES}, retain_weight ν = s, law_whiten",
+        "memit-ent1": f"retain_entities={ENTITIES}, ν = 1, disruption budget ×s",
+        "law-ent1": f"retain_entities={ENTITIES}, ν = 1, disruption budget ×s",
     }[variant]
 
 

@@ -1,0 +1,50 @@
+"""The fact sets of the retention frontier (benchmarks/bench_retention.py): nested washed sets, controls
+and the retain pool fixed for every m, subjects disjoint, half the controls sharing a relation."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from law_fast.facts import Fact
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+bench = pytest.importorskip("bench_retention")
+
+TEMPLATES = [f"Relation {r} of {{}} is" for r in range(12)]
+
+
+def _known(n: int) -> list[Fact]:
+    # subjects repeat now and then (the same subject in two relations), templates cycle unevenly
+    return [
+        Fact(f"S{i if i % 7 else i // 7}", TEMPLATES[(i * 5) % 12 if i % 3 else i % 4], "a", i) for i in range(n)
+    ]
+
+
+def test_sets_are_disjoint_nested_and_the_same_for_every_m():
+    known = _known(400)
+    small = bench.choose_sets(known, 8, 8, 20, 6)
+    large = bench.choose_sets(known, 60, 8, 20, 6)
+    assert small is not None and large is not None
+    (w8, c8, r8), (w60, c60, r60) = small, large
+    assert [f.case_id for f in w60[:8]] == [f.case_id for f in w8] and len(w60) == 60
+    assert c8 == c60 and r8 == r60  # the controls and the pool do not depend on the largest m
+    subjects = [{f.subject for f in group} for group in (w60, c60, r60)]
+    assert not (subjects[0] & subjects[1]) and not (subjects[0] & subjects[2]) and not (subjects[1] & subjects[2])
+    near = {f.template for f in w8}
+    assert sum(f.template in near for f in c60) >= len(c60) // 2
+    assert all(f.template in near for f in r60) and len(c60) == 20 and len(r60) == 6
+
+
+def test_too_few_known_facts_is_none_not_a_smaller_set():
+    assert bench.choose_sets(_known(30), 25, 8, 20, 6) is None
+
+
+def test_knob_overrides_name_their_field_and_reject_unknown_variants():
+    assert bench.knob_overrides("memit", 2.0, "r.jsonl")["disruption_budget"] == pytest.approx(0.04)
+    assert bench.knob_overrides("law-entities", 3.0, "r.jsonl")["retain_weight"] == 3.0
+    assert bench.knob_overrides("memit-unlikely", 1.0, "r.jsonl")["target"] == "unlikely"
+    with pytest.raises(SystemExit, match="unknown variant"):
+        bench.knob_overrides("nope", 1.0, "r.jsonl")
