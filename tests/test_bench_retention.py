@@ -18,9 +18,7 @@ TEMPLATES = [f"Relation {r} of {{}} is" for r in range(12)]
 
 def _known(n: int) -> list[Fact]:
     # subjects repeat now and then (the same subject in two relations), templates cycle unevenly
-    return [
-        Fact(f"S{i if i % 7 else i // 7}", TEMPLATES[(i * 5) % 12 if i % 3 else i % 4], "a", i) for i in range(n)
-    ]
+    return [Fact(f"S{i if i % 7 else i // 7}", TEMPLATES[(i * 5) % 12 if i % 3 else i % 4], "a", i) for i in range(n)]
 
 
 def test_sets_are_disjoint_nested_and_the_same_for_every_m():
