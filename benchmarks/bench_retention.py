@@ -462,25 +462,28 @@ def plot(payload, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     ms = list(payload["originals"])
-    fig, axes = plt.subplots(1, len(ms), figsize=(5 * len(ms), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(ms), figsize=(5 * len(ms) + 1.8, 4.2), squeeze=False)
     for ax, m in zip(axes[0], ms):
-        for variant in dict.fromkeys(p["variant"] for p in payload["points"]):
+        colours = plt.get_cmap("tab20").colors
+        for k, variant in enumerate(dict.fromkeys(p["variant"] for p in payload["points"])):
             pts = sorted(
                 (p["metrics"]["washed_still"], p["metrics"]["controls_kept"], p["knob"])
                 for p in payload["points"]
                 if p["variant"] == variant and str(p["m"]) == m and "error" not in p
             )
             if pts:
-                ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], "o-", label=variant)
+                style = dict(color=colours[k % len(colours)], marker="os^vDP*X"[k % 8])
+                ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], "-", label=variant, **style)
                 for x, y, s in pts:
                     ax.annotate(f"{s:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         original = payload["originals"][m]["metrics"]["controls_kept"]
         ax.axhline(0.9 * original, color="grey", ls=":", lw=1, label="90% of controls")
         ax.axvline(0.10, color="grey", ls="--", lw=1, label="10% still produced")
         ax.set(title=f"m = {m} washed facts", xlabel="washed facts still produced", ylabel="controls kept")
+        kept = [p["metrics"]["controls_kept"] for p in payload["points"] if str(p["m"]) == m and "error" not in p]
         ax.set_xlim(-0.02, 1.02)
-        ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.set_ylim(max(0.0, min(kept + [0.9 * original]) - 0.05), 1.02)  # the frontier, not the empty corner
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
