@@ -46,13 +46,12 @@ import hashlib
 import json
 import logging
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, write_result  # noqa: E402
+from common import REPO_ROOT, git_sha, write_result  # noqa: E402
 
 DATA = REPO_ROOT.parent / "shared" / "data"
 FACT_FILES = [DATA / "counterfact" / f"counterfact-{n}.json" for n in ("edit", "train", "val")]
@@ -111,11 +110,10 @@ def sha(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def source_tree() -> str:
-    """The committed tree of law_fast/ (what computes a point); a point made by other code is recomputed."""
-    out = subprocess.run(["git", "rev-parse", "HEAD:law_fast"], cwd=REPO_ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "law_fast"], cwd=REPO_ROOT, capture_output=True, text=True)
-    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+def source_tree() -> str | None:
+    """The committed tree of law_fast/ (what computes a point; "-dirty" with uncommitted changes to its tracked
+    files); a point made by other code is recomputed."""
+    return git_sha("HEAD:law_fast", ("law_fast",))
 
 
 def read_json(path: Path):
@@ -139,19 +137,19 @@ def scan_known(model, tok, facts, cache: Path, enough, batch: int = 64):
     from law_fast.washing.elimination import known_facts
 
     verdicts = read_json(cache) or {}
-    done = 0
-    while True:
-        known = [f for f in facts[:done] if verdicts[str(f.case_id)]]
-        if (done and enough(known)) or done >= len(facts):
-            return known, done
+    known, done = [], 0
+    while not (done and enough(known)) and done < len(facts):
         chunk = facts[done : done + batch]
         todo = [f for f in chunk if str(f.case_id) not in verdicts]
         if todo:
             for f, k in zip(todo, known_facts(model, tok, todo, batch_size=batch)[0]):
                 verdicts[str(f.case_id)] = bool(k)
             write_json(cache, verdicts)
-            print(f"\r  scanned {done + len(chunk)} of {len(facts)} facts, {len(known)} known", end="", flush=True)
+        known += [f for f in chunk if verdicts[str(f.case_id)]]
         done += len(chunk)
+        if todo:
+            print(f"\r  scanned {done} of {len(facts)} facts, {len(known)} known", end="", flush=True)
+    return known, done
 
 
 def choose_sets(known, max_m: int, first_m: int, n_controls: int, n_retain: int):
@@ -169,8 +167,9 @@ def choose_sets(known, max_m: int, first_m: int, n_controls: int, n_retain: int)
     others = [f for f in rest if f.template not in near][: n_controls - len(hard)]
     if len(hard) < n_controls // 2 or len(others) < n_controls - n_controls // 2:
         return None
-    controls = sorted(hard + others, key=rest.index)
-    last = rest.index(controls[-1])
+    position = {f.case_id: i for i, f in enumerate(rest)}
+    controls = sorted(hard + others, key=lambda f: position[f.case_id])
+    last = position[controls[-1].case_id]
     taken |= {f.subject.lower() for f in controls}
     after = [f for f in rest[last + 1 :] if f.subject.lower() not in taken]
     retain = [f for f in after if f.template in near][:n_retain]

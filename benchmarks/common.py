@@ -80,16 +80,17 @@ def interleaved(
     return {name: _summary(values) for name, values in samples.items()}
 
 
-def git_sha() -> str | None:
-    """HEAD of the repository, with "-dirty" when the work tree has changes outside benchmarks/results
-    (None if unknown)."""
+def git_sha(rev: str = "HEAD", paths: tuple[str, ...] = (".", ":(exclude)benchmarks/results")) -> str | None:
+    """The object ``rev`` names (HEAD: the commit; "HEAD:law_fast": that folder's tree), with "-dirty" when
+    tracked files under ``paths`` have uncommitted changes — by default anywhere outside benchmarks/results,
+    what the scripts write, not what runs (untracked files, e.g. a built module or a link, do not count).
+    None if unknown."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        sha = subprocess.run(["git", "rev-parse", rev], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return None
-        # benchmarks/results is what the scripts write, not what runs: a run after another still has a clean sha
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *paths],
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
