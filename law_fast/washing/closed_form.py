@@ -110,6 +110,7 @@ def _wash_layers(
         templates = context_templates(model, tokenizer, seed=config.seed, length=config.targets.template_length)
         report.context_templates = templates
     bases: dict = dict.fromkeys(layers)  # None: Δ free; else Δ = Δ̃Vᵀ in the span of V (f×r)
+    corpus_covs: dict = dict.fromkeys(layers)  # the budget's covariance where covs holds C_eff
     retain = config.retain
     if retain.active:
         with timer("retained keys"):
@@ -117,6 +118,7 @@ def _wash_layers(
                 model, adapter, tokenizer, requests, templates, layers, retain, config.key_batch_size, corp.texts
             )
             if retain.retain_weight > 0:
+                corpus_covs = covs
                 covs = {layer: effective_cov(covs[layer], retained[layer], retain.retain_weight) for layer in layers}
             if retain.null_space_energy is not None:
                 bases = {layer: null_space_basis(retained[layer], retain.null_space_energy) for layer in layers}
@@ -158,7 +160,12 @@ def _wash_layers(
                 scale=1.0 / (len(layers) - i),
             )
             delta, rep = memit_update(
-                moments, covs[layer], adapter.weight(model, layer).detach(), config.memit, basis=bases[layer]
+                moments,
+                covs[layer],
+                adapter.weight(model, layer).detach(),
+                config.memit,
+                basis=bases[layer],
+                budget_cov=corpus_covs[layer],
             )
             layer_reports[layer]["memit"] = rep
             if bases[layer] is not None:  # how much of the washed keys' energy the restriction leaves to edit

@@ -37,6 +37,7 @@ class MemitSolver:
     proj: torch.Tensor  # P (r×d)
     norm_weights: torch.Tensor  # S (r×r)
     jitter: float  # added to C's diagonal (relative to mean diag), 0 if none
+    disruption_weights: torch.Tensor | None = None  # (basisᵀ C_b basis) ∘ (P Pᵀ) for a budget covariance C_b ≠ C
 
     @classmethod
     def build(cls, keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor) -> MemitSolver:
@@ -46,9 +47,16 @@ class MemitSolver:
 
     @classmethod
     def from_moments(
-        cls, gram: torch.Tensor, cross: torch.Tensor, cov: torch.Tensor, keys: torch.Tensor | None = None
+        cls,
+        gram: torch.Tensor,
+        cross: torch.Tensor,
+        cov: torch.Tensor,
+        keys: torch.Tensor | None = None,
+        budget_cov: torch.Tensor | None = None,
     ) -> MemitSolver:
         """gram = KᵀK (f, f), cross = KᵀR (f, d), cov (f, f); float64 on cov's device.
+        ``budget_cov`` C_b: :meth:`disruption` measures tr(ΔC_bΔᵀ) instead of tr(ΔCΔᵀ) (the corpus
+        covariance while C = C_eff also holds retained keys: the budget stays the corpus's).
 
         With the keys K (m, f) themselves and m < f, the eigenproblem is m-dimensional: with
         A = L⁻¹Kᵀ (f×m) and AᵀA = V diag(s) Vᵀ, the nonzero spectrum of L⁻¹GL⁻ᵀ = AAᵀ is s with
@@ -71,15 +79,20 @@ class MemitSolver:
             s = s.clamp_min(0)
         P = Q.T @ torch.linalg.solve_triangular(L, B, upper=False)
         basis = torch.linalg.solve_triangular(L.T, Q, upper=True)  # L⁻ᵀ Q
-        S = (basis.T @ basis) * (P @ P.T)
-        return cls(L, basis, s, P, S, jitter)
+        PPt = P @ P.T
+        S = (basis.T @ basis) * PPt
+        T = None if budget_cov is None else (basis.T @ budget_cov.to(dev, torch.float64) @ basis) * PPt
+        return cls(L, basis, s, P, S, jitter, T)
 
     def delta(self, lam: float) -> torch.Tensor:
         """Δ(λ), d×f float64."""
         return (self.basis @ (self.proj / (lam + self.eig)[:, None])).T
 
     def disruption(self, lam: float) -> float:
-        """tr(Δ C Δᵀ) (C without jitter is within jitter·‖Δ‖² of this)."""
+        """tr(Δ C Δᵀ) (C without jitter is within jitter·‖Δ‖² of this); tr(Δ C_b Δᵀ) with a budget covariance."""
+        if self.disruption_weights is not None:
+            d = 1.0 / (lam + self.eig)
+            return max(float(d @ self.disruption_weights @ d), 0.0)
         return float(((self.proj**2).sum(1) / (lam + self.eig) ** 2).sum())
 
     def fit_sq(self, lam: float, resid_sq: float) -> float:
@@ -215,24 +228,36 @@ def _bisect_log_lambda(solver: MemitSolver, ok, small_ok: bool) -> tuple[float, 
 
 
 def memit_update(
-    moments, cov: torch.Tensor, weight: torch.Tensor, config: MemitConfig, basis: torch.Tensor | None = None
+    moments,
+    cov: torch.Tensor,
+    weight: torch.Tensor,
+    config: MemitConfig,
+    basis: torch.Tensor | None = None,
+    budget_cov: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Δ (d×f float64) for one layer from its :class:`~law_fast.washing.keys.KeyMoments` (gram, cross,
     resid_sq) and a report (λ, trials, norms, disruption, fit, jitter).
+
+    ``budget_cov``: the covariance the λ rule "disruption" measures its budget in, when ``cov`` is not
+    it (C_eff = C + ν·tr(C)·C_p shapes Δ; the budget tr(ΔCΔᵀ) ≤ b·tr(WCWᵀ) stays on the corpus C, so
+    ν moves the edit away from the retained keys without shrinking it).  The report's disruption is
+    measured in it too (``retained_disruption``: tr(ΔC_effΔᵀ)/tr(WC_effWᵀ)).
 
     ``basis`` V (f×r, orthonormal): Δ = Δ̃Vᵀ is restricted to its span — the problem is solved in r
     dimensions (VᵀGV, VᵀB, VᵀCV); the λ rules see the same disruption, norm and fit as in f dimensions."""
     if moments.cross is None:
         raise ValueError("memit_update needs key moments with targets (key_moments(..., targets=, z_layer=))")
+    measured = cov if budget_cov is None else budget_cov
     if basis is None:
-        solver = MemitSolver.from_moments(moments.gram, moments.cross, cov, keys=moments.keys)
+        solver = MemitSolver.from_moments(moments.gram, moments.cross, cov, keys=moments.keys, budget_cov=budget_cov)
     else:
         V, gram, sub_cov, keys, cross = restrict(basis, moments.gram, cov, moments.keys, moments.cross)
-        solver = MemitSolver.from_moments(gram, cross, sub_cov, keys=keys)
-    lam, trials = choose_lambda(solver, weight, cov, config, moments.resid_sq, moments.count)
+        sub_budget = None if budget_cov is None else restrict(basis, moments.gram, budget_cov)[2]
+        solver = MemitSolver.from_moments(gram, cross, sub_cov, keys=keys, budget_cov=sub_budget)
+    lam, trials = choose_lambda(solver, weight, measured, config, moments.resid_sq, moments.count)
     delta = solver.delta(lam) if basis is None else solver.delta(lam) @ V.T
     W = weight.to(delta.device, torch.float64)
-    C = cov.to(delta.device, torch.float64)
+    C = measured.to(delta.device, torch.float64)
     G = moments.gram.to(delta.device, torch.float64)
     B = moments.cross.to(delta.device, torch.float64)
     dC = float((delta @ C * delta).sum())
@@ -248,4 +273,7 @@ def memit_update(
         "rho": dC / float(C.trace()),
         "fit_residual": math.sqrt(max(fit_sq, 0.0) / max(moments.resid_sq, 1e-300)),
     }
+    if budget_cov is not None:
+        E = cov.to(delta.device, torch.float64)
+        report["retained_disruption"] = float((delta @ E * delta).sum()) / float((W @ E * W).sum())
     return delta, report

@@ -17,7 +17,9 @@ import torch
 from ..config import RetainConfig
 from ..corpus import load_corpus
 from ..facts import Fact, load_facts
-from .keys import key_moments
+from ..hf.adapters import model_device
+from ..ops import cov_accumulate_
+from .keys import compute_keys
 from .stats import layer_stats
 
 log = logging.getLogger(__name__)
@@ -28,17 +30,21 @@ log = logging.getLogger(__name__)
 _NAME = re.compile(r"(?<=[a-z,;:] )([A-Z][\w'.-]*(?: (?:of |de |the )?[A-Z][\w'.-]*)*)")
 
 
-def entity_mentions(texts: Sequence[str], n: int, seed: int = 0, context_words: int = 24) -> list[Fact]:
+def entity_mentions(
+    texts: Sequence[str], n: int, seed: int = 0, context_words: int = 24, exclude: Sequence[str] = ()
+) -> list[Fact]:
     """Up to ``n`` mentions of names in ``texts`` (seeded sample), each as a Fact whose template is the
     mention's sentence up to the name (at most ``context_words`` words before it): its key at the
-    name's last token is what a fact's key is, for a subject the wash must not touch."""
+    name's last token is what a fact's key is, for a subject the wash must not touch.  A name that
+    holds one of ``exclude`` (the washed subjects) as whole words is not one to keep."""
+    banned = [f" {e.strip()} " for e in exclude if e.strip()]
     found = []
     for text in texts:
         for sentence in re.split(r"(?<=[.!?])\s+", text):
             for match in _NAME.finditer(sentence):
                 name = match.group(1).rstrip(".")
                 before = sentence[: match.start()].split()[-context_words:]
-                if name and before:
+                if name and before and not any(b in f" {name} " for b in banned):
                     found.append((" ".join(before) + " {}", name))
     random.Random(seed).shuffle(found)
     return [Fact(name, template, "-", f"entity-{i}") for i, (template, name) in enumerate(found[:n])]
@@ -62,7 +68,8 @@ def retained_moments(
         return None
     parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     if config.retain_entities:
-        mentions = entity_mentions(corpus_texts, config.retain_entities, seed=config.retain_seed)
+        subjects = sorted({f.subject for f in requests})
+        mentions = entity_mentions(corpus_texts, config.retain_entities, seed=config.retain_seed, exclude=subjects)
         if not mentions:
             raise ValueError("retain_entities: the statistics corpus holds no capitalised names after a lowercase word")
         if len(mentions) < config.retain_entities:
@@ -71,9 +78,8 @@ def retained_moments(
                 len(mentions),
                 config.retain_entities,
             )
-        for layer in layers:
-            moments = key_moments(model, adapter, tokenizer, mentions, ["{}"], layer, key_batch_size)
-            parts[layer].append(moments.gram / moments.count)
+        for layer, second in _second_moments(model, adapter, tokenizer, mentions, ["{}"], layers, key_batch_size):
+            parts[layer].append(second)
     if config.retain_facts is not None:
         kept = load_facts(config.retain_facts)
         washed = {(f.subject, f.template) for f in requests}
@@ -83,9 +89,8 @@ def retained_moments(
                 f"{config.retain_facts}: {len(clash)} fact(s) to keep are also being washed "
                 f"(same subject and prompt), e.g. case ids {clash[:5]}"
             )
-        for layer in layers:
-            moments = key_moments(model, adapter, tokenizer, kept, templates, layer, key_batch_size)
-            parts[layer].append(moments.gram / moments.count)
+        for layer, second in _second_moments(model, adapter, tokenizer, kept, templates, layers, key_batch_size):
+            parts[layer].append(second)
     if config.retain_neighbourhood:
         prompts = [prompt for fact in requests for prompt, _ in fact.neighbourhood]
         if not prompts:
@@ -94,6 +99,21 @@ def retained_moments(
         for layer in layers:
             parts[layer].append(stats[layer].cov.to(torch.float64))
     return {layer: sum(m / m.diagonal().sum() for m in ms) / len(ms) for layer, ms in parts.items()}
+
+
+def _second_moments(model, adapter, tokenizer, facts, templates, layers, batch_size):
+    """(layer, Σ_j k_jk_jᵀ / n) of ``facts``' averaged keys for every layer, from one forward pass per
+    batch of ``batch_size`` facts (the keys of all layers at once)."""
+    f = {layer: adapter.dims(model, layer)[1] for layer in layers}
+    device = model_device(model)
+    grams = {layer: torch.zeros(f[layer], f[layer], dtype=torch.float64, device=device) for layer in layers}
+    counts = {layer: torch.zeros((), dtype=torch.int64, device=device) for layer in layers}
+    for start in range(0, len(facts), batch_size):
+        chunk = facts[start : start + batch_size]
+        keys, _ = compute_keys(model, adapter, tokenizer, chunk, templates, layers, None, len(chunk) * len(templates))
+        for layer in layers:
+            cov_accumulate_(keys[layer].contiguous(), grams[layer], counts[layer])
+    return [(layer, grams[layer] / int(counts[layer])) for layer in layers]
 
 
 def effective_cov(cov: torch.Tensor, retained: torch.Tensor, weight: float) -> torch.Tensor:

@@ -169,3 +169,53 @@ def test_retain_entities_moves_mined_name_keys_less(tiny_tokenizer, tmp_path):
             retain_entities=4,
             corpus=["all lower case."],
         )
+
+
+@pytest.mark.parametrize("with_keys", [True, False])
+def test_budget_is_measured_on_the_corpus_covariance(with_keys):
+    """With C_eff = C + ν·tr(C)·C_p shaping Δ, the λ rule "disruption" measures tr(ΔCΔᵀ) ≤ b·tr(WCWᵀ) on
+    C: the solver's disruption equals the float64 trace for every λ, and λ is the smallest that meets b."""
+    from law_fast.config import MemitConfig
+    from law_fast.washing.keys import KeyMoments
+    from law_fast.washing.memit import MemitSolver, memit_update
+    from law_fast.washing.retain import effective_cov
+
+    C, K, R, W, kept = _problem()
+    C_eff = effective_cov(C, kept.T @ kept / (kept**2).sum(), 10.0)
+    keys = K if with_keys else None
+    solver = MemitSolver.from_moments(K.T @ K, K.T @ R, C_eff, keys=keys, budget_cov=C)
+    for lam in (1e-3, 0.1, 10.0):
+        delta = solver.delta(lam)
+        assert solver.disruption(lam) == pytest.approx(float((delta @ C * delta).sum()), rel=1e-9)
+    moments = KeyMoments(K.T @ K, K.T @ R, float((R**2).sum()), K.shape[0], keys)
+    config = MemitConfig(disruption_budget=0.01, disruption_per_fact=None)
+    delta, report = memit_update(moments, C_eff, W, config, budget_cov=C)
+    assert report["disruption"] == pytest.approx(0.01, rel=1e-4)  # the budget, met on C
+    assert report["disruption"] == pytest.approx(float((delta @ C * delta).sum() / (W @ C * W).sum()), rel=1e-9)
+    assert report["retained_disruption"] == pytest.approx(
+        float((delta @ C_eff * delta).sum() / (W @ C_eff * W).sum()), rel=1e-9
+    )
+    # the same budget on C without C_p: the retained keys move more
+    plain, _ = memit_update(moments, C, W, config)
+    assert float((kept @ delta.T).norm()) < 0.5 * float((kept @ plain.T).norm())
+
+
+def test_entity_mentions_skip_washed_subjects():
+    from law_fast.washing.retain import entity_mentions
+
+    text = "The mayor of Paris met Angela Merkel in the city of Paris Hilton. A man saw Parish Hall."
+    got = {f.subject for f in entity_mentions([text], 10, exclude=["Paris", " "])}
+    assert got == {"Angela Merkel", "Parish Hall"}  # whole words only: "Parish" is not "Paris"
+
+
+def test_retained_second_moments_of_all_layers_in_one_pass(tiny_tokenizer):
+    from law_fast.washing.keys import key_moments
+    from law_fast.washing.retain import _second_moments
+
+    model = make_tiny_model("gpt2", len(tiny_tokenizer))
+    adapter = lf.get_adapter(model)
+    templates = ["{}", "Once upon a time. {}"]
+    got = dict(_second_moments(model, adapter, tiny_tokenizer, KEPT, templates, (0, 2), batch_size=2))
+    for layer in (0, 2):
+        want = key_moments(model, adapter, tiny_tokenizer, KEPT, templates, layer, 2)
+        torch.testing.assert_close(got[layer], want.gram / want.count, rtol=1e-6, atol=1e-8)
