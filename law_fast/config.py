@@ -217,7 +217,8 @@ class TargetConfig(_Section):
     edited layer until the model emits ``target`` after the prompt."""
 
     # "eos": the EOS token alone; "space+eos": " " + EOS as the reference; "unlikely": push each fact's own
-    # answer token down (−log(1 − p) instead of −log p of a target); else literal text to emit
+    # answer token down (−log(1 − p) instead of −log p of a target); "answer": raise each fact's own answer
+    # text (editing: the facts carry their new objects, law_fast.compat); else literal text to emit
     target: str = "eos"
     template_length: int = 10
     v_num_grad_steps: int = 20
@@ -410,8 +411,8 @@ class WashConfig:
             return ["layers is empty"]
         if list(self.layers) != sorted(set(self.layers)) or self.layers[0] < 0:
             return [f"layers must be strictly ascending block indices >= 0, got {list(self.layers)}"]
-        if self.targets.target == "unlikely" and self.method in ("ft", "me-ft"):
-            return [f'target "unlikely" is for the closed-form methods (law, memit), not {self.method!r}']
+        if self.targets.target in ("unlikely", "answer") and self.method in ("ft", "me-ft"):
+            return [f'target "{self.targets.target}" is for the closed-form methods (law, memit), not {self.method!r}']
         return []
 
     @property
@@ -582,16 +583,20 @@ class WashConfig:
         return cls.preset(model, method=method, **fields).resolved()
 
     @classmethod
-    def from_reference_hparams(cls, path: str | os.PathLike, **overrides) -> WashConfig:
-        """Import a reference hparams JSON (``hparams/LAW/*.json`` or ``hparams/MEMIT/*.json``).
+    def from_reference_hparams(cls, path: str | os.PathLike | Mapping[str, Any], **overrides) -> WashConfig:
+        """Import a reference hparams JSON (``hparams/LAW/*.json`` or ``hparams/MEMIT/*.json``), or its
+        fields as a mapping.
 
         Reproduces the reference choices: λ search with its norm bounds, target " " + EOS.
         """
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {e.lineno}: invalid JSON: {e.msg}") from None
+        if isinstance(path, Mapping):
+            data, path = dict(path), "reference hparams"
+        else:
+            path = Path(path)
+            try:
+                data = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {e.lineno}: invalid JSON: {e.msg}") from None
         mapped = {
             "layers",
             "v_num_grad_steps",

@@ -118,7 +118,7 @@ def plain_compute_z(model, adapter, tok, fact, templates, config, z_layer, targe
     """One fact at a time, torch.optim.Adam, full forward with the model's own logits (law-reference §2.3).
     ``unlikely``: ``target_ids`` is [the answer's first token] and the term is −log(1 − p) instead of −log p."""
     suffix = tok.decode(target_ids[:-1]) if len(target_ids) > 1 else ""
-    texts, ends = rows([fact], templates, suffix)  # T rewriting prompts + the KL prompt
+    texts, ends = rows([fact], templates, [suffix])  # T rewriting prompts + the KL prompt
     enc = encode_at(tok, texts, ends)
     n_t = len(target_ids)
     d = adapter.dims(model, z_layer)[0]

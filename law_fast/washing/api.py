@@ -42,6 +42,7 @@ def wash(
     final_check: bool = True,
     progress: bool = True,
     workdir=None,
+    stats=None,
 ) -> WashResult:
     """Wash ``facts`` out of ``model`` in place and return a :class:`~law_fast.washing.result.WashResult`.
 
@@ -52,17 +53,19 @@ def wash(
     for the covariance statistics (the baselines: the perplexity guard's held-out texts).  On any
     error — up to the final check — the model's original weights are restored before the
     exception propagates.  ``workdir`` (law, memit): a folder where the targets z* are checkpointed per
-    chunk and reused by any later wash of the same model and settings (``TargetStore``).
+    chunk and reused by any later wash of the same model and settings (``TargetStore``).  ``stats``
+    (law, memit): {layer: LayerStats} to use instead of computing the statistics from the corpus
+    (e.g. a client's covariance files, :func:`law_fast.compat.read_client_stats`); checked first.
     """
     get_adapter(model)  # an unsupported architecture fails here, with what to do about it
     config = config or WashConfig.preset(model)
     if method is not None:
         config = config.replace(method=method)
-    extra = {}
-    if workdir is not None:
-        if METHODS[config.method] is not run_closed_form:
-            raise ValueError(f"workdir= checkpoints the closed-form methods (law, memit), not {config.method!r}")
-        extra["workdir"] = workdir
+    extra = {name: value for name, value in (("workdir", workdir), ("stats", stats)) if value is not None}
+    if extra and METHODS[config.method] is not run_closed_form:
+        raise ValueError(
+            f"{', '.join(f'{n}=' for n in extra)} is for the closed-form methods (law, memit), not {config.method!r}"
+        )
     return METHODS[config.method](
         model, tokenizer, facts, config, corpus=corpus, final_check=final_check, progress=progress, **extra
     )

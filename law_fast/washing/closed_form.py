@@ -21,7 +21,7 @@ from .law import law_optimize
 from .memit import memit_update
 from .result import Timer, WashResult, run_method
 from .retain import effective_cov, null_space_basis, restrict, retained_moments
-from .stats import layer_stats
+from .stats import checked_stats, layer_stats
 from .targets import compute_targets, target_token_ids
 from .templates import context_templates
 
@@ -38,8 +38,11 @@ def run_closed_form(
     final_check: bool = True,
     progress: bool = True,
     workdir=None,
+    stats: dict | None = None,
 ) -> WashResult:
-    """Wash ``facts`` with ``config.method`` "law" or "memit" (see :func:`law_fast.wash`)."""
+    """Wash ``facts`` with ``config.method`` "law" or "memit" (see :func:`law_fast.wash`); ``stats``:
+    {layer: LayerStats} given (e.g. a client's statistics files, :mod:`law_fast.compat.stats`) instead
+    of computed from the corpus."""
     adapter = get_adapter(model)
     n_layers = adapter.num_layers(model)
     if config.layers[-1] >= n_layers:
@@ -54,7 +57,9 @@ def run_closed_form(
     layers = list(config.layers)
 
     def body(requests: list, result: WashResult, timer: Timer) -> None:
-        _wash_layers(model, tokenizer, adapter, requests, config, layers, corpus, result, timer, progress, workdir)
+        _wash_layers(
+            model, tokenizer, adapter, requests, config, layers, corpus, result, timer, progress, workdir, stats
+        )
 
     return run_method(
         model,
@@ -81,31 +86,41 @@ def _wash_layers(
     timer: Timer,
     progress: bool,
     workdir,
+    given_stats: dict | None = None,
 ) -> None:
     report = result.report
     z_layer = layers[-1]
     stats_config, checks = config.stats, config.checks
-    with timer("covariance"):
-        corp = resolve(
+
+    def corpus_now():
+        return resolve(
             corpus if corpus is not None else stats_config.corpus,
             model,
             tokenizer,
             n_samples=stats_config.mom2_n_samples,
         )
-        stats = layer_stats(
-            model,
-            adapter,
-            tokenizer,
-            corp,
-            layers,
-            stats_config.stats_max_length,
-            stats_config.stats_batch_tokens,
-            stats_config.stats_dtype,
-            progress=progress,
-        )
+
+    with timer("covariance"):
+        if given_stats is not None:
+            stats = checked_stats(given_stats, model, adapter, layers)
+            corp = None
+            report.corpus = {"identity": "given statistics", "tokens": stats[layers[0]].count}
+        else:
+            corp = corpus_now()
+            stats = layer_stats(
+                model,
+                adapter,
+                tokenizer,
+                corp,
+                layers,
+                stats_config.stats_max_length,
+                stats_config.stats_batch_tokens,
+                stats_config.stats_dtype,
+                progress=progress,
+            )
+            report.corpus = {"identity": corp.identity, "tokens": stats[layers[0]].count}
         device = model_device(model)
         covs = {layer: stats[layer].cov.to(device, torch.float64) for layer in layers}
-        report.corpus = {"identity": corp.identity, "tokens": stats[layers[0]].count}
     with timer("templates"):
         templates = context_templates(model, tokenizer, seed=config.seed, length=config.targets.template_length)
         report.context_templates = templates
@@ -114,8 +129,9 @@ def _wash_layers(
     retain = config.retain
     if retain.active:
         with timer("retained keys"):
+            texts = (corp or corpus_now()).texts if retain.retain_entities else ()  # the names are mined there
             retained = retained_moments(
-                model, adapter, tokenizer, requests, templates, layers, retain, config.key_batch_size, corp.texts
+                model, adapter, tokenizer, requests, templates, layers, retain, config.key_batch_size, texts
             )
             if retain.retain_weight > 0:
                 corpus_covs = covs

@@ -44,7 +44,8 @@ def states_at(
     batch_size: int = 64,
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
     """Keys of ``key_layers`` (each (n, f)) and the output of block ``block_layer`` ((n, d)) at the
-    token holding character ``ends[i]-1`` of ``texts[i]``.  float32, on the model's device."""
+    token holding character ``ends[i]-1`` of ``texts[i]``.  float32 (float64 for a float64 model), on
+    the model's device."""
     device = model_device(model)
     deepest = max(list(key_layers) + ([block_layer] if block_layer is not None else []))
     keys: dict[int, list[torch.Tensor]] = {layer: [] for layer in key_layers}
@@ -63,10 +64,14 @@ def states_at(
         ) as store:
             run_until(model, **enc.model_inputs)
         for layer in key_layers:
-            keys[layer].append(store[("key", layer)][rows, enc.index].float())
+            keys[layer].append(_at_least_float32(store[("key", layer)][rows, enc.index]))
         if block_layer is not None:
-            blocks.append(store[("block", block_layer)][rows, enc.index].float())
+            blocks.append(_at_least_float32(store[("block", block_layer)][rows, enc.index]))
     return ({layer: torch.cat(v) for layer, v in keys.items()}, torch.cat(blocks) if block_layer is not None else None)
+
+
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def average_over_templates(states: torch.Tensor, n_templates: int) -> torch.Tensor:

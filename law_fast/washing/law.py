@@ -138,6 +138,16 @@ def law_optimize(
 
     GU, objective_init, uCu = kernels.quadratic(U, G, C)
     rho_init = uCu / trace_c
+    # ρ₀ against an isotropic update of the same norm (‖U‖²/f per unit of tr(C)): ~0 when Δ₀ lies in C's null
+    # space, where the bound β·ρ₀ is ≤ 0 or rounding noise and the radial rescale destroys the update
+    isotropic = float(U.double().square().sum()) / f
+    if not float(rho_init) > 1e-12 * isotropic:
+        raise ValueError(
+            f"LaW's constraint is relative to the initial update's ρ₀ = tr(Δ₀CΔ₀ᵀ)/tr(C) = {float(rho_init):.3g} "
+            f"({float(rho_init) / max(isotropic, 1e-300):.1e} of an isotropic update's): "
+            "the initialisation has no energy under the covariance, which is rank-deficient where the edit "
+            "lies (statistics from too few tokens for the layer's width?); use more statistics samples"
+        )
     bound = config.beta_ratio * rho_init
     state = law_state(config.learning_rate, bound, trace_c, config.lr_after_hitting_boundary, device=device)
     exp_avg = torch.zeros_like(U)

@@ -59,6 +59,32 @@ class LayerStats:
         return self.sum / self.count
 
 
+def checked_stats(stats: dict, model, adapter: Adapter, layers: Sequence[int]) -> dict[int, LayerStats]:
+    """Statistics given from outside (a client's files, another run): one finite, symmetric (f, f)
+    :class:`LayerStats` with a positive count for every layer in ``layers``, else a ValueError that
+    names the layer and what is wrong."""
+    out = {}
+    for layer in layers:
+        if layer not in stats:
+            raise ValueError(f"statistics given for layers {sorted(stats)}, but layer {layer} is edited")
+        s = stats[layer]
+        f = adapter.dims(model, layer)[1]
+        if not isinstance(s, LayerStats):
+            raise ValueError(f"statistics of layer {layer}: expected a LayerStats, got {type(s).__name__}")
+        if tuple(s.sum.shape) != (f, f):
+            raise ValueError(
+                f"statistics of layer {layer}: shape {tuple(s.sum.shape)}, the layer's keys need ({f}, {f})"
+            )
+        if not int(s.count) > 0:
+            raise ValueError(f"statistics of layer {layer}: count {s.count}, expected a positive number of tokens")
+        if not bool(torch.isfinite(s.sum).all()):
+            raise ValueError(f"statistics of layer {layer}: the second-moment sum holds NaN or inf")
+        if not torch.allclose(s.sum, s.sum.T, rtol=1e-4, atol=1e-6 * float(s.sum.diagonal().abs().max())):
+            raise ValueError(f"statistics of layer {layer}: the second-moment matrix is not symmetric")
+        out[layer] = s
+    return out
+
+
 # ------------------------------------------------------------------------------------------
 # Cache and checkpoint files
 # ------------------------------------------------------------------------------------------

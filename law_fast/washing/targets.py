@@ -34,14 +34,21 @@ log = logging.getLogger(__name__)
 
 KL_TEMPLATE = "{} is a"
 UNLIKELY = "unlikely"  # TargetConfig.target: lower p(answer's first token) instead of raising a target's
+ANSWER = "answer"  # TargetConfig.target: raise each fact's own answer text (editing: the answer is the new object)
+PER_FACT = (UNLIKELY, ANSWER)  # the targets without shared ids
+
+
+def answer_token_ids(tokenizer, fact: Fact) -> list[int]:
+    """The fact's answer as it follows the prompt (with its leading space), without special tokens."""
+    ids = tokenizer(" " + fact.answer.strip(), add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"fact {fact.case_id}: the answer {fact.answer!r} tokenises to nothing")
+    return [int(i) for i in ids]
 
 
 def answer_token_id(tokenizer, fact: Fact) -> int:
     """The first token of the fact's answer as it follows the prompt (with its leading space)."""
-    ids = tokenizer(" " + fact.answer.strip(), add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise ValueError(f"fact {fact.case_id}: the answer {fact.answer!r} tokenises to nothing")
-    return int(ids[0])
+    return answer_token_ids(tokenizer, fact)[0]
 
 
 ADAM_BETAS = (0.9, 0.999)
@@ -53,8 +60,8 @@ def target_token_ids(tokenizer, eos_id: int, target: str) -> list[int]:
 
     ``"eos"`` → [EOS]; ``"space+eos"`` → the reference's " " + EOS text (e.g. [220, 50256] on
     GPT-2); anything else is tokenised as literal text (no special tokens added).  ``"unlikely"``
-    has no shared ids (each fact's own answer is pushed down): None."""
-    if target == UNLIKELY:
+    and ``"answer"`` have no shared ids (each fact's own answer is pushed down, or up): None."""
+    if target in PER_FACT:
         return None
     if target == "eos":
         return [eos_id]
@@ -137,10 +144,10 @@ class TargetStore:
         write_atomic(self.directory / f"chunk-{_sha(list(keys))[:20]}.pt", blob)
 
 
-def _rows(facts: Sequence[Fact], templates: Sequence[str], suffix: str):
-    """Rows fact-major: T rewriting prompts (+ target prefix) then the KL prompt, per fact."""
+def _rows(facts: Sequence[Fact], templates: Sequence[str], suffixes: Sequence[str]):
+    """Rows fact-major: T rewriting prompts (+ the fact's target prefix) then the KL prompt, per fact."""
     texts, ends = [], []
-    for fact in facts:
+    for fact, suffix in zip(facts, suffixes):
         for context in templates:
             text, end = fill(context.replace("{}", fact.template, 1), fact.subject, suffix)
             texts.append(text)
@@ -173,18 +180,21 @@ def compute_targets(
         raise ValueError("compute_targets needs at least one fact")
     if not templates or templates[0] != "{}":
         raise ValueError("templates[0] must be the plain template '{}' (z_init is read at the plain prompt)")
-    if target_ids is None:  # "unlikely": each fact's answer token, predicted at the prompt's last token
+    if config.target == UNLIKELY:  # each fact's answer token, predicted at the prompt's last token
         labels = [[answer_token_id(tokenizer, f)] for f in facts]
+    elif config.target == ANSWER:  # each fact's answer text, teacher-forced after the prompt
+        labels = [answer_token_ids(tokenizer, f) for f in facts]
     else:
+        if target_ids is None:
+            raise ValueError(f"target {config.target!r} needs target_ids (target_token_ids)")
         target_ids = list(target_ids)
         labels = [target_ids] * len(facts)
-    n_target = len(labels[0])
-    suffix = tokenizer.decode(labels[0][:-1]) if n_target > 1 else ""
+    suffixes = [tokenizer.decode(ids[:-1]) if len(ids) > 1 else "" for ids in labels]
     per_fact = len(templates) + 1
-    texts, ends = _rows(facts, templates, suffix)
+    texts, ends = _rows(facts, templates, suffixes)
     ids, index = tokenize_at(tokenizer, texts, ends)
     for row, (tokens, i) in enumerate(zip(ids, index)):
-        if row % per_fact < len(templates) and len(tokens) - i < n_target:
+        if row % per_fact < len(templates) and len(tokens) - i < len(labels[row // per_fact]):
             fact = facts[row // per_fact]
             raise ValueError(
                 f"fact {fact.case_id} ({fact.subject!r}): the subject must end before the last prompt token "
@@ -225,7 +235,7 @@ def compute_targets(
             config,
             z_layer,
             [labels[j] for j in chunk],
-            target_ids is None,
+            config.target == UNLIKELY,
             bar,
             prefix_cache,
         )
@@ -313,7 +323,9 @@ def _targets_chunk(
     loss_layer = max(n_layers - 1 if config.v_loss_layer < 0 else config.v_loss_layer, z_layer)
     per_fact = T + 1
     m = len(ids) // per_fact
-    labels = torch.tensor(labels, device=device)  # (m, n_target)
+    width = max(len(row) for row in labels)
+    lengths = torch.tensor([len(row) for row in labels], device=device)  # (m,) target tokens per fact
+    labels = torch.tensor([row + [row[-1]] * (width - len(row)) for row in labels], device=device)  # (m, width)
 
     d = adapter.dims(model, z_layer)[0]
     dtype = torch.promote_types(next(model.parameters()).dtype, torch.float32)  # fp32 for fp16/bf16 models
@@ -338,7 +350,7 @@ def _targets_chunk(
         delta.requires_grad_(True)
         for it in range(config.v_num_grad_steps):
             live = active.nonzero().squeeze(1)
-            nll, log_p = _losses(model, adapter, buckets, delta, active, T, labels, unlikely)
+            nll, log_p = _losses(model, adapter, buckets, delta, active, T, labels, lengths, unlikely)
             if it == 0:
                 log_p_init = log_p.detach()
             kl = (log_p.exp() * (log_p - log_p_init[live])).sum(-1)  # KL(p_cur ‖ p_init) at the subject token
@@ -455,11 +467,12 @@ class _SuffixRunner:
         return hidden[:, col:] if not self.use_cache else hidden
 
 
-def _losses(model, adapter, buckets, delta, active, T, labels, unlikely=False):
+def _losses(model, adapter, buckets, delta, active, T, labels, lengths, unlikely=False):
     """One forward of every bucket's live rows → (NLL of the target tokens averaged over the T
     rewriting rows, (n,), log-probs at the KL row's subject token, (n, V)) for the n active facts,
-    in fact order; with ``unlikely`` the first term is −log(1 − p) of the label instead.  The final
-    norm and the head run only on the hidden states the loss reads."""
+    in fact order; with ``unlikely`` the first term is −log(1 − p) of the label instead.  ``labels``
+    (m, width) hold each fact's ``lengths`` target ids, padded.  The final norm and the head run
+    only on the hidden states the loss reads."""
     per_fact = T + 1
     n_target = labels.shape[1]
     rewrite, rewrite_rows, kl, kl_rows = [], [], [], []
@@ -470,9 +483,10 @@ def _losses(model, adapter, buckets, delta, active, T, labels, unlikely=False):
         hidden = runner(local, delta[rows[local] // per_fact])  # (n_rows, S, d) at the loss layer
         is_kl = rows[local] % per_fact == T
         w = (~is_kl).nonzero().squeeze(1)
-        if len(w):  # the last n_target real tokens of a rewriting row predict the target tokens
-            pos = runner.batch.suffix_len[local[w], None] + torch.arange(n_target, device=rows.device) - n_target
-            rewrite.append(hidden[w[:, None], pos])
+        if len(w):  # the last n real tokens of a rewriting row predict its fact's n target tokens
+            n = lengths[rows[local[w]] // per_fact, None]
+            pos = runner.batch.suffix_len[local[w], None] + torch.arange(n_target, device=rows.device) - n
+            rewrite.append(hidden[w[:, None], pos.clamp(max=hidden.shape[1] - 1)])
             rewrite_rows.append(rows[local[w]])
         k = is_kl.nonzero().squeeze(1)
         kl.append(hidden[k, 0])
@@ -484,7 +498,10 @@ def _losses(model, adapter, buckets, delta, active, T, labels, unlikely=False):
     logp = log_probs(head(norm(picked))).gather(-1, row_labels[..., None]).squeeze(-1)
     if unlikely:  # −log(1 − p), p kept below 1 so that a certain answer still has a finite gradient
         logp = torch.log1p(-logp.exp().clamp(max=1 - 1e-6))
-    nll = -(logp.sum(-1) / n_target).reshape(-1, T).mean(1)
+    n = lengths[active].repeat_interleave(T, 0)
+    if int(n.min()) < n_target:  # ragged targets: the padding positions do not count
+        logp = torch.where(torch.arange(n_target, device=n.device) < n[:, None], logp, torch.zeros_like(logp))
+    nll = -(logp.sum(-1) / n).reshape(-1, T).mean(1)
     log_p = log_probs(head(norm(torch.cat(kl)[torch.cat(kl_rows).argsort()])))
     return nll, log_p
 

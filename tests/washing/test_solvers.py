@@ -338,3 +338,16 @@ def test_whitened_law_keeps_its_gain_where_the_cov_is_anisotropic():
     assert white["objective_final"] > plain["objective_final"]
     rho = float((white_delta @ C_eff * white_delta).sum() / C_eff.trace())
     assert rho == pytest.approx(white["rho_final"], rel=1e-9) and rho <= white["beta"] * (1 + 1e-9)
+
+
+def test_law_refuses_an_initialisation_in_the_covariance_null_space():
+    """Statistics of too few tokens: Δ₀ in C's null space has ρ₀ ≈ 0, the bound β·ρ₀ is rounding noise
+    and the rescale would zero (or NaN) the update — a clear error instead."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(3, 8, generator=g, dtype=torch.float64)
+    null = torch.linalg.svd(X).Vh[3:]  # (5, 8): outside the span of C = XᵀX
+    K = torch.randn(2, 5, generator=g, dtype=torch.float64) @ null
+    U0 = torch.randn(4, 5, generator=g, dtype=torch.float64) @ null
+    with pytest.raises(ValueError, match="no energy under the covariance"):
+        law_optimize(U0, K.T @ K, X.T @ X, LawConfig(learning_rate=1e-3, total_iters=5))
+    law_optimize(U0 + 1e-3 * torch.randn(4, 8, generator=g, dtype=torch.float64), K.T @ K, X.T @ X, LawConfig())

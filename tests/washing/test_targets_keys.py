@@ -65,6 +65,30 @@ def test_unlikely_target_equals_per_fact_loop_and_lowers_the_answer(tiny):
     assert bool((after.loss < 0.999 * before.loss).all()), (before.loss, after.loss)
 
 
+def test_answer_target_equals_per_fact_loop_with_ragged_answers(tiny):
+    """target "answer" (editing): each fact's own answer text is raised, teacher-forced; answers of
+    different token lengths in one batch give each fact its own plain loop's z*."""
+    from law_fast.washing.targets import answer_token_ids
+
+    model, tok = tiny
+    model = model.double()
+    adapter = get_adapter(model)
+    cfg = TargetConfig(target="answer", v_num_grad_steps=6, v_lr=0.5, loss_threshold=1e-9)
+    assert target_token_ids(tok, adapter.eos_token_id(model, tok), "answer") is None
+    lengths = {len(answer_token_ids(tok, f)) for f in FACTS}
+    assert len(lengths) > 1, lengths  # the test needs ragged targets
+    batched = compute_targets(model, adapter, tok, FACTS, TEMPLATES, cfg, 2, None, progress=False)
+    for j, fact in enumerate(FACTS):
+        plain = plain_compute_z(model, adapter, tok, fact, TEMPLATES, cfg, 2, answer_token_ids(tok, fact))
+        assert float((batched.z_star[j] - plain).norm() / plain.norm()) < 1e-6, fact
+    alone = cfg.replace(kl_factor=0.0, v_weight_decay=0.0)
+    before = compute_targets(
+        model, adapter, tok, FACTS, TEMPLATES, alone.replace(v_num_grad_steps=1), 2, None, progress=False
+    )
+    after = compute_targets(model, adapter, tok, FACTS, TEMPLATES, alone, 2, None, progress=False)
+    assert bool((after.loss < before.loss).all()), (before.loss, after.loss)  # the answers got likelier
+
+
 def test_mixed_early_stops_and_clamps_equal_per_fact_loop(tiny):
     """Facts that stop at different steps, with the norm clamp firing: each z* = its own plain loop."""
     model, tok = tiny
