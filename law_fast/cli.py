@@ -242,7 +242,12 @@ def cmd_wash(args) -> int:
     check_output_dir(args.out, args.overwrite, model)  # before the work, not after it
     facts = load_facts(args.facts, format=args.format, limit=args.limit)
     cfg = _config(args, model)
-    result = wash(model, tok, facts, cfg, workdir=args.workdir)
+    stats = None
+    if args.stats_file:
+        from .compat.stats import stats_from_files
+
+        stats = stats_from_files(args.stats_file, model, cfg.layers)
+    result = wash(model, tok, facts, cfg, workdir=args.workdir, stats=stats)
     if not result.report.n_washed_requests and not args.allow_nothing:
         raise ValueError(
             f"none of the {len(facts)} facts is produced by the model, so nothing was washed and nothing saved "
@@ -285,6 +290,13 @@ def cmd_stats(args) -> int:
     for layer, s in stats.items():
         print(f"layer {layer}: {s.count} tokens, f = {s.sum.shape[0]}, trace(C) = {float(s.cov.trace()):.4g}")
     print(f"{time.perf_counter() - t:.1f} s")
+    if args.export_dir:
+        from .compat.stats import export_client_stats
+
+        for path in export_client_stats(
+            stats, model, args.export_dir, args.export_for, args.export_dataset, args.export_dtype, args.samples
+        ):
+            print(f"exported {path}")
     return 0
 
 
@@ -331,6 +343,13 @@ def main(argv=None) -> int:
         "--allow-nothing", action="store_true", help="save (exit 0) even when no fact is known, so nothing is washed"
     )
     p.add_argument("--workdir", help="checkpoint the targets z* here per chunk; a rerun reuses them (law, memit)")
+    p.add_argument(
+        "--stats-file",
+        nargs="+",
+        metavar="PATH",
+        help="covariance statistics from MEMIT/EasyEdit .npz files (or folders of them), one per edited layer, "
+        "instead of computing them (law, memit; docs/dropin.md)",
+    )
     p.set_defaults(func=cmd_wash)
 
     p = sub.add_parser(
@@ -361,6 +380,10 @@ def main(argv=None) -> int:
         help="write a resumable checkpoint every this many tokens (0: never)",
     )
     p.add_argument("--no-cache", action="store_true", help="neither read nor write cache files or checkpoints")
+    p.add_argument("--export-dir", help="also write the statistics as MEMIT/EasyEdit .npz files under this stats dir")
+    p.add_argument("--export-for", choices=("memit", "easyedit"), default="memit", help="whose file naming")
+    p.add_argument("--export-dataset", default="wikipedia", help="the dataset name in the file path (mom2_dataset)")
+    p.add_argument("--export-dtype", choices=("float32", "float64"), default="float32", help="precision (mom2_dtype)")
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser(

@@ -195,3 +195,38 @@ def test_a_wash_that_washes_nothing_says_so(tiny_dir, tmp_path, tiny_tokenizer, 
     assert "none of the 1 facts is produced by the model" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     assert main(argv + ["--allow-nothing"]) == 0 and (tmp_path / "o" / "model.safetensors").is_file()
+
+
+def test_stats_exported_for_memit_and_read_back_by_wash(tiny_dir, tmp_path, capsys):
+    """`law-fast stats --export-dir` writes the clients' .npz files; `law-fast wash --stats-file DIR` uses
+    them (one per edited layer, matched by module name) instead of computing statistics."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"Some text about the city number {i} and the river." for i in range(30)))
+    stats_dir = tmp_path / "data" / "stats"
+    argv = ["stats", "--model", str(tiny_dir), "--corpus", str(corpus), "--layers", "1,2", "--max-length", "64"]
+    assert main([*argv, "--no-cache", "--export-dir", str(stats_dir), "--export-dtype", "float64"]) == 0
+    name = str(tiny_dir).replace("/", "_")
+    folder = stats_dir / name / "wikipedia_stats"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "transformer.h.1.mlp.c_proj_float64_mom2.npz",
+        "transformer.h.2.mlp.c_proj_float64_mom2.npz",
+    ]
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text('{"subject": "France", "prompt": "The capital of {} is", "object": "Paris"}\n')
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps({"layers": [1, 2], "only_known": False, "v_num_grad_steps": 2}))
+    wash = ["wash", "--model", str(tiny_dir), "--facts", str(facts), "--config", str(config), "--method", "memit"]
+    assert main([*wash, "--out", str(tmp_path / "o1"), "--stats-file", str(folder)]) == 0
+    report = json.loads((tmp_path / "o1" / "report.json").read_text())
+    assert report["corpus"]["identity"] == "given statistics"
+    code = main(
+        [
+            *wash,
+            "--out",
+            str(tmp_path / "o2"),
+            "--stats-file",
+            str(folder / "transformer.h.1.mlp.c_proj_float64_mom2.npz"),
+        ]
+    )
+    assert code == 2
+    assert "layer 2: 0 statistics files named transformer.h.2.mlp.c_proj_*.npz" in capsys.readouterr().err

@@ -27,6 +27,7 @@ LAYERS = {
     "law_fast.eval": 3,
     "law_fast.washing": 4,
     "law_fast.baselines": 4,
+    "law_fast.compat": 5,
     "law_fast.cli": 5,
     "law_fast.testing": 5,
 }

@@ -4,7 +4,14 @@ points, request dicts, hyper-parameter files and covariance statistics files (do
 from .apply import apply_law_to_model, apply_memit_to_model, client_stats
 from .hparams import ClientHparams, HparamsError, check_modules, read_hparams
 from .requests import Request, RequestError, read_requests
-from .stats import client_model_name, client_stats_path, read_client_stats, write_client_stats
+from .stats import (
+    client_model_name,
+    client_stats_path,
+    export_client_stats,
+    read_client_stats,
+    stats_from_files,
+    write_client_stats,
+)
 
 __all__ = [
     "ClientHparams",
@@ -17,8 +24,10 @@ __all__ = [
     "client_model_name",
     "client_stats",
     "client_stats_path",
+    "export_client_stats",
     "read_client_stats",
     "read_hparams",
     "read_requests",
+    "stats_from_files",
     "write_client_stats",
 ]

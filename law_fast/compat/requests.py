@@ -18,11 +18,14 @@ that names the request (index, case id) and the field.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..facts import Fact, FactError
+
+log = logging.getLogger(__name__)
 
 #: keys each schema may carry (anything else is refused, not ignored)
 MEMIT_KEYS = {"case_id", "prompt", "subject", "target_new", "target_true"}

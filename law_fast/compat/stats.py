@@ -15,6 +15,7 @@ finiteness, count) before use; a bad file is an error that names it.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -23,6 +24,8 @@ import numpy as np
 import torch
 
 from ..washing.stats import LayerStats
+
+log = logging.getLogger(__name__)
 
 SECOND_MOMENT = "util.runningstats.SecondMoment()"  # the constructor string the clients store
 
@@ -101,3 +104,58 @@ def write_client_stats(path, stats: LayerStats, dtype: str = "float32", sample_s
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def stats_from_files(paths, model, layers) -> dict[int, LayerStats]:
+    """{layer: LayerStats} for ``layers`` from clients' ``.npz`` files (``paths``: files and/or folders,
+    whose ``*.npz`` are considered): each file is matched to its layer by the module name that starts
+    it (``transformer.h.17.mlp.c_proj_float32_mom2_100000.npz`` → layer 17 of a GPT-2); exactly one
+    file per edited layer, else an error that lists what was found."""
+    from ..hf.adapters import get_adapter
+
+    adapter = get_adapter(model)
+    files = []
+    for given in [paths] if isinstance(paths, (str, os.PathLike)) else list(paths):
+        given = Path(given)
+        if given.is_dir():
+            files += sorted(given.glob("*.npz"))
+        elif given.exists():
+            files.append(given)
+        else:
+            raise FileNotFoundError(f"{given}: no such statistics file or folder")
+    out = {}
+    for layer in layers:
+        module = adapter.down_proj_name(layer).removesuffix(".weight")
+        mine = [f for f in files if f.name.startswith(module + "_")]
+        if len(mine) != 1:
+            found = ", ".join(f.name for f in files) or "none"
+            raise ValueError(
+                f"layer {layer}: {len(mine)} statistics files named {module}_*.npz among the given ones ({found}); "
+                "give exactly one per edited layer"
+            )
+        out[layer] = read_client_stats(mine[0], adapter.dims(model, layer)[1])
+    return out
+
+
+def export_client_stats(
+    stats: dict[int, LayerStats],
+    model,
+    stats_dir,
+    client: str,
+    dataset: str,
+    dtype: str = "float32",
+    sample_size: int | None = None,
+) -> list[Path]:
+    """Write law_fast's statistics where ``client`` ("memit" or "easyedit") looks for them, named by
+    the model, ``dataset`` (the name in their hparams' ``mom2_dataset``) and ``sample_size`` (their
+    ``mom2_n_samples``)."""
+    from ..hf.adapters import get_adapter
+
+    adapter = get_adapter(model)
+    name = client_model_name(model, client)
+    written = []
+    for layer, s in sorted(stats.items()):
+        module = adapter.down_proj_name(layer).removesuffix(".weight")
+        path = client_stats_path(stats_dir, name, dataset, module, dtype, sample_size)
+        written.append(write_client_stats(path, s, dtype, sample_size))
+    return written
