@@ -31,6 +31,9 @@ _EXPORTS = {
     "evaluate": ".eval.report",
     "EvalReport": ".eval.report",
     "EvalConfig": ".eval.report",
+    "audit": ".eval.audit",
+    "AuditReport": ".eval.audit",
+    "AuditConfig": ".eval.audit",
     "versions": ".info",
 }
 

@@ -10,7 +10,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from .config import METHODS
+from .config import AUDIT_PROBES, METHODS
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +216,11 @@ def cmd_compare(args) -> int:
     from .eval.compare import markdown_table, plot_comparison, text_table
     from .eval.report import EvalReport
 
+    kinds = {json.loads(Path(p).read_text(encoding="utf-8")).get("kind") == "audit" for p in args.reports}
+    if kinds == {True}:
+        return _compare_audits(args)
+    if len(kinds) > 1:
+        raise ValueError("compare takes evaluation reports or audit reports, not both at once")
     reports = [EvalReport.from_json(path) for path in args.reports]
     labels = args.labels.split(",") if args.labels else None
     if labels is None:  # default: the report's label, or the file name when labels collide
@@ -229,6 +234,45 @@ def cmd_compare(args) -> int:
     if args.plot:
         plot_comparison(reports, args.plot, labels)
         print(f"bar chart written to {args.plot}")
+    return 0
+
+
+def _compare_audits(args) -> int:
+    from .eval.audit import AuditReport, audit_table
+
+    reports = [AuditReport.from_json(path) for path in args.reports]
+    labels = args.labels.split(",") if args.labels else [Path(p).stem for p in args.reports]
+    table = audit_table(reports, labels)
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n", encoding="utf-8")
+        print(f"markdown table written to {args.markdown}")
+    if args.plot:
+        raise ValueError("--plot draws evaluation reports; an audit report has its own (law-fast audit --plot)")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from .eval.audit import PROBES, audit, plot_audit
+    from .facts import load_facts
+    from .hf.loading import load_model
+
+    model, tok = load_model(args.model)
+    original = load_model(args.original)[0] if args.original else None
+    facts = load_facts(args.facts, format=args.format, limit=args.facts_limit)
+    demos = load_facts(args.demos, format=args.format) if args.demos else ()
+    probes = tuple(p for p in args.probes.split(",") if p) if args.probes else PROBES
+    report = audit(model, tok, facts, original=original, demos=demos, probes=probes, seed=args.seed)
+    report.to_json(args.out)
+    summary = report.summary()
+    print(summary)
+    print(f"audit report written to {args.out}")
+    if args.markdown:
+        Path(args.markdown).write_text(summary + "\n", encoding="utf-8")
+        print(f"markdown summary written to {args.markdown}")
+    if args.plot:
+        plot_audit(report, args.plot)
+        print(f"plot written to {args.plot}")
     return 0
 
 
@@ -351,6 +395,23 @@ def main(argv=None) -> int:
         "instead of computing them (law, memit; docs/dropin.md)",
     )
     p.set_defaults(func=cmd_wash)
+
+    p = sub.add_parser(
+        "audit",
+        help="is the knowledge really gone? probes beyond the greedy answer, per fact (docs/audit.md)",
+    )
+    p.add_argument("--model", default=None, help="the washed model (directory or .gguf)")
+    p.add_argument("--original", default=None, help="the model before the wash, audited the same way")
+    p.add_argument("--facts", required=True, help="the washed facts")
+    p.add_argument("--demos", default=None, help="facts not washed (the controls): few-shot and relearning probes")
+    p.add_argument("--format", default=None, help="facts format (default: detected from the content)")
+    p.add_argument("--facts-limit", type=_count(1), default=None)
+    p.add_argument("--probes", default=None, help="comma-separated (default: all): " + ",".join(AUDIT_PROBES))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="the audit report (JSON)")
+    p.add_argument("--markdown", default=None)
+    p.add_argument("--plot", default=None, help="PNG: per probe, original vs washed, with the chance level")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser(
         "stats",

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 BASELINE_METHODS = ("ft", "me-ft", "ft-ul", "seul", "woh")  # fine-tuning baselines (law_fast.baselines)
 METHODS = ("law", "memit") + BASELINE_METHODS
+#: the probes of law_fast.audit (law_fast.eval.audit), in report order
+AUDIT_PROBES = ("phrasings", "ranking", "sampling", "context", "lens", "relearn")
 LAMBDA_RULES = ("disruption", "fit", "reference", "fixed")
 
 

@@ -35,7 +35,8 @@ EASYEDIT_KEYS = {
     "subject",
     "target_new",
     "ground_truth",
-    # carried by EasyEdit's BaseEditor for its own evaluation; the edit does not read them
+    # carried by EasyEdit's BaseEditor for its own evaluation (and other methods); MEMIT does not read them
+    "target_neg",
     "rephrase_prompt",
     "locality",
     "portability",

@@ -4,6 +4,7 @@ method's own work, the final check, timings, and the original weights back on an
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -112,6 +113,23 @@ class WashResult:
         if self.model is None or self.tokenizer is None:
             raise ValueError("this WashResult holds no model/tokenizer to evaluate")
         return evaluate(self.model, self.tokenizer, facts=facts, **kwargs)
+
+    def audit(self, facts, *, original: bool = True, demos=(), **kwargs):
+        """:func:`law_fast.audit` of the washed model on ``facts`` (an :class:`~law_fast.eval.audit.AuditReport`);
+        ``original``: audit a copy with the original weights too, for the comparison; ``demos``: facts
+        that were not washed (the controls), for the context and relearning probes."""
+        from ..eval.audit import audit
+
+        if self.model is None or self.tokenizer is None:
+            raise ValueError("this WashResult holds no model/tokenizer to audit")
+        before = None
+        if original:
+            before = copy.deepcopy(self.model)
+            self.revert(before)
+        try:
+            return audit(self.model, self.tokenizer, facts, original=before, demos=demos, **kwargs)
+        finally:
+            del before
 
     def weight_deltas(self) -> dict[str, torch.Tensor]:
         """{parameter name: current − original} (stored orientation, float32, CPU) of the changed parameters."""
