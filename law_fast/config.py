@@ -39,6 +39,53 @@ BASELINE_METHODS = ("ft", "me-ft", "ft-ul", "seul", "woh")  # fine-tuning baseli
 METHODS = ("law", "memit") + BASELINE_METHODS
 #: the probes of law_fast.audit (law_fast.eval.audit), in report order
 AUDIT_PROBES = ("phrasings", "ranking", "sampling", "context", "lens", "relearn")
+#: the reference hparams keys WashConfig.from_reference_hparams maps, and those it reads past (module
+#: templates, statistics names, dead or buggy switches it refuses when on)
+REFERENCE_MAPPED = (
+    "layers",
+    "v_num_grad_steps",
+    "v_lr",
+    "v_loss_layer",
+    "v_weight_decay",
+    "clamp_norm_factor",
+    "kl_factor",
+    "mom2_update_weight",
+    "learning_rate",
+    "lr_after_hitting_boundary",
+    "total_iters",
+    "beta_ratio",
+    "decay_factor",
+    "prune_requests",
+    "keep_original_requests",
+)
+REFERENCE_IGNORED = (
+    "fact_token",
+    "rewrite_module_tmp",
+    "layer_module_tmp",
+    "mlp_module_tmp",
+    "attn_module_tmp",
+    "ln_f_module",
+    "lm_head_module",
+    "mom2_dataset",
+    "mom2_n_samples",
+    "mom2_dtype",
+    "layer_selection",
+    "mom2_adjustment",
+    "noise_scale",
+    "skip_search",
+    "compute_initialization_at_once",
+    "model",
+    "ds_name",
+    "scheduler",
+    "alpha",
+    "beta",
+    "alphas",
+    "betas",
+    "random_initialize",
+    "simply_combine_objective",
+    "expand_prompt",
+    "edit_to",
+)
 LAMBDA_RULES = ("disruption", "fit", "reference", "fixed")
 
 
@@ -599,51 +646,7 @@ class WashConfig:
                 data = json.loads(path.read_text())
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}: line {e.lineno}: invalid JSON: {e.msg}") from None
-        mapped = {
-            "layers",
-            "v_num_grad_steps",
-            "v_lr",
-            "v_loss_layer",
-            "v_weight_decay",
-            "clamp_norm_factor",
-            "kl_factor",
-            "mom2_update_weight",
-            "learning_rate",
-            "lr_after_hitting_boundary",
-            "total_iters",
-            "beta_ratio",
-            "decay_factor",
-            "prune_requests",
-            "keep_original_requests",
-        }
-        ignored = {
-            "fact_token",
-            "rewrite_module_tmp",
-            "layer_module_tmp",
-            "mlp_module_tmp",
-            "attn_module_tmp",
-            "ln_f_module",
-            "lm_head_module",
-            "mom2_dataset",
-            "mom2_n_samples",
-            "mom2_dtype",
-            "layer_selection",
-            "mom2_adjustment",
-            "noise_scale",
-            "skip_search",
-            "compute_initialization_at_once",
-            "model",
-            "ds_name",
-            "scheduler",
-            "alpha",
-            "beta",
-            "alphas",
-            "betas",
-            "random_initialize",
-            "simply_combine_objective",
-            "expand_prompt",
-            "edit_to",
-        }
+        mapped, ignored = set(REFERENCE_MAPPED), set(REFERENCE_IGNORED)
         unknown = sorted(set(data) - mapped - ignored)
         if unknown:
             raise ValueError(f"{path}: unknown reference hparams key(s) {unknown}")

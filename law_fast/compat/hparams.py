@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import REFERENCE_IGNORED, REFERENCE_MAPPED
+
 log = logging.getLogger(__name__)
 
 MEMIT_FIELDS = (
@@ -67,29 +69,7 @@ MEMIT_FIELDS = (
 )
 EASYEDIT_FIELDS = ("alg_name", "device", "model_name", "stats_dir", "max_length", "batch_size", "model_parallel")
 #: the LaW authors' JSON: MEMIT's fields plus these (read by WashConfig.from_reference_hparams)
-LAW_FIELDS = (
-    "learning_rate",
-    "lr_after_hitting_boundary",
-    "total_iters",
-    "beta_ratio",
-    "decay_factor",
-    "prune_requests",
-    "keep_original_requests",
-    "noise_scale",
-    "skip_search",
-    "compute_initialization_at_once",
-    "model",
-    "ds_name",
-    "scheduler",
-    "alpha",
-    "beta",
-    "alphas",
-    "betas",
-    "random_initialize",
-    "simply_combine_objective",
-    "expand_prompt",
-    "edit_to",
-)
+LAW_FIELDS = tuple(k for k in REFERENCE_MAPPED + REFERENCE_IGNORED if k not in MEMIT_FIELDS)
 REQUIRED = ("layers", "rewrite_module_tmp", "layer_module_tmp", "mom2_update_weight")
 
 

@@ -21,3 +21,40 @@ def memit_client(workdir: Path, float64_delta: bool = False):
     """law_fast.testing.memit_client on ../shared/clients/memit."""
     need_memit()
     return _memit_client(MEMIT_ROOT, workdir, float64_delta)
+
+
+#: MEMIT hyper-parameters for the tiny 4-block models (law_fast.testing.make_tiny_model), per family
+MODULES = {
+    "gpt2": dict(
+        rewrite_module_tmp="transformer.h.{}.mlp.c_proj",
+        layer_module_tmp="transformer.h.{}",
+        mlp_module_tmp="transformer.h.{}.mlp",
+        attn_module_tmp="transformer.h.{}.attn",
+        ln_f_module="transformer.ln_f",
+        lm_head_module="transformer.wte",
+    ),
+    "gptj": dict(
+        rewrite_module_tmp="transformer.h.{}.mlp.fc_out",
+        layer_module_tmp="transformer.h.{}",
+        mlp_module_tmp="transformer.h.{}.mlp",
+        attn_module_tmp="transformer.h.{}.attn",
+        ln_f_module="transformer.ln_f",
+        lm_head_module="lm_head",
+    ),
+}
+HPARAMS = dict(
+    layers=[1, 2],
+    layer_selection="all",
+    fact_token="subject_last",
+    v_num_grad_steps=8,
+    v_lr=0.5,
+    v_loss_layer=3,
+    v_weight_decay=0.5,
+    clamp_norm_factor=0.75,
+    kl_factor=0.0625,
+    mom2_adjustment=True,
+    mom2_update_weight=50.0,
+    mom2_dataset="wikipedia",
+    mom2_n_samples=64,
+    mom2_dtype="float32",
+)

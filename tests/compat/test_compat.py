@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from client_harness import CLIENTS
+from client_harness import CLIENTS, HPARAMS, MODULES
 
 import law_fast as lf
 from law_fast.compat import (
@@ -27,28 +27,7 @@ from law_fast.compat import (
 from law_fast.testing import TOKENIZER_TEXT, make_tiny_model
 from law_fast.washing.stats import LayerStats
 
-GPT2 = dict(
-    layers=[1, 2],
-    layer_selection="all",
-    fact_token="subject_last",
-    v_num_grad_steps=4,
-    v_lr=0.5,
-    v_loss_layer=3,
-    v_weight_decay=0.5,
-    clamp_norm_factor=0.75,
-    kl_factor=0.0625,
-    mom2_adjustment=True,
-    mom2_update_weight=50.0,
-    rewrite_module_tmp="transformer.h.{}.mlp.c_proj",
-    layer_module_tmp="transformer.h.{}",
-    mlp_module_tmp="transformer.h.{}.mlp",
-    attn_module_tmp="transformer.h.{}.attn",
-    ln_f_module="transformer.ln_f",
-    lm_head_module="transformer.wte",
-    mom2_dataset="wikipedia",
-    mom2_n_samples=64,
-    mom2_dtype="float32",
-)
+GPT2 = {**HPARAMS, **MODULES["gpt2"], "v_num_grad_steps": 4}
 REQUEST = {"case_id": 7, "prompt": "The capital of {} is", "subject": "France", "target_new": {"str": "Rome"}}
 
 

@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import torch
-from client_harness import memit_client, need_memit
+from client_harness import HPARAMS, MODULES, memit_client, need_memit
 
 import law_fast as lf
 from law_fast.compat import apply_memit_to_model, client_stats_path, write_client_stats
@@ -16,40 +16,6 @@ from law_fast.testing import make_tiny_model
 from law_fast.washing.stats import LayerStats, layer_stats
 from law_fast.washing.templates import context_templates
 
-MODULES = {
-    "gpt2": dict(
-        rewrite_module_tmp="transformer.h.{}.mlp.c_proj",
-        layer_module_tmp="transformer.h.{}",
-        mlp_module_tmp="transformer.h.{}.mlp",
-        attn_module_tmp="transformer.h.{}.attn",
-        ln_f_module="transformer.ln_f",
-        lm_head_module="transformer.wte",
-    ),
-    "gptj": dict(
-        rewrite_module_tmp="transformer.h.{}.mlp.fc_out",
-        layer_module_tmp="transformer.h.{}",
-        mlp_module_tmp="transformer.h.{}.mlp",
-        attn_module_tmp="transformer.h.{}.attn",
-        ln_f_module="transformer.ln_f",
-        lm_head_module="lm_head",
-    ),
-}
-HPARAMS = dict(
-    layers=[1, 2],
-    layer_selection="all",
-    fact_token="subject_last",
-    v_num_grad_steps=8,
-    v_lr=0.5,
-    v_loss_layer=3,
-    v_weight_decay=0.5,
-    clamp_norm_factor=0.75,
-    kl_factor=0.0625,
-    mom2_adjustment=True,
-    mom2_update_weight=50.0,
-    mom2_dataset="wikipedia",
-    mom2_n_samples=64,
-    mom2_dtype="float32",
-)
 REQUESTS = [
     {"case_id": 0, "prompt": "The capital of {} is", "subject": "France", "target_new": {"str": "Rome"}},
     {
