@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, write_result  # noqa: E402
+from common import REPO_ROOT, read_json, write_json, write_result  # noqa: E402
 
 DATA = REPO_ROOT.parent / "shared" / "data"
 MEMIT_ROOT = REPO_ROOT.parent / "shared" / "clients" / "memit"
@@ -64,20 +64,6 @@ def hparams_for(model, layers, weight: float, steps: int, n_samples: int) -> dic
         mom2_n_samples=n_samples,
         mom2_dtype="float32",
     )
-
-
-def read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def write_json(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    tmp.replace(path)
 
 
 def main(argv=None) -> int:

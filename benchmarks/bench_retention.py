@@ -42,7 +42,6 @@ Writes benchmarks/results/<name>.json, <name>.md and <name>.png (default name ``
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import random
@@ -51,7 +50,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, git_sha, write_result  # noqa: E402
+from common import REPO_ROOT, git_sha, read_json, sha, write_json, write_result  # noqa: E402
 
 DATA = REPO_ROOT.parent / "shared" / "data"
 FACT_FILES = [DATA / "counterfact" / f"counterfact-{n}.json" for n in ("edit", "train", "val")]
@@ -106,28 +105,10 @@ LEFT = {  # (JSON key, EvalReport.flat() key)
 }
 
 
-def sha(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
 def source_tree() -> str | None:
     """The committed tree of law_fast/ (what computes a point; "-dirty" with uncommitted changes to its tracked
     files); a point made by other code is recomputed."""
     return git_sha("HEAD:law_fast", ("law_fast",))
-
-
-def read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def write_json(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, default=str))
-    tmp.replace(path)
 
 
 def scan_known(model, tok, facts, cache: Path, enough, batch: int = 64):

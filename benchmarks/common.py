@@ -177,3 +177,26 @@ def write_result(name: str, payload: dict) -> Path:
     path = folder / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     return path
+
+
+def sha(value) -> str:
+    """A short digest of a JSON-able value (cache keys)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def read_json(path: Path):
+    """A cached JSON value, or None when the file is absent or unreadable (then it is recomputed)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_json(path: Path, value) -> None:
+    """Write a cache file atomically (a killed run leaves the old file or none)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, default=str))
+    tmp.replace(path)
