@@ -76,12 +76,12 @@ FLUENCY_PROMPTS = ("The weather today is", "My favourite book is about", "In the
 def cmd_demo(args) -> int:
     from .eval.report import evaluate
     from .hf.generate import greedy_continuations, sample_continuations
-    from .hf.loading import DEFAULT_MODEL_NAME, load_model
+    from .hf.loading import DEFAULT_MODEL_NAME
     from .washing.api import wash
     from .washing.result import check_output_dir
 
     t0 = time.perf_counter()
-    model, tok = load_model(args.model)
+    model, tok = _load(args, args.model)
     if args.out:
         check_output_dir(args.out, args.overwrite, model)  # before the work, not after it
     washed, control = demo_facts()
@@ -161,7 +161,6 @@ def cmd_eval(args) -> int:
     from .eval.compare import text_table
     from .eval.report import EvalReport, evaluate
     from .facts import load_facts
-    from .hf.loading import load_model
 
     tasks, limit = _task_limits(args.reasoning, args.limit)
     if not (args.facts or args.controls or args.corpus or tasks or args.entropy):
@@ -172,7 +171,7 @@ def cmd_eval(args) -> int:
             "--subset ITS_REPORT.json on the washed one)"
         )
     t0 = time.perf_counter()
-    model, tok = load_model(args.model)
+    model, tok = _load(args, args.model)
     facts = load_facts(args.facts, format=args.format, limit=args.facts_limit) if args.facts else None
     controls = load_facts(args.controls, format=args.format, limit=args.facts_limit) if args.controls else None
     subset = EvalReport.from_json(args.subset) if args.subset else None
@@ -255,10 +254,9 @@ def _compare_audits(args) -> int:
 def cmd_audit(args) -> int:
     from .eval.audit import PROBES, audit, plot_audit
     from .facts import load_facts
-    from .hf.loading import load_model
 
-    model, tok = load_model(args.model)
-    original = load_model(args.original)[0] if args.original else None
+    model, tok = _load(args, args.model)
+    original = _load(args, args.original)[0] if args.original else None
     facts = load_facts(args.facts, format=args.format, limit=args.facts_limit)
     demos = load_facts(args.demos, format=args.format) if args.demos else ()
     probes = tuple(p for p in args.probes.split(",") if p) if args.probes else PROBES
@@ -278,11 +276,10 @@ def cmd_audit(args) -> int:
 
 def cmd_wash(args) -> int:
     from .facts import load_facts
-    from .hf.loading import load_model
     from .washing.api import wash
     from .washing.result import check_output_dir
 
-    model, tok = load_model(args.model)
+    model, tok = _load(args, args.model)
     check_output_dir(args.out, args.overwrite, model)  # before the work, not after it
     facts = load_facts(args.facts, format=args.format, limit=args.limit)
     cfg = _config(args, model)
@@ -312,10 +309,9 @@ def cmd_wash(args) -> int:
 def cmd_stats(args) -> int:
     from .corpus import resolve
     from .hf.adapters import get_adapter
-    from .hf.loading import load_model
     from .washing.stats import layer_stats
 
-    model, tok = load_model(args.model)
+    model, tok = _load(args, args.model)
     corpus = resolve(args.corpus, model, tok, n_samples=args.samples)
     t = time.perf_counter()
     stats = layer_stats(
@@ -352,6 +348,25 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _load(args, source):
+    """load_model with the command's --device and --dtype."""
+    from .hf.loading import load_model
+
+    return load_model(source, dtype=args.model_dtype, device=args.device)
+
+
+def _model_options(p, flag: str = "--dtype") -> None:
+    """--device and the model's dtype (``flag``: ``stats`` already has a --dtype, its accumulator's)."""
+    p.add_argument("--device", default=None, help="where the model runs: cpu, cuda, cuda:1, ... (default: cpu)")
+    p.add_argument(
+        flag,
+        dest="model_dtype",
+        choices=("float32", "float64", "bfloat16", "float16"),
+        default=None,
+        help="the model's weights (default: float32; a half-precision model keeps only part of small edits)",
+    )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="law-fast", description="Wash facts out of Hugging Face causal LMs (LaW).")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -367,6 +382,7 @@ def main(argv=None) -> int:
     p.add_argument("--config", help="WashConfig JSON")
     p.add_argument("--out", help="also save the washed model here")
     p.add_argument("--overwrite", action="store_true")
+    _model_options(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("wash", help="wash the facts of a file out of a model and save the result")
@@ -394,6 +410,7 @@ def main(argv=None) -> int:
         help="covariance statistics from MEMIT/EasyEdit .npz files (or folders of them), one per edited layer, "
         "instead of computing them (law, memit; docs/dropin.md)",
     )
+    _model_options(p)
     p.set_defaults(func=cmd_wash)
 
     p = sub.add_parser(
@@ -411,6 +428,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="the audit report (JSON)")
     p.add_argument("--markdown", default=None)
     p.add_argument("--plot", default=None, help="PNG: per probe, original vs washed, with the chance level")
+    _model_options(p)
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser(
@@ -445,6 +463,7 @@ def main(argv=None) -> int:
     p.add_argument("--export-for", choices=("memit", "easyedit"), default="memit", help="whose file naming")
     p.add_argument("--export-dataset", default="wikipedia", help="the dataset name in the file path (mom2_dataset)")
     p.add_argument("--export-dtype", choices=("float32", "float64"), default="float32", help="precision (mom2_dtype)")
+    _model_options(p, "--model-dtype")
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser(
@@ -493,6 +512,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=_count(1), default=16)
     p.add_argument("--label", help="name of this model in compare tables and plots")
     p.add_argument("--out", help="write the JSON report here")
+    _model_options(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("compare", help="side-by-side table of eval reports; markdown table and PNG bar chart")

@@ -230,3 +230,42 @@ def test_stats_exported_for_memit_and_read_back_by_wash(tiny_dir, tmp_path, caps
     )
     assert code == 2
     assert "layer 2: 0 statistics files named transformer.h.2.mlp.c_proj_*.npz" in capsys.readouterr().err
+
+
+def test_device_and_dtype_reach_the_model_and_half_precision_edits_warn(tiny_dir, tmp_path, caplog):
+    """--dtype loads the weights so; a bfloat16 model keeps only part of a small edit, and says so."""
+    import logging
+
+    import torch
+
+    import law_fast as lf
+    from law_fast.hf.loading import load_model
+
+    model, _ = load_model(str(tiny_dir), dtype="bfloat16", device="cpu")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    adapter = lf.get_adapter(model)
+    d, f = adapter.dims(model, 1)
+    with caplog.at_level(logging.WARNING, logger="law_fast.hf.adapters"):
+        adapter.add_to_weight(model, 1, torch.full((d, f), 1e-6, dtype=torch.float64))
+    assert "keep only part of the edit" in caplog.text
+    with pytest.raises(ValueError, match="not a torch dtype"):
+        load_model(str(tiny_dir), dtype="float33")
+    out = tmp_path / "s"
+    assert (
+        main(
+            [
+                "stats",
+                "--model",
+                str(tiny_dir),
+                "--layers",
+                "1",
+                "--no-cache",
+                "--model-dtype",
+                "float64",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    del out

@@ -82,6 +82,20 @@ class Adapter:
         if tuple(delta.shape) != (d, f):
             raise ValueError(f"delta for layer {layer} has shape {tuple(delta.shape)}, expected (d, f) = ({d}, {f})")
         upd = delta.T if self.transposed else delta
+        if w.dtype in (torch.float16, torch.bfloat16):  # the edit is rounded to the weights' spacing: say how much
+            before = w.float()
+            w.add_(upd.to(device=w.device, dtype=w.dtype))
+            want = upd.to(device=w.device, dtype=torch.float32)
+            lost = float((w.float() - before - want).norm() / want.norm().clamp_min(1e-30))
+            if lost > LOST_WARNING:
+                log.warning(
+                    "layer %d: the %s weights keep only part of the edit (%.0f %% of ‖Δ‖ rounded away); "
+                    "wash a float32 copy of the model (load_model(..., dtype='float32'))",
+                    layer,
+                    str(w.dtype).removeprefix("torch."),
+                    100 * lost,
+                )
+            return
         w.add_(upd.to(device=w.device, dtype=w.dtype))
 
     def eos_token_id(self, model: nn.Module, tokenizer) -> int:
@@ -96,6 +110,8 @@ class Adapter:
             )
         return int(eos)
 
+
+LOST_WARNING = 0.01  # share of ‖Δ‖ rounded away by half-precision weights above which add_to_weight warns
 
 # model_type (config.model_type) -> adapter
 ADAPTERS: dict[str, Adapter] = {

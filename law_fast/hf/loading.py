@@ -131,6 +131,10 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"dtype {dtype!r} is not a torch dtype (e.g. 'float32', 'bfloat16')")
+        dtype = getattr(torch, dtype)
     if isinstance(source, nn.Module):
         if tokenizer is None:
             raise ValueError("load_model(model) needs the model's tokenizer: load_model(model, tokenizer=tok)")
@@ -162,7 +166,7 @@ def load_model(
     if device is not None:
         model.to(device)
     if dtype is not None and isinstance(source, nn.Module):
-        model.to(dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+        model.to(dtype=dtype)
     model.eval()
     ensure_pad_token(tokenizer)
     return model, tokenizer
