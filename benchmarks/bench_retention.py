@@ -25,6 +25,9 @@ Variants (``VARIANTS``) and their one knob ``s``:
                  automatic, no retain file), retain_weight ν = s
   law-entities-white  law-entities with the LaW steps whitened by C_eff (law_whiten)
   *-ent1         memit / law + retain_entities at ν = 1, disruption budget ×s
+  *-entnull      memit / law with Δ restricted to the null space of the mined names' keys (the
+                 fewest top directions holding energy s of their second moment: first the mean
+                 direction every subject key shares)
   *-unlikely     memit / law with target "unlikely" (each answer's first token pushed down instead
                  of EOS raised), disruption budget ×s
 Statistics from --stats-samples documents of WikiText-2 test (one cached pass).
@@ -77,6 +80,8 @@ def knob_overrides(variant: str, s: float, retain_file: str) -> dict:
         return dict(method="law", retain_entities=ENTITIES, retain_weight=s, law_whiten=True)
     if variant == "law-null":
         return dict(method="law", retain_facts=retain_file, null_space_energy=s)
+    if variant in ("memit-entnull", "law-entnull"):
+        return dict(method=variant.split("-")[0], retain_entities=ENTITIES, null_space_energy=s)
     raise SystemExit(f"unknown variant {variant!r}; choose from {VARIANTS}")
 
 
@@ -94,6 +99,8 @@ VARIANTS = (
     "law-entities-white",
     "memit-ent1",
     "law-ent1",
+    "memit-entnull",
+    "law-entnull",
 )
 LEFT = {  # (JSON key, EvalReport.flat() key)
     "washed_still": "facts.rewrite.acc",
@@ -348,6 +355,8 @@ def knob_doc(variant: str) -> str:
         "law-entities-white": f"retain_entities={ENTITIES}, retain_weight ν = s, law_whiten",
         "memit-ent1": f"retain_entities={ENTITIES}, ν = 1, disruption budget ×s",
         "law-ent1": f"retain_entities={ENTITIES}, ν = 1, disruption budget ×s",
+        "memit-entnull": f"retain_entities={ENTITIES}, null_space_energy = s (Δ outside their top directions)",
+        "law-entnull": f"retain_entities={ENTITIES}, null_space_energy = s",
     }[variant]
 
 
