@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_retention import FACT_FILES, choose_sets, scan_known, source_tree  # noqa: E402
+from bench_retention import FACT_FILES, choose_sets, job_dir, scan_known, source_tree  # noqa: E402
 from common import read_json, sha, write_json, write_result  # noqa: E402
 
 METHODS = ("law", "memit", "ft-ul", "seul", "woh")
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
                 config = config.replace(v_num_grad_steps=3, total_iters=10) if method in ("law", "memit") else config
 
             def run(config=config, method=method):
-                extra = {"workdir": workdir} if method in ("law", "memit") else {}
+                extra = {"workdir": job_dir(workdir, washed)} if method in ("law", "memit") else {}
                 result = lf.wash(model, tok, washed, config, corpus=wiki, progress=False, **extra)
                 try:
                     out = both()

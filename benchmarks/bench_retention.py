@@ -32,7 +32,8 @@ Variants (``VARIANTS``) and their one knob ``s``:
                  of EOS raised), disruption budget ×s
 Statistics from --stats-samples documents of WikiText-2 test (one cached pass).
 
-Resumable: the known-fact scan, z* (``wash(workdir=)``), the statistics (law_fast's cache) and each
+Resumable: the known-fact scan, z* and every wash stage (``wash(workdir=)``, one job folder per fact
+set), the statistics (law_fast's cache) and each
 point (keyed by the law_fast source tree, the variant's config and the fact sets) are cached under
 --workdir; a killed run continues where it stopped.  Run one at a time (2 cores).
 
@@ -110,6 +111,12 @@ LEFT = {  # (JSON key, EvalReport.flat() key)
     "controls_paraphrase_kept": "controls.paraphrase.acc",
     "perplexity": "fluency.perplexity",
 }
+
+
+def job_dir(workdir: Path, washed) -> Path:
+    """The wash work directory of one fact set (a job: wash(workdir=) holds one; z* and every stage of
+    every variant of it are checkpointed there)."""
+    return workdir / "jobs" / f"m{len(washed)}-{sha([f.case_id for f in washed])[:12]}"
 
 
 def source_tree() -> str | None:
@@ -300,10 +307,14 @@ def main(argv=None) -> int:
                     if args.budget_s and time.perf_counter() - started > args.budget_s:
                         print(f"{label}: not started (--budget-s reached); rerun to continue")
                         continue
-                    point = run_point(lf, model, tok, washed, config, wiki, workdir, measure, originals[m])
+                    point = run_point(
+                        lf, model, tok, washed, config, wiki, job_dir(workdir, washed), measure, originals[m]
+                    )
                     write_json(path, point)
                 if label in wanted_reasoning and "reasoning" not in point:
-                    point["reasoning"] = reasoning_for(lf, model, tok, washed, config, wiki, workdir, reasoning, args)
+                    point["reasoning"] = reasoning_for(
+                        lf, model, tok, washed, config, wiki, job_dir(workdir, washed), reasoning, args
+                    )
                     write_json(path, point)
                 point.update(variant=variant, m=m, knob=s, label=label)
                 points.append(point)

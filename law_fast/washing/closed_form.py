@@ -14,7 +14,9 @@ import torch
 from ..config import WashConfig
 from ..corpus import resolve
 from ..facts import Fact
-from ..hf.adapters import get_adapter, model_device
+from ..hf.adapters import get_adapter, model_device, model_fingerprint
+from ..integrity import blob_digest
+from .checkpoints import StageStore, claim
 from .elimination import known_facts
 from .keys import key_moments
 from .law import law_optimize
@@ -121,6 +123,12 @@ def _wash_layers(
             report.corpus = {"identity": corp.identity, "tokens": stats[layers[0]].count}
         device = model_device(model)
         covs = {layer: stats[layer].cov.to(device, torch.float64) for layer in layers}
+    stages = None
+    if workdir is not None:  # one job per workdir; the stages of this config in their own folder
+        fingerprint = model_fingerprint(model)  # the weights before the wash
+        claim(workdir, fingerprint, requests)
+        source = report.corpus["identity"] if given_stats is None else blob_digest({k: v.sum for k, v in stats.items()})
+        stages = StageStore(workdir, fingerprint, requests, config.to_dict(), source)
     with timer("templates"):
         templates = context_templates(model, tokenizer, seed=config.seed, length=config.targets.template_length)
         report.context_templates = templates
@@ -161,47 +169,67 @@ def _wash_layers(
     layer_reports = {layer: {"layer": layer} for layer in layers}
     report.per_layer = [layer_reports[layer] for layer in layers]
     inits = {}
+    first = None  # the first layer's key moments, shared by the init and the LaW loop
     with timer("memit init"):
         for i, layer in enumerate(layers):
-            moments = key_moments(
-                model,
-                adapter,
-                tokenizer,
-                requests,
-                templates,
-                layer,
-                config.key_batch_size,
-                targets=targets.z_star,
-                z_layer=z_layer,
-                scale=1.0 / (len(layers) - i),
-            )
-            delta, rep = memit_update(
-                moments,
-                covs[layer],
-                adapter.weight(model, layer).detach(),
-                config.memit,
-                basis=bases[layer],
-                budget_cov=corpus_covs[layer],
-            )
-            layer_reports[layer]["memit"] = rep
-            if bases[layer] is not None:  # how much of the washed keys' energy the restriction leaves to edit
-                V, gram, _, _, _ = restrict(bases[layer], moments.gram, covs[layer])
-                kept = float(gram.diagonal().sum() / moments.gram.diagonal().sum())
-                layer_reports[layer]["null_space"] = {"dim": V.shape[1], "washed_energy_kept": kept}
+            saved = stages.load("init", layer) if stages is not None else None
+            if saved is not None:
+                delta = saved["delta"].to(device)
+                layer_reports[layer].update(saved["report"])
+            else:
+                moments = key_moments(
+                    model,
+                    adapter,
+                    tokenizer,
+                    requests,
+                    templates,
+                    layer,
+                    config.key_batch_size,
+                    targets=targets.z_star,
+                    z_layer=z_layer,
+                    scale=1.0 / (len(layers) - i),
+                )
+                delta, rep = memit_update(
+                    moments,
+                    covs[layer],
+                    adapter.weight(model, layer).detach(),
+                    config.memit,
+                    basis=bases[layer],
+                    budget_cov=corpus_covs[layer],
+                )
+                layer_reports[layer]["memit"] = rep
+                if bases[layer] is not None:  # how much of the washed keys' energy the restriction leaves to edit
+                    V, gram, _, _, _ = restrict(bases[layer], moments.gram, covs[layer])
+                    kept = float(gram.diagonal().sum() / moments.gram.diagonal().sum())
+                    layer_reports[layer]["null_space"] = {"dim": V.shape[1], "washed_energy_kept": kept}
+                if stages is not None:
+                    stages.save("init", layer, delta, {k: v for k, v in layer_reports[layer].items() if k != "layer"})
+                if i == 0:
+                    first = moments  # the LaW loop's first layer sees the same model and facts
             adapter.add_to_weight(model, layer, delta)
             inits[layer] = delta
-            if i == 0:
-                first = moments  # the LaW loop's first layer sees the same model and facts
     if config.method == "memit":
         result.deltas = {layer: d.float().cpu() for layer, d in inits.items()}
         return
     result.revert(model)
     alive = list(requests)
+    position = {id(f): j for j, f in enumerate(requests)}  # alive facts are saved as positions in requests
     for i, layer in enumerate(layers):
+        saved = stages.load("law", layer) if stages is not None else None
+        if saved is not None:
+            delta = saved["delta"].to(device)
+            layer_reports[layer].update(saved["report"])
+            adapter.add_to_weight(model, layer, delta)
+            result.deltas[layer] = delta.float().cpu()
+            alive = [requests[j] for j in saved["report"]["alive"]]
+            layer_reports[layer].pop("alive")
+            if not alive:
+                break
+            continue
         with timer("law keys"):
             moments = (
                 first
-                if i == 0
+                if i == 0 and first is not None
                 else key_moments(model, adapter, tokenizer, alive, templates, layer, config.key_batch_size)
             )
         with timer("law solve"):
@@ -219,5 +247,8 @@ def _wash_layers(
             alive = [f for f, k in zip(pool, still) if k]
             layer_reports[layer]["still_known_after"] = len(alive)
             log.info("layer %d: %d of %d facts still produced", layer, len(alive), len(pool))
-            if not alive:
-                break
+        if stages is not None:
+            fields = {k: v for k, v in layer_reports[layer].items() if k in ("law", "n_requests", "still_known_after")}
+            stages.save("law", layer, delta, {**fields, "alive": [position[id(f)] for f in alive]})
+        if not alive:
+            break

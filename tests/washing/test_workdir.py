@@ -1,0 +1,110 @@
+"""wash(..., workdir=): one job per folder; every stage checkpointed, so a rerun after a crash at any
+stage continues where it stopped and ends with the same deltas, bit for bit; another job is refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import law_fast as lf
+from law_fast.config import WashConfig
+from law_fast.facts import Fact
+from law_fast.testing import TOKENIZER_TEXT, make_tiny_model
+from law_fast.washing import closed_form
+from law_fast.washing.checkpoints import WorkdirMismatch
+
+FACTS = [
+    Fact("France", "The capital of {} is", "Paris", 0),
+    Fact("Danielle Darrieux", "The mother tongue of {} is", "French", 1),
+    Fact("Apple", "{} was founded by", "Steve Jobs", 2),
+]
+CONFIG = WashConfig.create(
+    layers=(1, 2, 3),
+    method="law",
+    only_known=False,
+    v_num_grad_steps=3,
+    total_iters=10,
+    learning_rate=1e-4,
+    stats_max_length=64,
+    prune_requests=False,
+)
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def _wash(tok, workdir, monkeypatch=None, crash_at=None, facts=FACTS, model=None, config=CONFIG):
+    """Wash a fresh tiny GPT-2 (the same each time); ``crash_at`` = (function name, n): that function's
+    n-th call raises, as a kill would stop the run there.  Returns (deltas, {name: calls})."""
+    model = model or make_tiny_model("gpt2", len(tok))
+    calls = {"memit_update": 0, "law_optimize": 0}
+    for name in calls:
+        real = getattr(closed_form, name)
+
+        def counted(*a, _real=real, _name=name, **k):
+            calls[_name] += 1
+            if crash_at == (_name, calls[_name]):
+                raise Crash(_name)
+            return _real(*a, **k)
+
+        monkeypatch.setattr(closed_form, name, counted)
+    result = lf.wash(model, tok, facts, config, corpus=TOKENIZER_TEXT * 4, progress=False, workdir=workdir)
+    return {k: v.clone() for k, v in result.deltas.items()}, calls, result
+
+
+def test_a_rerun_continues_after_a_crash_at_any_stage(tiny_tokenizer, tmp_path, monkeypatch):
+    plain, calls, result = _wash(tiny_tokenizer, None, monkeypatch)
+    assert calls == {"memit_update": 3, "law_optimize": 3}
+    for crash in [("memit_update", 2), ("law_optimize", 1), ("law_optimize", 3)]:
+        workdir = tmp_path / f"{crash[0]}-{crash[1]}"
+        with pytest.raises(Crash):
+            _wash(tiny_tokenizer, workdir, monkeypatch, crash)
+        resumed, calls, result = _wash(tiny_tokenizer, workdir, monkeypatch)
+        done_init = min(crash[1] - 1, 3) if crash[0] == "memit_update" else 3
+        done_law = crash[1] - 1 if crash[0] == "law_optimize" else 0
+        assert calls == {"memit_update": 3 - done_init, "law_optimize": 3 - done_law}, (crash, calls)
+        assert sorted(resumed) == sorted(plain)
+        for layer in plain:
+            assert torch.equal(resumed[layer], plain[layer]), (crash, layer)
+        again, calls, result2 = _wash(tiny_tokenizer, workdir, monkeypatch)
+        assert calls == {"memit_update": 0, "law_optimize": 0}  # everything from the checkpoints
+        assert all(torch.equal(again[k], plain[k]) for k in plain)
+        assert result2.report.per_layer[1]["law"] == result.report.per_layer[1]["law"]
+
+
+def test_another_job_is_refused_and_a_bad_stage_file_recomputed(tiny_tokenizer, tmp_path, monkeypatch):
+    plain, _, _ = _wash(tiny_tokenizer, tmp_path, monkeypatch)
+    with pytest.raises(WorkdirMismatch, match=r"made for another job: the facts \(3 facts there, 2 here"):
+        _wash(tiny_tokenizer, tmp_path, monkeypatch, facts=FACTS[:2])
+    other = make_tiny_model("gpt2", len(tiny_tokenizer), seed=1)
+    with pytest.raises(WorkdirMismatch, match=r"the model \(weights"):
+        _wash(tiny_tokenizer, tmp_path, monkeypatch, model=other)
+    (stage,) = tmp_path.glob("stages-*")
+    damaged = stage / "law-L2.pt"
+    damaged.write_bytes(damaged.read_bytes()[:-50] + bytes(50))
+    with pytest.warns(UserWarning, match="law-L2.pt is unusable"):
+        again, calls, _ = _wash(tiny_tokenizer, tmp_path, monkeypatch)
+    assert calls == {"memit_update": 0, "law_optimize": 1}
+    assert all(torch.equal(again[k], plain[k]) for k in plain)
+    # another config of the same job: its own stages, the same z*
+    other_config = CONFIG.replace(total_iters=12)
+    model = make_tiny_model("gpt2", len(tiny_tokenizer))
+    lf.wash(model, tiny_tokenizer, FACTS, other_config, corpus=TOKENIZER_TEXT * 4, progress=False, workdir=tmp_path)
+    assert len(list(tmp_path.glob("stages-*"))) == 2 and len(list(tmp_path.glob("targets-*"))) == 1
+
+
+def test_the_elimination_decisions_are_checkpointed(tiny_tokenizer, tmp_path, monkeypatch):
+    """With successive elimination the facts still produced after each LaW layer are saved with it: the
+    tiny random model produces none of them, so the plain run stops after the first LaW layer, and so
+    does a resumed one, from the checkpoint."""
+    config = CONFIG.replace(prune_requests=True)
+    plain, calls, result = _wash(tiny_tokenizer, None, monkeypatch, config=config)
+    assert calls["law_optimize"] == 1 and result.report.per_layer[0]["still_known_after"] == 0
+    with pytest.raises(Crash):
+        _wash(tiny_tokenizer, tmp_path, monkeypatch, ("memit_update", 3), config=config)
+    resumed, calls, result = _wash(tiny_tokenizer, tmp_path, monkeypatch, config=config)
+    assert calls == {"memit_update": 1, "law_optimize": 1}
+    again, calls, result = _wash(tiny_tokenizer, tmp_path, monkeypatch, config=config)
+    assert calls == {"memit_update": 0, "law_optimize": 0} and result.report.per_layer[0]["still_known_after"] == 0
+    assert sorted(again) == sorted(plain) and all(torch.equal(again[k], plain[k]) for k in plain)
