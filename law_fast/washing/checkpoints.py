@@ -89,14 +89,14 @@ def claim(workdir, fingerprint: str, facts: Sequence[Fact]) -> Path:
 class StageStore:
     """Per-layer results of one config's stages in ``workdir/stages-<digest>/``."""
 
-    def __init__(self, workdir: Path, fingerprint: str, facts: Sequence[Fact], config_dict: dict, corpus: str):
+    def __init__(self, workdir: Path, fingerprint: str, facts: Sequence[Fact], config_dict: dict, inputs: dict):
         self.key = {
             "kind": "stages",
             "version": VERSION,
             "fingerprint": fingerprint,
             "facts": facts_digest(facts),
             "config": config_dict,
-            "corpus": corpus,
+            "inputs": inputs,  # what the config names but does not hold: the corpus, a retain file (digests)
         }
         self.directory = Path(workdir) / f"stages-{_sha(self.key)[:20]}"
 

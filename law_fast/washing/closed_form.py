@@ -15,7 +15,7 @@ from ..config import WashConfig
 from ..corpus import resolve
 from ..facts import Fact
 from ..hf.adapters import get_adapter, model_device, model_fingerprint
-from ..integrity import blob_digest
+from ..integrity import blob_digest, file_digest
 from .checkpoints import StageStore, claim
 from .elimination import known_facts
 from .keys import key_moments
@@ -127,7 +127,13 @@ def _wash_layers(
     if workdir is not None:  # one job per workdir; the stages of this config in their own folder
         fingerprint = model_fingerprint(model)  # the weights before the wash
         claim(workdir, fingerprint, requests)
-        source = report.corpus["identity"] if given_stats is None else blob_digest({k: v.sum for k, v in stats.items()})
+        source = {
+            "corpus": report.corpus["identity"]
+            if given_stats is None
+            else blob_digest({k: v.sum for k, v in stats.items()}),
+            # the retain file by content: the config names it by path only
+            "retain_facts": None if config.retain.retain_facts is None else file_digest(config.retain.retain_facts),
+        }
         stages = StageStore(workdir, fingerprint, requests, config.to_dict(), source)
     with timer("templates"):
         templates = context_templates(model, tokenizer, seed=config.seed, length=config.targets.template_length)
