@@ -28,6 +28,7 @@ from pathlib import Path
 from ..config import WashConfig
 from ..hf.adapters import get_adapter
 from ..washing.api import wash
+from ..washing.checkpoints import facts_digest
 from ..washing.stats import LayerStats
 from .hparams import EASYEDIT_FIELDS, ClientHparams, HparamsError, check_modules, read_hparams
 from .requests import RequestError, read_requests
@@ -91,9 +92,10 @@ def _targets(h: ClientHparams) -> dict:
     return out
 
 
-def _workdir(cache_template, h: ClientHparams):
-    """The folder a client's ``cache_template`` names: law_fast keeps its z* checkpoints there (keyed
-    by the weights, settings and facts, not by case id alone as the clients' per-case files)."""
+def _workdir(cache_template, h: ClientHparams, facts):
+    """The folder a client's ``cache_template`` names, one job folder per request set inside it:
+    law_fast keeps its checkpoints there (z* and every stage, keyed by the weights, settings and facts —
+    not by case id alone as the clients' per-case files), so a stopped call continues."""
     if cache_template is None:
         return None
     try:
@@ -102,7 +104,7 @@ def _workdir(cache_template, h: ClientHparams):
         raise ValueError(
             f"cache_template {cache_template!r} does not format as the clients' (z layer, clamp, case id): {e}"
         ) from None
-    return example.parent
+    return example.parent / f"law_fast-{facts_digest(facts)[:16]}"
 
 
 def _run(model, tok, facts, config, copy, return_orig_weights, stats, corpus, progress, workdir):
@@ -157,7 +159,16 @@ def apply_memit_to_model(
         **({"mom2_n_samples": h["mom2_n_samples"]} if h.get("mom2_n_samples") else {}),
     )
     return _run(
-        model, tok, facts, config, copy, return_orig_weights, found, corpus, progress, _workdir(cache_template, h)
+        model,
+        tok,
+        facts,
+        config,
+        copy,
+        return_orig_weights,
+        found,
+        corpus,
+        progress,
+        _workdir(cache_template, h, facts),
     )
 
 
@@ -206,5 +217,14 @@ def apply_law_to_model(
     except (ValueError, NotImplementedError) as e:
         raise HparamsError(str(e), h.source) from None
     return _run(
-        model, tok, facts, config, copy, return_orig_weights, found, corpus, progress, _workdir(cache_template, h)
+        model,
+        tok,
+        facts,
+        config,
+        copy,
+        return_orig_weights,
+        found,
+        corpus,
+        progress,
+        _workdir(cache_template, h, facts),
     )

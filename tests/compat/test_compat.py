@@ -268,3 +268,26 @@ def test_given_statistics_are_checked(tiny_tokenizer):
         lf.wash(model, tiny_tokenizer, facts, config, stats={2: bad[1]}, progress=False)
     with pytest.raises(ValueError, match=r"stats= is for the closed-form methods"):
         lf.wash(model, tiny_tokenizer, facts, config.replace(method="ft"), stats=bad, progress=False)
+
+
+def test_cache_template_keeps_a_job_folder_per_request_set(tiny_tokenizer, tmp_path, monkeypatch):
+    """The client's cache_template names the folder; law_fast keeps one job folder per request set in
+    it (so other requests never collide with a stopped run's), and a rerun gives the same weights."""
+    tok = tiny_tokenizer
+    model = make_tiny_model("gpt2", len(tok))
+    model.config._name_or_path = "tiny"
+    monkeypatch.chdir(tmp_path)
+    template = str(tmp_path / "kvs" / "layer_{}_clamp_{}_case_{}.npz")
+    corpus = TOKENIZER_TEXT * 4
+    other = {"case_id": 8, "prompt": "{} was founded by", "subject": "Apple", "target_new": {"str": "Paris"}}
+    runs = [
+        apply_memit_to_model(model, tok, reqs, GPT2, copy=True, cache_template=template, corpus=corpus, progress=False)[
+            0
+        ]
+        for reqs in ([REQUEST], [other], [REQUEST])
+    ]
+    folders = sorted(p.name for p in (tmp_path / "kvs").iterdir())
+    assert len(folders) == 2 and all(f.startswith("law_fast-") for f in folders)
+    name = "transformer.h.2.mlp.c_proj.weight"
+    assert torch.equal(runs[0].get_parameter(name), runs[2].get_parameter(name))
+    assert not torch.equal(runs[0].get_parameter(name), runs[1].get_parameter(name))
