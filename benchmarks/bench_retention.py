@@ -75,6 +75,8 @@ def knob_overrides(variant: str, s: float, retain_file: str) -> dict:
         return dict(method=variant.split("-")[0], retain_facts=retain_file, retain_weight=s)
     if variant in ("memit-entities", "law-entities"):
         return dict(method=variant.split("-")[0], retain_entities=ENTITIES, retain_weight=s)
+    if variant == "memit-entities-c":
+        return dict(method="memit", retain_entities=ENTITIES, retain_weight=s, retain_budget="corpus")
     if variant in ("memit-ent1", "law-ent1"):
         return dict(method=variant.split("-")[0], retain_entities=ENTITIES, retain_weight=1.0, **budget)
     if variant == "law-entities-white":
@@ -102,6 +104,7 @@ VARIANTS = (
     "law-ent1",
     "memit-entnull",
     "law-entnull",
+    "memit-entities-c",
 )
 LEFT = {  # (JSON key, EvalReport.flat() key)
     "washed_still": "facts.rewrite.acc",
@@ -367,6 +370,7 @@ def knob_doc(variant: str) -> str:
         "memit-ent1": f"retain_entities={ENTITIES}, ν = 1, disruption budget ×s",
         "law-ent1": f"retain_entities={ENTITIES}, ν = 1, disruption budget ×s",
         "memit-entnull": f"retain_entities={ENTITIES}, null_space_energy = s (Δ outside their top directions)",
+        "memit-entities-c": f"retain_entities={ENTITIES}, retain_weight ν = s, the λ budget on C alone",
         "law-entnull": f"retain_entities={ENTITIES}, null_space_energy = s",
     }[variant]
 

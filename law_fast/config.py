@@ -353,7 +353,10 @@ class RetainConfig(_Section):
     neighbourhood prompts) and/or ``retain_entities`` (that many mentions of names mined from the
     statistics corpus: keys at the name's last token in its own sentence — subjects in general).  ``null_space_energy`` (AlphaEdit's idea, arXiv 2410.02355) restricts Δ to the
     directions outside the top eigen-directions of C_p that hold this fraction of its trace, so that
-    ΔK_p ≈ 0.  ``retain_weight`` 0 and ``null_space_energy`` None are the plain method."""
+    ΔK_p ≈ 0.  ``retain_weight`` 0 and ``null_space_energy`` None are the plain method.
+    ``retain_budget``: where the λ rule "disruption" measures its budget — ``"effective"`` (default:
+    tr(ΔC_effΔᵀ) ≤ b·tr(WC_effWᵀ)) or ``"corpus"`` (tr(ΔCΔᵀ) ≤ b·tr(WCWᵀ), ν only shapes Δ); measured
+    on SmolLM2, m = 64, the effective budget gave the better points (docs/retention.md)."""
 
     retain_facts: str | None = None
     retain_neighbourhood: bool = False
@@ -361,12 +364,15 @@ class RetainConfig(_Section):
     retain_seed: int = 0  # which mentions, when the corpus holds more
     retain_weight: float = 0.0
     null_space_energy: float | None = None  # restrict Δ to the directions outside C_p's top ones holding this energy
+    retain_budget: str = "effective"  # or "corpus": the λ budget measured on C alone
 
     @property
     def active(self) -> bool:
         return self.retain_weight > 0 or self.null_space_energy is not None
 
     def problems(self) -> list[str]:
+        if self.retain_budget not in ("effective", "corpus"):
+            return [f"retain_budget must be 'effective' or 'corpus', got {self.retain_budget!r}"]
         if self.active and self.retain_facts is None and not self.retain_neighbourhood and not self.retain_entities:
             return [
                 "retain_weight > 0 or null_space_energy needs retain_facts, retain_neighbourhood or retain_entities"

@@ -139,7 +139,9 @@ def _wash_layers(
         templates = context_templates(model, tokenizer, seed=config.seed, length=config.targets.template_length)
         report.context_templates = templates
     bases: dict = dict.fromkeys(layers)  # None: Δ free; else Δ = Δ̃Vᵀ in the span of V (f×r)
-    corpus_covs: dict = dict.fromkeys(layers)  # the budget's covariance where covs holds C_eff
+    corpus_covs: dict = dict.fromkeys(
+        layers
+    )  # the budget's covariance (retain_budget="corpus"): C, where covs is C_eff
     retain = config.retain
     if retain.active:
         with timer("retained keys"):
@@ -148,7 +150,8 @@ def _wash_layers(
                 model, adapter, tokenizer, requests, templates, layers, retain, config.key_batch_size, texts
             )
             if retain.retain_weight > 0:
-                corpus_covs = covs
+                if retain.retain_budget == "corpus":
+                    corpus_covs = covs
                 covs = {layer: effective_cov(covs[layer], retained[layer], retain.retain_weight) for layer in layers}
             if retain.null_space_energy is not None:
                 bases = {layer: null_space_basis(retained[layer], retain.null_space_energy) for layer in layers}

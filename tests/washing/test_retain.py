@@ -219,3 +219,32 @@ def test_retained_second_moments_of_all_layers_in_one_pass(tiny_tokenizer):
     for layer in (0, 2):
         want = key_moments(model, adapter, tiny_tokenizer, KEPT, templates, layer, 2)
         torch.testing.assert_close(got[layer], want.gram / want.count, rtol=1e-6, atol=1e-8)
+
+
+def test_retain_budget_chooses_where_the_lambda_budget_is_measured(tiny_tokenizer, tmp_path):
+    """retain_budget="corpus": the budget on C alone (the report's disruption is C's, retained_disruption
+    C_eff's); "effective" (default): on C_eff, as before."""
+    common = dict(retain_facts=None, retain_entities=16, retain_weight=5.0)
+    config = dict(lambda_rule="disruption", disruption_budget=0.01, disruption_per_fact=None)
+    results = {}
+    for budget in ("effective", "corpus"):
+        model = make_tiny_model("gpt2", len(tiny_tokenizer))
+        cfg = WashConfig.create(
+            layers=(1, 2),
+            method="memit",
+            only_known=False,
+            v_num_grad_steps=3,
+            stats_max_length=64,
+            retain_budget=budget,
+            **common,
+            **config,
+        )
+        results[budget] = lf.wash(model, tiny_tokenizer, WASHED, cfg, corpus=CORPUS, progress=False).report
+    corpus_layer = results["corpus"].per_layer[0]["memit"]
+    assert (
+        "retained_disruption" in corpus_layer
+        and "retained_disruption" not in results["effective"].per_layer[0]["memit"]
+    )
+    assert corpus_layer["disruption"] == pytest.approx(0.01, rel=1e-3)
+    with pytest.raises(ValueError, match="retain_budget must be"):
+        WashConfig.create(retain_budget="both")
