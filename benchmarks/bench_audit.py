@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_retention import FACT_FILES, choose_sets, job_dir, scan_known, source_tree  # noqa: E402
+from bench_retention import FACT_FILES, fact_sets, job_dir, source_tree  # noqa: E402
 from common import read_json, sha, write_json, write_result  # noqa: E402
 
 METHODS = ("law", "memit", "ft-ul", "seul", "woh")
@@ -66,17 +65,10 @@ def main(argv=None) -> int:
     model, tok = lf.load_model(None)
     fingerprint = model_fingerprint(model)
     tree = source_tree()
-    everything = [f for path in FACT_FILES for f in lf.load_facts(path) if f.answer.lower() not in f.subject.lower()]
-    random.Random(args.seed).shuffle(everything)
-    first_m = min(64, ms[0])
-
-    def sets(known):
-        return choose_sets(known, ms[-1], first_m, n_controls, 128 if not args.quick else 8)
-
-    known, scanned = scan_known(model, tok, everything, workdir / f"known-{fingerprint[:16]}.json", sets)
-    if sets(known) is None:
-        raise SystemExit(f"too few known facts for m = {ms[-1]}")
-    washed_all, controls, _ = sets(known)
+    n_retain = 128 if not args.quick else 8  # the retention sets' pool: not used here, but part of the same sets
+    washed_all, controls, _, scanned = fact_sets(
+        lf, model, tok, fingerprint, workdir, args.seed, ms, n_controls, n_retain
+    )
     demos, audited_controls = controls[: n_controls // 2], controls[n_controls // 2 :]
     wiki = str(WIKI / "wiki.test.raw")
     base = {

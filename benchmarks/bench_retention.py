@@ -150,6 +150,25 @@ def scan_known(model, tok, facts, cache: Path, enough, batch: int = 64):
     return known, done
 
 
+def fact_sets(lf, model, tok, fingerprint, workdir: Path, seed: int, ms, n_controls: int, n_retain: int):
+    """(washed for the largest m, controls, retain pool, facts scanned): all CounterFact cases in the seeded
+    order (answers inside the subject dropped), scanned for known facts (cached) until ``choose_sets``
+    can fill every set."""
+    everything = [f for path in FACT_FILES for f in lf.load_facts(path) if f.answer.lower() not in f.subject.lower()]
+    random.Random(seed).shuffle(everything)
+
+    def sets(known):
+        return choose_sets(known, ms[-1], min(64, ms[0]), n_controls, n_retain)
+
+    known, scanned = scan_known(model, tok, everything, workdir / f"known-{fingerprint[:16]}.json", sets)
+    print(f"\n{len(known)} of the first {scanned} CounterFact facts (of {len(everything)}) are known")
+    if sets(known) is None:
+        raise SystemExit(
+            f"the data holds too few known facts for m = {ms[-1]}, {n_controls} controls, {n_retain} retained"
+        )
+    return (*sets(known), scanned)
+
+
 def choose_sets(known, max_m: int, first_m: int, n_controls: int, n_retain: int):
     """(washed — the first max_m, nested —, controls, retain pool) from the known facts in scan order,
     or None when there are not enough yet.  The first ``first_m`` known facts are washed at every m;
@@ -224,20 +243,9 @@ def main(argv=None) -> int:
     model, tok = lf.load_model(None)
     fingerprint = model_fingerprint(model)
     tree = source_tree()
-    everything = [f for path in FACT_FILES for f in lf.load_facts(path) if f.answer.lower() not in f.subject.lower()]
-    random.Random(args.seed).shuffle(everything)
-    first_m = min(64, ms[0])
-
-    def sets(known):
-        return choose_sets(known, ms[-1], first_m, args.controls, args.retain)
-
-    known, scanned = scan_known(model, tok, everything, workdir / f"known-{fingerprint[:16]}.json", sets)
-    print(f"\n{len(known)} of the first {scanned} CounterFact facts (of {len(everything)}) are known")
-    if sets(known) is None:
-        raise SystemExit(
-            f"the data holds too few known facts for m = {ms[-1]}, {args.controls} controls, {args.retain} retained"
-        )
-    washed_all, controls, retain = sets(known)
+    washed_all, controls, retain, _ = fact_sets(
+        lf, model, tok, fingerprint, workdir, args.seed, ms, args.controls, args.retain
+    )
     retain_file = workdir / f"retain-{sha([f.case_id for f in retain])}.jsonl"
     save_facts_jsonl(retain, retain_file)
     print(f"{len(washed_all)} washed (max m), {len(controls)} controls, {len(retain)} retain")

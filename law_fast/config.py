@@ -58,8 +58,19 @@ REFERENCE_MAPPED = (
     "prune_requests",
     "keep_original_requests",
 )
-REFERENCE_IGNORED = (
+#: MEMIT's hyper-parameters (``MEMITHyperParams`` of kmeng01/memit; law_fast.compat reads them)
+MEMIT_HPARAMS = (
+    "layers",
+    "layer_selection",
     "fact_token",
+    "v_num_grad_steps",
+    "v_lr",
+    "v_loss_layer",
+    "v_weight_decay",
+    "clamp_norm_factor",
+    "kl_factor",
+    "mom2_adjustment",
+    "mom2_update_weight",
     "rewrite_module_tmp",
     "layer_module_tmp",
     "mlp_module_tmp",
@@ -69,8 +80,8 @@ REFERENCE_IGNORED = (
     "mom2_dataset",
     "mom2_n_samples",
     "mom2_dtype",
-    "layer_selection",
-    "mom2_adjustment",
+)
+REFERENCE_IGNORED = tuple(k for k in MEMIT_HPARAMS if k not in REFERENCE_MAPPED) + (
     "noise_scale",
     "skip_search",
     "compute_initialization_at_once",

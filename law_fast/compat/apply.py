@@ -43,15 +43,12 @@ def client_stats(model, h: ClientHparams, stats=None, stats_dir=None, corpus=Non
     """{layer: LayerStats} for the edited layers, or None when law_fast is to compute them from ``corpus``."""
     adapter = get_adapter(model)
     layers = list(h["layers"])
-    if stats is not None:
-        out = {}
-        for layer in layers:
-            if layer not in stats:
-                raise ValueError(f"stats= has layers {sorted(stats)}; layer {layer} is edited")
-            given = stats[layer]
-            f = adapter.dims(model, layer)[1]
-            out[layer] = given if isinstance(given, LayerStats) else read_client_stats(given, f)
-        return out
+    if stats is not None:  # paths read here; a missing layer or a bad matrix is wash()'s checked_stats error
+        return {
+            layer: given if isinstance(given, LayerStats) else read_client_stats(given, adapter.dims(model, layer)[1])
+            for layer, given in stats.items()
+            if layer in layers
+        }
     folder = stats_dir if stats_dir is not None else h.get("stats_dir")
     folder = Path(folder) if folder is not None else Path.cwd() / MEMIT_STATS_DIR
     name = client_model_name(model, h.client)
@@ -82,14 +79,8 @@ def client_stats(model, h: ClientHparams, stats=None, stats_dir=None, corpus=Non
 
 def _targets(h: ClientHparams) -> dict:
     """The z* settings from the hparams (TargetConfig fields)."""
-    out = {
-        k: h[k]
-        for k in ("v_num_grad_steps", "v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor")
-        if h.get(k) is not None
-    }
-    if h.get("v_loss_layer") is not None:
-        out["v_loss_layer"] = h["v_loss_layer"]
-    return out
+    names = ("v_num_grad_steps", "v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor", "v_loss_layer")
+    return {k: h[k] for k in names if h.get(k) is not None}
 
 
 def _workdir(cache_template, h: ClientHparams, facts):
@@ -107,9 +98,10 @@ def _workdir(cache_template, h: ClientHparams, facts):
     return example.parent / f"law_fast-{facts_digest(facts)[:16]}"
 
 
-def _run(model, tok, facts, config, copy, return_orig_weights, stats, corpus, progress, workdir):
+def _run(model, tok, facts, config, h, copy, return_orig_weights, cache_template, stats, corpus, progress):
     if copy:
         model = copy_module.deepcopy(model)
+    workdir = _workdir(cache_template, h, facts)
     result = wash(
         model, tok, facts, config, corpus=corpus, stats=stats, final_check=False, progress=progress, workdir=workdir
     )
@@ -158,18 +150,7 @@ def apply_memit_to_model(
         **_targets(h),
         **({"mom2_n_samples": h["mom2_n_samples"]} if h.get("mom2_n_samples") else {}),
     )
-    return _run(
-        model,
-        tok,
-        facts,
-        config,
-        copy,
-        return_orig_weights,
-        found,
-        corpus,
-        progress,
-        _workdir(cache_template, h, facts),
-    )
+    return _run(model, tok, facts, config, h, copy, return_orig_weights, cache_template, found, corpus, progress)
 
 
 def apply_law_to_model(
@@ -216,15 +197,4 @@ def apply_law_to_model(
         )
     except (ValueError, NotImplementedError) as e:
         raise HparamsError(str(e), h.source) from None
-    return _run(
-        model,
-        tok,
-        facts,
-        config,
-        copy,
-        return_orig_weights,
-        found,
-        corpus,
-        progress,
-        _workdir(cache_template, h, facts),
-    )
+    return _run(model, tok, facts, config, h, copy, return_orig_weights, cache_template, found, corpus, progress)

@@ -37,36 +37,15 @@ import dataclasses
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import REFERENCE_IGNORED, REFERENCE_MAPPED
+from ..config import MEMIT_HPARAMS, REFERENCE_IGNORED, REFERENCE_MAPPED
 
 log = logging.getLogger(__name__)
 
-MEMIT_FIELDS = (
-    "layers",
-    "layer_selection",
-    "fact_token",
-    "v_num_grad_steps",
-    "v_lr",
-    "v_loss_layer",
-    "v_weight_decay",
-    "clamp_norm_factor",
-    "kl_factor",
-    "mom2_adjustment",
-    "mom2_update_weight",
-    "rewrite_module_tmp",
-    "layer_module_tmp",
-    "mlp_module_tmp",
-    "attn_module_tmp",
-    "ln_f_module",
-    "lm_head_module",
-    "mom2_dataset",
-    "mom2_n_samples",
-    "mom2_dtype",
-)
+MEMIT_FIELDS = MEMIT_HPARAMS
 EASYEDIT_FIELDS = ("alg_name", "device", "model_name", "stats_dir", "max_length", "batch_size", "model_parallel")
 #: the LaW authors' JSON: MEMIT's fields plus these (read by WashConfig.from_reference_hparams)
 LAW_FIELDS = tuple(k for k in REFERENCE_MAPPED + REFERENCE_IGNORED if k not in MEMIT_FIELDS)
@@ -88,8 +67,6 @@ class ClientHparams:
     values: dict
     source: str  # the file, or the object's type
     client: str  # "memit" (no alg_name) or "easyedit"
-    law: bool = False  # LaW fields present (the authors' JSON)
-    extra: dict = field(default_factory=dict)
 
     def __getitem__(self, name: str):
         return self.values[name]
@@ -200,14 +177,13 @@ def read_hparams(source, algorithm: str = "MEMIT") -> ClientHparams:
                 where,
                 [name],
             )
-    law = any(k in data for k in LAW_FIELDS)
-    if law and algorithm != "LAW":
-        found = sorted(k for k in data if k in LAW_FIELDS)
+    found = sorted(k for k in data if k in LAW_FIELDS)
+    if found and algorithm != "LAW":
         raise HparamsError(
             f"LaW field(s) {found} in MEMIT hyper-parameters; use law_fast.compat.apply_law_to_model", where, found
         )
     client = "easyedit" if any(k in data for k in EASYEDIT_FIELDS) else "memit"
-    return ClientHparams(data, where, client, law)
+    return ClientHparams(data, where, client)
 
 
 def check_modules(h: ClientHparams, model) -> None:
@@ -221,7 +197,7 @@ def check_modules(h: ClientHparams, model) -> None:
         raise HparamsError(f"layers {bad} are beyond the model's {n_layers} blocks", h.source, ["layers"])
     for layer in h["layers"]:
         rewrite = h["rewrite_module_tmp"].format(layer)
-        want = adapter.down_proj_name(layer).removesuffix(".weight")
+        want = adapter.down_proj_path(layer)
         if rewrite != want:
             raise HparamsError(
                 f"rewrite_module_tmp names {rewrite!r} for layer {layer}; law_fast edits the MLP down-projection, "

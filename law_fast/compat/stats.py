@@ -125,7 +125,7 @@ def stats_from_files(paths, model, layers) -> dict[int, LayerStats]:
             raise FileNotFoundError(f"{given}: no such statistics file or folder")
     out = {}
     for layer in layers:
-        module = adapter.down_proj_name(layer).removesuffix(".weight")
+        module = adapter.down_proj_path(layer)
         mine = [f for f in files if f.name.startswith(module + "_")]
         if len(mine) != 1:
             found = ", ".join(f.name for f in files) or "none"
@@ -155,7 +155,7 @@ def export_client_stats(
     name = client_model_name(model, client)
     written = []
     for layer, s in sorted(stats.items()):
-        module = adapter.down_proj_name(layer).removesuffix(".weight")
+        module = adapter.down_proj_path(layer)
         path = client_stats_path(stats_dir, name, dataset, module, dtype, sample_size)
         written.append(write_client_stats(path, s, dtype, sample_size))
     return written

@@ -278,15 +278,17 @@ def _probe_context(model, tokenizer, facts, partners, config, demos) -> dict:
 
 
 @torch.no_grad()
-def _answer_ranks(model, tokenizer, facts: Sequence[Fact], answers: Sequence[str], batch_size: int) -> torch.Tensor:
-    """(n, L) rank (1 = top) of each answer's first token at its fact's last prompt token, decoding
-    each block's output by the final norm and the output head (the last block's is the model's own
-    next-token distribution)."""
+def _answer_ranks(
+    model, tokenizer, facts: Sequence[Fact], answer_sets: Sequence[Sequence[str]], batch_size: int
+) -> list[torch.Tensor]:
+    """Per list of ``answer_sets`` (one answer per fact), the (n, L) rank (1 = top) of each answer's first
+    token at its fact's last prompt token, decoding each block's output by the final norm and the
+    output head (the last block's is the model's own next-token distribution); one forward per batch."""
     adapter = get_adapter(model)
     norm = model.get_submodule(adapter.final_norm)
     head = adapter.lm_head(model)
     layers = list(range(adapter.num_layers(model)))
-    ranks = []
+    ranks = [[] for _ in answer_sets]
     for start in range(0, len(facts), batch_size):
         chunk = facts[start : start + batch_size]
         prompts = [f.prompt.strip() for f in chunk]
@@ -296,22 +298,24 @@ def _answer_ranks(model, tokenizer, facts: Sequence[Fact], answers: Sequence[str
         rows = torch.arange(len(chunk), device=enc.index.device)
         hidden = torch.stack([store[("block", layer)][rows, enc.index] for layer in layers], 1)  # (b, L, d)
         logits = head(norm(hidden)).float()  # (b, L, V)
-        ids = torch.tensor(
-            [
-                tokenizer(" " + a.strip(), add_special_tokens=False)["input_ids"][0]
-                for a in answers[start : start + batch_size]
-            ],
-            device=logits.device,
-        )
-        target = logits.gather(-1, ids[:, None, None].expand(-1, len(layers), 1))
-        ranks.append(1 + (logits > target).sum(-1).cpu())
-    return torch.cat(ranks)
+        for out, answers in zip(ranks, answer_sets):
+            ids = torch.tensor(
+                [
+                    tokenizer(" " + a.strip(), add_special_tokens=False)["input_ids"][0]
+                    for a in answers[start : start + batch_size]
+                ],
+                device=logits.device,
+            )
+            target = logits.gather(-1, ids[:, None, None].expand(-1, len(layers), 1))
+            out.append(1 + (logits > target).sum(-1).cpu())
+    return [torch.cat(r) for r in ranks]
 
 
 def _probe_lens(model, tokenizer, facts, partners, config) -> dict:
     answers = [f.answer for f in facts]
-    ranks = _answer_ranks(model, tokenizer, facts, answers, config.batch_size)
-    chance_ranks = _answer_ranks(model, tokenizer, facts, [answers[p] for p in partners], config.batch_size)
+    ranks, chance_ranks = _answer_ranks(
+        model, tokenizer, facts, [answers, [answers[p] for p in partners]], config.batch_size
+    )
     found = (ranks.min(1).values <= config.lens_top).tolist()
     chance = (chance_ranks.min(1).values <= config.lens_top).tolist()
     per_fact = [

@@ -56,9 +56,13 @@ class Adapter:
     def down_proj_module(self, model: nn.Module, layer: int) -> nn.Module:
         return self.block(model, layer).get_submodule(self.down_proj)
 
+    def down_proj_path(self, layer: int) -> str:
+        """Module name of the down-projection of ``layer`` (MEMIT's ``rewrite_module_tmp.format(layer)``)."""
+        return f"{self.blocks}.{layer}.{self.down_proj}"
+
     def down_proj_name(self, layer: int) -> str:
         """Parameter name of the down-projection weight of ``layer`` (as in ``state_dict``)."""
-        return f"{self.blocks}.{layer}.{self.down_proj}.weight"
+        return f"{self.down_proj_path(layer)}.weight"
 
     def lm_head(self, model: nn.Module) -> nn.Module:
         return model.get_output_embeddings()
@@ -82,9 +86,9 @@ class Adapter:
         if tuple(delta.shape) != (d, f):
             raise ValueError(f"delta for layer {layer} has shape {tuple(delta.shape)}, expected (d, f) = ({d}, {f})")
         upd = delta.T if self.transposed else delta
-        if w.dtype in (torch.float16, torch.bfloat16):  # the edit is rounded to the weights' spacing: say how much
-            before = w.float()
-            w.add_(upd.to(device=w.device, dtype=w.dtype))
+        before = w.float() if w.dtype in (torch.float16, torch.bfloat16) else None  # to measure the rounding
+        w.add_(upd.to(device=w.device, dtype=w.dtype))
+        if before is not None:
             want = upd.to(device=w.device, dtype=torch.float32)
             lost = float((w.float() - before - want).norm() / want.norm().clamp_min(1e-30))
             if lost > LOST_WARNING:
@@ -95,8 +99,6 @@ class Adapter:
                     str(w.dtype).removeprefix("torch."),
                     100 * lost,
                 )
-            return
-        w.add_(upd.to(device=w.device, dtype=w.dtype))
 
     def eos_token_id(self, model: nn.Module, tokenizer) -> int:
         eos = tokenizer.eos_token_id

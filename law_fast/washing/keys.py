@@ -169,3 +169,19 @@ def key_moments(
             cross = part if cross is None else cross + part
             resid_sq += float((resid**2).sum())
     return KeyMoments(gram, cross, resid_sq, int(count), torch.cat(kept) if kept else None)
+
+
+def key_second_moments(model, adapter, tokenizer, facts, templates, layers, batch_size):
+    """(layer, Σ_j k_jk_jᵀ / n) of ``facts``' averaged keys for every layer in ``layers``, from one forward
+    pass per batch of ``batch_size`` facts (the keys of all layers at once): :func:`key_moments`'s Gram
+    matrix, normalised, for several layers and no targets (the keys to keep, washing.retain)."""
+    f = {layer: adapter.dims(model, layer)[1] for layer in layers}
+    device = model_device(model)
+    grams = {layer: torch.zeros(f[layer], f[layer], dtype=torch.float64, device=device) for layer in layers}
+    counts = {layer: torch.zeros((), dtype=torch.int64, device=device) for layer in layers}
+    for start in range(0, len(facts), batch_size):
+        chunk = facts[start : start + batch_size]
+        keys, _ = compute_keys(model, adapter, tokenizer, chunk, templates, layers, None, len(chunk) * len(templates))
+        for layer in layers:
+            cov_accumulate_(keys[layer].contiguous(), grams[layer], counts[layer])
+    return [(layer, grams[layer] / int(counts[layer])) for layer in layers]

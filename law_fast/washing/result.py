@@ -126,10 +126,7 @@ class WashResult:
         if original:
             before = copy.deepcopy(self.model)
             self.revert(before)
-        try:
-            return audit(self.model, self.tokenizer, facts, original=before, demos=demos, **kwargs)
-        finally:
-            del before
+        return audit(self.model, self.tokenizer, facts, original=before, demos=demos, **kwargs)
 
     def weight_deltas(self) -> dict[str, torch.Tensor]:
         """{parameter name: current − original} (stored orientation, float32, CPU) of the changed parameters."""

@@ -17,9 +17,7 @@ import torch
 from ..config import RetainConfig
 from ..corpus import load_corpus
 from ..facts import Fact, load_facts
-from ..hf.adapters import model_device
-from ..ops import cov_accumulate_
-from .keys import compute_keys
+from .keys import key_second_moments
 from .stats import layer_stats
 
 log = logging.getLogger(__name__)
@@ -78,7 +76,7 @@ def retained_moments(
                 len(mentions),
                 config.retain_entities,
             )
-        for layer, second in _second_moments(model, adapter, tokenizer, mentions, ["{}"], layers, key_batch_size):
+        for layer, second in key_second_moments(model, adapter, tokenizer, mentions, ["{}"], layers, key_batch_size):
             parts[layer].append(second)
     if config.retain_facts is not None:
         kept = load_facts(config.retain_facts)
@@ -89,7 +87,7 @@ def retained_moments(
                 f"{config.retain_facts}: {len(clash)} fact(s) to keep are also being washed "
                 f"(same subject and prompt), e.g. case ids {clash[:5]}"
             )
-        for layer, second in _second_moments(model, adapter, tokenizer, kept, templates, layers, key_batch_size):
+        for layer, second in key_second_moments(model, adapter, tokenizer, kept, templates, layers, key_batch_size):
             parts[layer].append(second)
     if config.retain_neighbourhood:
         prompts = [prompt for fact in requests for prompt, _ in fact.neighbourhood]
@@ -99,21 +97,6 @@ def retained_moments(
         for layer in layers:
             parts[layer].append(stats[layer].cov.to(torch.float64))
     return {layer: sum(m / m.diagonal().sum() for m in ms) / len(ms) for layer, ms in parts.items()}
-
-
-def _second_moments(model, adapter, tokenizer, facts, templates, layers, batch_size):
-    """(layer, Σ_j k_jk_jᵀ / n) of ``facts``' averaged keys for every layer, from one forward pass per
-    batch of ``batch_size`` facts (the keys of all layers at once)."""
-    f = {layer: adapter.dims(model, layer)[1] for layer in layers}
-    device = model_device(model)
-    grams = {layer: torch.zeros(f[layer], f[layer], dtype=torch.float64, device=device) for layer in layers}
-    counts = {layer: torch.zeros((), dtype=torch.int64, device=device) for layer in layers}
-    for start in range(0, len(facts), batch_size):
-        chunk = facts[start : start + batch_size]
-        keys, _ = compute_keys(model, adapter, tokenizer, chunk, templates, layers, None, len(chunk) * len(templates))
-        for layer in layers:
-            cov_accumulate_(keys[layer].contiguous(), grams[layer], counts[layer])
-    return [(layer, grams[layer] / int(counts[layer])) for layer in layers]
 
 
 def effective_cov(cov: torch.Tensor, retained: torch.Tensor, weight: float) -> torch.Tensor:

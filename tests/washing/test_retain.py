@@ -209,13 +209,12 @@ def test_entity_mentions_skip_washed_subjects():
 
 
 def test_retained_second_moments_of_all_layers_in_one_pass(tiny_tokenizer):
-    from law_fast.washing.keys import key_moments
-    from law_fast.washing.retain import _second_moments
+    from law_fast.washing.keys import key_moments, key_second_moments
 
     model = make_tiny_model("gpt2", len(tiny_tokenizer))
     adapter = lf.get_adapter(model)
     templates = ["{}", "Once upon a time. {}"]
-    got = dict(_second_moments(model, adapter, tiny_tokenizer, KEPT, templates, (0, 2), batch_size=2))
+    got = dict(key_second_moments(model, adapter, tiny_tokenizer, KEPT, templates, (0, 2), batch_size=2))
     for layer in (0, 2):
         want = key_moments(model, adapter, tiny_tokenizer, KEPT, templates, layer, 2)
         torch.testing.assert_close(got[layer], want.gram / want.count, rtol=1e-6, atol=1e-8)
