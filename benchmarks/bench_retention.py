@@ -30,6 +30,8 @@ Variants (``VARIANTS``) and their one knob ``s``:
                  direction every subject key shares)
   *-unlikely     memit / law with target "unlikely" (each answer's first token pushed down instead
                  of EOS raised), disruption budget ×s
+  *-refusal      memit / law with a refusal text (REFUSAL) as the target instead of EOS, budget ×s
+  *-layers       memit / law editing s consecutive blocks from FIRST_LAYER (the preset edits 5)
 Statistics from --stats-samples documents of WikiText-2 test (one cached pass).
 
 Resumable: the known-fact scan, z* and every wash stage (``wash(workdir=)``, one job folder per fact
@@ -60,6 +62,8 @@ DATA = REPO_ROOT.parent / "shared" / "data"
 FACT_FILES = [DATA / "counterfact" / f"counterfact-{n}.json" for n in ("edit", "train", "val")]
 BUDGET = (6.25e-5, 0.02)  # law_fast's default disruption budget per fact and its cap
 ENTITIES = 1000  # name mentions mined from the statistics corpus by the *-entities variants
+REFUSAL = " I don't know."  # the *-refusal variants' target text
+FIRST_LAYER = 4  # the first edited block of SmolLM2's preset (4..8); the *-layers variants edit s blocks from it
 
 
 def knob_overrides(variant: str, s: float, retain_file: str) -> dict:
@@ -85,6 +89,10 @@ def knob_overrides(variant: str, s: float, retain_file: str) -> dict:
         return dict(method="law", retain_facts=retain_file, null_space_energy=s)
     if variant in ("memit-entnull", "law-entnull"):
         return dict(method=variant.split("-")[0], retain_entities=ENTITIES, null_space_energy=s)
+    if variant in ("memit-refusal", "law-refusal"):
+        return dict(method=variant.split("-")[0], target=REFUSAL, **budget)
+    if variant in ("memit-layers", "law-layers"):
+        return dict(method=variant.split("-")[0], layers=tuple(range(FIRST_LAYER, FIRST_LAYER + int(s))))
     raise SystemExit(f"unknown variant {variant!r}; choose from {VARIANTS}")
 
 
@@ -105,6 +113,10 @@ VARIANTS = (
     "memit-entnull",
     "law-entnull",
     "memit-entities-c",
+    "memit-refusal",
+    "law-refusal",
+    "memit-layers",
+    "law-layers",
 )
 LEFT = {  # (JSON key, EvalReport.flat() key)
     "washed_still": "facts.rewrite.acc",
@@ -380,6 +392,10 @@ def knob_doc(variant: str) -> str:
         "memit-entnull": f"retain_entities={ENTITIES}, null_space_energy = s (Δ outside their top directions)",
         "memit-entities-c": f"retain_entities={ENTITIES}, retain_weight ν = s, the λ budget on C alone",
         "law-entnull": f"retain_entities={ENTITIES}, null_space_energy = s",
+        "memit-refusal": f"target {REFUSAL!r} instead of EOS, disruption budget ×s",
+        "law-refusal": f"target {REFUSAL!r}, disruption budget ×s",
+        "memit-layers": f"s consecutive edited blocks from block {FIRST_LAYER} (the preset: 5)",
+        "law-layers": f"s consecutive edited blocks from block {FIRST_LAYER}",
     }[variant]
 
 

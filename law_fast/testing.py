@@ -330,3 +330,100 @@ def _block_types():
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
     return (GPT2Block, GPTJBlock, LlamaDecoderLayer)
+
+
+# ---------------------------------------------------------------- the real EasyEdit client, without its extras
+class _StubType(type):
+    """A stubbed package's attributes: classes (easyeditor's modules subclass and decorate with them at
+    import time); their instances accept any call and attribute."""
+
+    def __new__(mcls, name, bases=(), namespace=None):
+        return super().__new__(mcls, name, bases, {**_STUB_METHODS, **(namespace or {})})
+
+    def __init__(cls, name, bases=(), namespace=None):
+        super().__init__(name, bases, namespace or {})
+
+    def __getattr__(cls, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _StubType(name)
+
+    def __getitem__(cls, item):  # typing-style subscripts in annotations: Optional[...], List[...]
+        return cls
+
+
+def _stub_attribute(self, name):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    return _StubType(name)()
+
+
+_STUB_METHODS = {
+    "__init__": lambda self, *args, **kwargs: None,
+    "__call__": lambda self, *args, **kwargs: self,
+    "__getattr__": _stub_attribute,
+    "__getitem__": lambda self, item: self,
+    "__iter__": lambda self: iter(()),
+}
+
+
+class _StubModule(types.ModuleType):
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _StubType(name)
+
+
+class _EasyeditExtras:
+    """A last meta-path finder: a module easyeditor's own code imports and this machine lacks (its optional
+    extras: sentence_transformers, hydra, cv2, …; transformers 4's modeling_attn_mask_utils) becomes a stub,
+    named in ``stubbed``.  Imports from anywhere else fail as usual (so no library sees a stub as installed)."""
+
+    def __init__(self):
+        self.stubbed: list[str] = []
+
+    def find_spec(self, fullname, path, target=None):
+        import importlib.util
+
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_globals.get("__name__", "").startswith(("importlib", "_frozen_importlib")):
+            frame = frame.f_back
+        caller = frame.f_globals.get("__name__", "") if frame is not None else ""
+        if not caller.startswith("easyeditor") and not fullname.startswith(tuple(f"{s}." for s in self.stubbed)):
+            return None
+        return importlib.util.spec_from_loader(fullname, self, is_package=True)
+
+    def create_module(self, spec):
+        self.stubbed.append(spec.name)
+        module = _StubModule(spec.name)
+        module.__path__ = []
+        return module
+
+    def exec_module(self, module):
+        pass
+
+
+@contextlib.contextmanager
+def easyedit_client(root: Path, workdir: Path):
+    """Import the real ``easyeditor`` package at ``root`` (../shared/clients/easyedit, unmodified) with the
+    optional packages this machine lacks stubbed (``_EasyeditExtras``; the stubs' names are logged), in
+    ``workdir`` (its editors write logs/ under the working directory), and yield ``(easyeditor, stubbed)``.
+    On exit easyeditor and the stubs leave ``sys.modules``."""
+    finder = _EasyeditExtras()
+    old_cwd, before = os.getcwd(), set(sys.modules)
+    os.chdir(workdir)
+    sys.path.insert(0, str(root))
+    sys.meta_path.append(finder)
+    try:
+        import easyeditor
+
+        if finder.stubbed:
+            log.info("easyeditor imported with %d stubbed modules: %s", len(finder.stubbed), finder.stubbed)
+        yield easyeditor, list(finder.stubbed)
+    finally:
+        sys.meta_path.remove(finder)
+        sys.path.remove(str(root))
+        for name in set(sys.modules) - before:
+            if name.startswith("easyeditor") or name in finder.stubbed:
+                del sys.modules[name]
+        os.chdir(old_cwd)

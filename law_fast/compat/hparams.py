@@ -129,7 +129,8 @@ def read_hparams(source, algorithm: str = "MEMIT") -> ClientHparams:
     or "LAW" (which the entry point runs; an EasyEdit ``alg_name`` must agree)."""
     data, where = _load(source)
     alg = data.get("alg_name")
-    accepted = {"MEMIT": ("MEMIT",), "LAW": ("LAW", "LaW", "law")}[algorithm]
+    # LAW_FAST_MEMIT: the name law_fast.compat.easyedit.register() adds to EasyEdit for its MEMIT
+    accepted = {"MEMIT": ("MEMIT", "LAW_FAST_MEMIT"), "LAW": ("LAW", "LaW", "law")}[algorithm]
     if alg is not None and alg not in accepted:
         raise HparamsError(
             f"alg_name={alg!r}, but this entry point runs {algorithm} (alg_name {accepted[0]!r})", where, ["alg_name"]

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from law_fast.testing import easyedit_client as _easyedit_client
 from law_fast.testing import memit_client as _memit_client
 
 CLIENTS = Path(__file__).resolve().parents[2].parent / "shared" / "clients"
 MEMIT_ROOT = CLIENTS / "memit"
+EASYEDIT_ROOT = CLIENTS / "easyedit"
 
 
 def need_memit():
@@ -21,6 +23,17 @@ def memit_client(workdir: Path, float64_delta: bool = False):
     """law_fast.testing.memit_client on ../shared/clients/memit."""
     need_memit()
     return _memit_client(MEMIT_ROOT, workdir, float64_delta)
+
+
+def need_easyedit():
+    if not (EASYEDIT_ROOT / "easyeditor" / "editors" / "editor.py").is_file():
+        pytest.skip(f"the EasyEdit client is not at {EASYEDIT_ROOT} (../shared/clients)")
+
+
+def easyedit_client(workdir: Path):
+    """law_fast.testing.easyedit_client on ../shared/clients/easyedit."""
+    need_easyedit()
+    return _easyedit_client(EASYEDIT_ROOT, workdir)
 
 
 #: MEMIT hyper-parameters for the tiny 4-block models (law_fast.testing.make_tiny_model), per family
