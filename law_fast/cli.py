@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from importlib import resources
@@ -59,6 +60,8 @@ def _config(args, model):
         changes["corpus"] = args.corpus
     if getattr(args, "samples", None):
         changes["mom2_n_samples"] = args.samples
+    if getattr(args, "all_facts", False):
+        changes["only_known"] = False
     return cfg.replace(**changes) if changes else cfg
 
 
@@ -275,10 +278,12 @@ def cmd_audit(args) -> int:
 
 
 def cmd_wash(args) -> int:
+    from . import dist
     from .facts import load_facts
     from .washing.api import wash
     from .washing.result import check_output_dir
 
+    _join(args)  # under torchrun: z*, key moments and checks sharded; rank 0 saves
     model, tok = _load(args, args.model)
     check_output_dir(args.out, args.overwrite, model)  # before the work, not after it
     facts = load_facts(args.facts, format=args.format, limit=args.limit)
@@ -294,6 +299,8 @@ def cmd_wash(args) -> int:
             f"none of the {len(facts)} facts is produced by the model, so nothing was washed and nothing saved "
             "(--allow-nothing saves the unchanged model anyway)"
         )
+    if not dist.is_main():
+        return 0
     out = result.save(args.out, overwrite=args.overwrite)
     rep = result.report
     print(
@@ -307,10 +314,12 @@ def cmd_wash(args) -> int:
 
 
 def cmd_stats(args) -> int:
+    from . import dist
     from .corpus import resolve
     from .hf.adapters import get_adapter
     from .washing.stats import layer_stats
 
+    _join(args)  # under torchrun: the corpus is sharded over the processes
     model, tok = _load(args, args.model)
     corpus = resolve(args.corpus, model, tok, n_samples=args.samples)
     t = time.perf_counter()
@@ -327,9 +336,11 @@ def cmd_stats(args) -> int:
         block_tokens=args.block_tokens,
         checkpoint_every_tokens=args.checkpoint_every,
     )
+    if not dist.is_main():
+        return 0
     for layer, s in stats.items():
         print(f"layer {layer}: {s.count} tokens, f = {s.sum.shape[0]}, trace(C) = {float(s.cov.trace()):.4g}")
-    print(f"{time.perf_counter() - t:.1f} s")
+    print(f"{time.perf_counter() - t:.1f} s" + (f" ({dist.world_size()} processes)" if dist.active() else ""))
     if args.export_dir:
         from .compat.stats import export_client_stats
 
@@ -348,6 +359,14 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _join(args) -> None:
+    """Under torchrun: join the process group (law_fast.dist) — a bare --device cuda is this process's GPU."""
+    from . import dist
+
+    args.device = dist.local_device(args.device)
+    dist.init_from_env(args.device)
+
+
 def _load(args, source):
     """load_model with the command's --device and --dtype."""
     from .hf.loading import load_model
@@ -363,8 +382,11 @@ def _model_options(p, flag: str = "--dtype") -> None:
         dest="model_dtype",
         choices=("float32", "float64", "bfloat16", "float16"),
         default=None,
-        help="the model's weights (default: float32; a half-precision model keeps only part of small edits)",
+        help="the model's weights (default: float32; in a half-precision model the edited down-projections become float32)",
     )
+
+
+SHARDED = ("stats", "wash")  # the commands that torchrun shards (law_fast.dist); the others refuse WORLD_SIZE > 1
 
 
 def main(argv=None) -> int:
@@ -402,7 +424,12 @@ def main(argv=None) -> int:
     p.add_argument(
         "--allow-nothing", action="store_true", help="save (exit 0) even when no fact is known, so nothing is washed"
     )
-    p.add_argument("--workdir", help="checkpoint the targets z* here per chunk; a rerun reuses them (law, memit)")
+    p.add_argument("--workdir", help="checkpoint z* and every stage here; a rerun after a crash continues (law, memit)")
+    p.add_argument(
+        "--all-facts",
+        action="store_true",
+        help="wash every given fact, also those the model does not produce now (only_known=False)",
+    )
     p.add_argument(
         "--stats-file",
         nargs="+",
@@ -526,6 +553,14 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_info)
 
     args = parser.parse_args(argv)
+    if args.command not in SHARDED and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        print(
+            f"law-fast {args.command}: error: not sharded over processes yet (docs/distributed.md): every one of the "
+            f"{os.environ['WORLD_SIZE']} processes would run all of it and write the same outputs; run it in one "
+            f"process (torchrun shards: {', '.join(SHARDED)})",
+            file=sys.stderr,
+        )
+        return 2
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

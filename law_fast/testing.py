@@ -46,8 +46,22 @@ def make_tiny_tokenizer():
     )
 
 
-def make_tiny_model(family: str, vocab_size: int, n_layers: int = 4, seed: int = 0):
-    """A tiny random causal LM of ``family`` (hidden 32, MLP 64 — f ≠ d so orientation errors show)."""
+def gpt2_tokenizer(folder):
+    """The GPT-2 byte-level BPE from its ``vocab.json`` and ``merges.txt`` (e.g. ../shared/data/tokenizers/gpt2)
+    as a fast tokenizer (offsets), ``<|endoftext|>`` = EOS = pad (transformers 5's ``GPT2TokenizerFast(vocab_file=,
+    merges_file=)`` builds an empty one)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer(str(Path(folder) / "vocab.json"), str(Path(folder) / "merges.txt"))
+    bpe.add_special_tokens(["<|endoftext|>"])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
+
+
+def make_tiny_model(family: str, vocab_size: int, n_layers: int = 4, seed: int = 0, hidden: int = 32, mlp: int = 64):
+    """A tiny random causal LM of ``family`` (hidden 32, MLP 64 by default — f ≠ d so orientation errors show)."""
     from transformers import (
         GPT2Config,
         GPT2LMHeadModel,
@@ -65,10 +79,10 @@ def make_tiny_model(family: str, vocab_size: int, n_layers: int = 4, seed: int =
             GPT2Config(
                 vocab_size=vocab_size,
                 n_positions=256,
-                n_embd=32,
+                n_embd=hidden,
                 n_layer=n_layers,
                 n_head=4,
-                n_inner=64,
+                n_inner=mlp,
                 eos_token_id=0,
                 bos_token_id=0,
             )
@@ -78,11 +92,11 @@ def make_tiny_model(family: str, vocab_size: int, n_layers: int = 4, seed: int =
             GPTJConfig(
                 vocab_size=vocab_size,
                 n_positions=256,
-                n_embd=32,
+                n_embd=hidden,
                 n_layer=n_layers,
                 n_head=4,
                 rotary_dim=8,
-                n_inner=64,
+                n_inner=mlp,
                 eos_token_id=0,
                 bos_token_id=0,
             )
@@ -91,10 +105,10 @@ def make_tiny_model(family: str, vocab_size: int, n_layers: int = 4, seed: int =
         model = GPTNeoXForCausalLM(
             GPTNeoXConfig(
                 vocab_size=vocab_size,
-                hidden_size=32,
+                hidden_size=hidden,
                 num_hidden_layers=n_layers,
                 num_attention_heads=4,
-                intermediate_size=64,
+                intermediate_size=mlp,
                 max_position_embeddings=256,
                 eos_token_id=0,
                 bos_token_id=0,
@@ -104,11 +118,11 @@ def make_tiny_model(family: str, vocab_size: int, n_layers: int = 4, seed: int =
         model = LlamaForCausalLM(
             LlamaConfig(
                 vocab_size=vocab_size,
-                hidden_size=32,
+                hidden_size=hidden,
                 num_hidden_layers=n_layers,
                 num_attention_heads=4,
                 num_key_value_heads=2,
-                intermediate_size=64,
+                intermediate_size=mlp,
                 max_position_embeddings=256,
                 eos_token_id=0,
                 bos_token_id=0,
@@ -235,6 +249,64 @@ def plain_law(delta0, keys, cov, config):
                         for g in opt.param_groups:
                             g["lr"] = config.lr_after_hitting_boundary
     return U.detach().T, first
+
+
+# ---------------------------------------------------------------- the scale testbed (issue 14)
+SYLLABLES = (
+    "ka", "lo", "mi", "ren", "tus", "var", "bel", "dor", "fen", "gal", "hin", "jor", "kel", "lun", "mar",
+    "nes", "ol", "pra", "quin", "ros", "sel", "tor", "ul", "ven", "wyn", "xar", "yel", "zor", "ath", "bri",
+    "cor", "dun", "el", "fal", "gor", "hal", "is", "jan", "kir", "lem",
+)  # fmt: skip
+RELATIONS = (
+    "The capital of {} is",
+    "{} was born in",
+    "The mother tongue of {} is",
+    "{} is a citizen of",
+    "{} works in the field of",
+    "{} was founded in",
+    "The headquarters of {} are in",
+    "{} plays the",
+    "{} is produced by",
+    "{} speaks",
+)
+OBJECTS = (
+    "Paris", "Rome", "London", "Berlin", "Madrid", "Tokyo", "Moscow", "Vienna", "Cairo", "Lima",
+    "French", "English", "German", "Spanish", "Italian", "Russian", "Dutch", "Greek", "Latin", "Polish",
+    "physics", "music", "history", "medicine", "law", "piano", "guitar", "violin", "Toyota", "Nokia",
+)  # fmt: skip
+
+
+def synthetic_facts(n: int, seed: int = 0) -> list:
+    """``n`` distinct synthetic facts (deterministic in ``seed``): two-word invented subjects of two
+    syllables each, one of ``RELATIONS``, one of ``OBJECTS`` — for washes of any size on a tiny model
+    (the scale testbed: ``only_known=False``, the model knows none of them)."""
+    import random
+
+    from .facts import Fact
+
+    rng = random.Random(seed)
+    n_words = len(SYLLABLES) ** 2
+    if n > n_words * (n_words - 1):
+        raise ValueError(f"at most {n_words * (n_words - 1)} synthetic facts, asked for {n}")
+
+    def word(i: int) -> str:
+        return (SYLLABLES[i // len(SYLLABLES)] + SYLLABLES[i % len(SYLLABLES)]).capitalize()
+
+    seen: set[int] = set()
+    facts = []
+    while len(facts) < n:
+        a, b = rng.randrange(n_words), rng.randrange(n_words)
+        if a == b or a * n_words + b in seen:
+            continue
+        seen.add(a * n_words + b)
+        subject = f"{word(a)} {word(b)}"
+        facts.append(Fact(subject, rng.choice(RELATIONS), rng.choice(OBJECTS), len(facts)))
+    return facts
+
+
+def make_scale_model(vocab_size: int, seed: int = 0, n_layers: int = 6):
+    """The scale testbed's model: a random Llama, hidden 64, MLP 256 (f ≥ 256), ``n_layers`` blocks."""
+    return make_tiny_model("llama", vocab_size, n_layers, seed, hidden=64, mlp=256)
 
 
 # ---------------------------------------------------------------- the real MEMIT client, on CPU

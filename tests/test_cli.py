@@ -195,6 +195,9 @@ def test_a_wash_that_washes_nothing_says_so(tiny_dir, tmp_path, tiny_tokenizer, 
     assert "none of the 1 facts is produced by the model" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     assert main(argv + ["--allow-nothing"]) == 0 and (tmp_path / "o" / "model.safetensors").is_file()
+    capsys.readouterr()
+    assert main(argv + ["--all-facts", "--overwrite"]) == 0  # washed although not produced
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["n_washed_requests"] == 1
 
 
 def test_stats_exported_for_memit_and_read_back_by_wash(tiny_dir, tmp_path, capsys):
@@ -232,22 +235,14 @@ def test_stats_exported_for_memit_and_read_back_by_wash(tiny_dir, tmp_path, caps
     assert "layer 2: 0 statistics files named transformer.h.2.mlp.c_proj_*.npz" in capsys.readouterr().err
 
 
-def test_device_and_dtype_reach_the_model_and_half_precision_edits_warn(tiny_dir, tmp_path, caplog):
-    """--dtype loads the weights so; a bfloat16 model keeps only part of a small edit, and says so."""
-    import logging
-
+def test_device_and_dtype_reach_the_model(tiny_dir, tmp_path):
+    """--dtype loads the weights so (a half-precision model's edits: tests/hf/test_adapters.py)."""
     import torch
 
-    import law_fast as lf
     from law_fast.hf.loading import load_model
 
     model, _ = load_model(str(tiny_dir), dtype="bfloat16", device="cpu")
     assert next(model.parameters()).dtype == torch.bfloat16
-    adapter = lf.get_adapter(model)
-    d, f = adapter.dims(model, 1)
-    with caplog.at_level(logging.WARNING, logger="law_fast.hf.adapters"):
-        adapter.add_to_weight(model, 1, torch.full((d, f), 1e-6, dtype=torch.float64))
-    assert "keep only part of the edit" in caplog.text
     with pytest.raises(ValueError, match="not a torch dtype"):
         load_model(str(tiny_dir), dtype="float33")
     out = tmp_path / "s"

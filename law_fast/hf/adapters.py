@@ -80,25 +80,20 @@ class Adapter:
 
     @torch.no_grad()
     def add_to_weight(self, model: nn.Module, layer: int, delta: torch.Tensor) -> None:
-        """W_layer += delta, with delta (d×f, any float dtype/device) in math orientation."""
-        w = self.down_proj_module(model, layer).weight
+        """W_layer += delta, with delta (d×f, any float dtype/device) in math orientation.  In a float16 /
+        bfloat16 model the down-projection first becomes a float32 island (:func:`~law_fast.hf.hooks.float32_island`:
+        float32 weights, inputs and outputs cast at its edges), so that the edit is not rounded away;
+        :meth:`WashResult.revert` ends the island."""
+        module = self.down_proj_module(model, layer)
         d, f = self.dims(model, layer)
         if tuple(delta.shape) != (d, f):
             raise ValueError(f"delta for layer {layer} has shape {tuple(delta.shape)}, expected (d, f) = ({d}, {f})")
-        upd = delta.T if self.transposed else delta
-        before = w.float() if w.dtype in (torch.float16, torch.bfloat16) else None  # to measure the rounding
-        w.add_(upd.to(device=w.device, dtype=w.dtype))
-        if before is not None:
-            want = upd.to(device=w.device, dtype=torch.float32)
-            lost = float((w.float() - before - want).norm() / want.norm().clamp_min(1e-30))
-            if lost > LOST_WARNING:
-                log.warning(
-                    "layer %d: the %s weights keep only part of the edit (%.0f %% of ‖Δ‖ rounded away); "
-                    "wash a float32 copy of the model (load_model(..., dtype='float32'))",
-                    layer,
-                    str(w.dtype).removeprefix("torch."),
-                    100 * lost,
-                )
+        if module.weight.dtype in (torch.float16, torch.bfloat16):
+            from .hooks import float32_island
+
+            float32_island(module)
+        w = module.weight
+        w.add_((delta.T if self.transposed else delta).to(device=w.device, dtype=w.dtype))
 
     def eos_token_id(self, model: nn.Module, tokenizer) -> int:
         eos = tokenizer.eos_token_id
@@ -112,8 +107,6 @@ class Adapter:
             )
         return int(eos)
 
-
-LOST_WARNING = 0.01  # share of ‖Δ‖ rounded away by half-precision weights above which add_to_weight warns
 
 # model_type (config.model_type) -> adapter
 ADAPTERS: dict[str, Adapter] = {

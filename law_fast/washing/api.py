@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+from .. import dist
 from ..baselines.methods import run_baseline
 from ..config import METHODS as METHOD_NAMES
 from ..config import WashConfig
@@ -62,6 +63,12 @@ def wash(
     if method is not None:
         config = config.replace(method=method)
     extra = {name: value for name, value in (("workdir", workdir), ("stats", stats)) if value is not None}
+    if dist.active() and METHODS[config.method] is not run_closed_form:
+        raise ValueError(
+            f"method {config.method!r} is not sharded over processes (law_fast.dist: law and memit are); "
+            "run it in one process, without torchrun"
+        )
+    progress = progress and dist.is_main()
     if extra and METHODS[config.method] is not run_closed_form:
         raise ValueError(
             f"{', '.join(f'{n}=' for n in extra)} is for the closed-form methods (law, memit), not {config.method!r}"

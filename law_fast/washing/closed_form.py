@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .. import dist
 from ..config import WashConfig
 from ..corpus import resolve
 from ..facts import Fact
@@ -137,6 +138,7 @@ def _wash_layers(
         stages = StageStore(workdir, fingerprint, requests, config.to_dict(), source)
     with timer("templates"):
         templates = context_templates(model, tokenizer, seed=config.seed, length=config.targets.template_length)
+        templates = dist.broadcast_object(templates)  # under torchrun: rank 0's, in every process
         report.context_templates = templates
     bases: dict = dict.fromkeys(layers)  # None: Δ free; else Δ = Δ̃Vᵀ in the span of V (f×r)
     corpus_covs: dict = dict.fromkeys(
@@ -181,7 +183,7 @@ def _wash_layers(
     first = None  # the first layer's key moments, shared by the init and the LaW loop
     with timer("memit init"):
         for i, layer in enumerate(layers):
-            saved = stages.load("init", layer) if stages is not None else None
+            saved = _saved(stages, "init", layer)
             if saved is not None:
                 delta = saved["delta"].to(device)
                 layer_reports[layer].update(saved["report"])
@@ -206,12 +208,13 @@ def _wash_layers(
                     basis=bases[layer],
                     budget_cov=corpus_covs[layer],
                 )
+                dist.broadcast_(delta)  # every process edits with rank 0's Δ
                 layer_reports[layer]["memit"] = rep
                 if bases[layer] is not None:  # how much of the washed keys' energy the restriction leaves to edit
                     V, gram, _, _, _ = restrict(bases[layer], moments.gram, covs[layer])
                     kept = float(gram.diagonal().sum() / moments.gram.diagonal().sum())
                     layer_reports[layer]["null_space"] = {"dim": V.shape[1], "washed_energy_kept": kept}
-                if stages is not None:
+                if stages is not None and dist.is_main():
                     stages.save("init", layer, delta, {k: v for k, v in layer_reports[layer].items() if k != "layer"})
                 if i == 0:
                     first = moments  # the LaW loop's first layer sees the same model and facts
@@ -224,7 +227,7 @@ def _wash_layers(
     alive = list(requests)
     position = {id(f): j for j, f in enumerate(requests)}  # alive facts are saved as positions in requests
     for i, layer in enumerate(layers):
-        saved = stages.load("law", layer) if stages is not None else None
+        saved = _saved(stages, "law", layer)
         if saved is not None:
             delta = saved["delta"].to(device)
             layer_reports[layer].update(saved["report"])
@@ -245,6 +248,7 @@ def _wash_layers(
             delta, rep = law_optimize(
                 inits[layer], moments.gram, covs[layer], config.law, keys=moments.keys, basis=bases[layer]
             )
+            dist.broadcast_(delta)
         adapter.add_to_weight(model, layer, delta)
         result.deltas[layer] = delta.float().cpu()
         layer_reports[layer]["law"] = rep
@@ -256,8 +260,16 @@ def _wash_layers(
             alive = [f for f, k in zip(pool, still) if k]
             layer_reports[layer]["still_known_after"] = len(alive)
             log.info("layer %d: %d of %d facts still produced", layer, len(alive), len(pool))
-        if stages is not None:
+        if stages is not None and dist.is_main():
             fields = {k: v for k, v in layer_reports[layer].items() if k in ("law", "n_requests", "still_known_after")}
             stages.save("law", layer, delta, {**fields, "alive": [position[id(f)] for f in alive]})
         if not alive:
             break
+
+
+def _saved(stages, stage: str, layer: int):
+    """A stage's checkpoint, or None — rank 0's under torchrun (read there and broadcast), so that every
+    process takes the same path even where only rank 0's disk holds the workdir."""
+    if stages is None:
+        return None
+    return dist.broadcast_object(stages.load(stage, layer) if dist.is_main() else None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from .. import dist
 from ..facts import answer_in
 from ..hf.generate import greedy_continuations, greedy_until_answer, plain_greedy
 
@@ -30,10 +31,15 @@ def known_facts(
     prefix of the whole) and for generation configs whose greedy decoding is not a plain argmax."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    prompts = [f.prompt.strip() for f in facts]
-    answers = [f.answer for f in facts]
-    if stop_when_decided and plain_greedy(model) and not getattr(tokenizer, "clean_up_tokenization_spaces", False):
-        conts = greedy_until_answer(model, tokenizer, prompts, answers, max_new_tokens, batch_size, desc)
-    else:
-        conts = greedy_continuations(model, tokenizer, prompts, max_new_tokens, batch_size, desc)
-    return [answer_in(a, c) for a, c in zip(answers, conts)], conts
+
+    def check(share):  # under torchrun each process checks its share (law_fast.dist)
+        prompts = [f.prompt.strip() for f in share]
+        answers = [f.answer for f in share]
+        if stop_when_decided and plain_greedy(model) and not getattr(tokenizer, "clean_up_tokenization_spaces", False):
+            conts = greedy_until_answer(model, tokenizer, prompts, answers, max_new_tokens, batch_size, desc)
+        else:
+            conts = greedy_continuations(model, tokenizer, prompts, max_new_tokens, batch_size, desc)
+        return [(answer_in(a, c), c) for a, c in zip(answers, conts)]
+
+    decided = dist.map_sharded(check, list(facts))
+    return [k for k, _ in decided], [c for _, c in decided]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import dist
 from ..facts import Fact
 from ..hf.adapters import Adapter, model_device
 from ..hf.hooks import capture, run_until
@@ -145,7 +146,11 @@ def key_moments(
     gram = torch.zeros(f, f, dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.int64, device=device)
     cross, resid_sq = None, 0.0
-    kept: list[torch.Tensor] | None = [] if 2 * len(facts) < f else None
+    kept: list[torch.Tensor] | None = [] if 2 * len(facts) < f and not dist.active() else None
+    if dist.active():  # under torchrun: this process's share of the facts; the sums are all-reduced below
+        mine = dist.shard(range(len(facts)))
+        facts = [facts[j] for j in mine]
+        targets = targets[mine] if targets is not None else None
     for start in range(0, len(facts), batch_size):
         chunk = facts[start : start + batch_size]
         # one forward per chunk: every template sentence of a fact in the same batch
@@ -168,6 +173,13 @@ def key_moments(
             part = k.double().T @ resid
             cross = part if cross is None else cross + part
             resid_sq += float((resid**2).sum())
+    if dist.active():
+        dist.all_reduce_sum_(gram)
+        dist.all_reduce_sum_(count)
+        if targets is not None:
+            d = targets.shape[1]
+            cross = dist.all_reduce_sum_(cross if cross is not None else gram.new_zeros(f, d))
+            resid_sq = float(dist.all_reduce_sum_(torch.tensor(resid_sq, dtype=torch.float64, device=device)))
     return KeyMoments(gram, cross, resid_sq, int(count), torch.cat(kept) if kept else None)
 
 

@@ -23,6 +23,7 @@ from ..config import WashConfig
 from ..eval.report import evaluate
 from ..facts import Fact
 from ..hf.adapters import model_name
+from ..hf.hooks import end_float32_island
 from ..hf.tokens import check_fits
 from .elimination import known_facts
 
@@ -100,10 +101,12 @@ class WashResult:
     tokenizer: object | None = None
 
     def revert(self, model: torch.nn.Module | None = None) -> None:
-        """Put back the exact original weights of every parameter the method may have changed."""
+        """Put back the exact original weights of every parameter the method may have changed (a
+        half-precision model's float32 islands end: its edited modules compute as before)."""
         model = model if model is not None else self.model
         with torch.no_grad():
             for name, value in self.original.items():
+                end_float32_island(model.get_submodule(name.rpartition(".")[0]))
                 model.get_parameter(name).copy_(value)
 
     def evaluate(self, facts=None, **kwargs):

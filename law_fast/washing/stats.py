@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .. import dist
 from ..corpus import Corpus
 from ..hf.adapters import Adapter, model_device, model_fingerprint, model_name
 from ..hf.compat import max_length as context_length
@@ -217,8 +218,10 @@ class _Accumulator:
         self.tokens_in_block = int(state["tokens_in_block"])
 
     def result(self) -> LayerStats:
+        """The sum and count — over every process under torchrun (all-reduced on the device)."""
         total = self.block if self.total is None else self.total.add_(self.block)
-        return LayerStats(total.cpu(), int(self.count))
+        count = dist.all_reduce_sum_(self.count.clone())
+        return LayerStats(dist.all_reduce_sum_(total).cpu(), int(count))
 
 
 class _KeyCollector:
@@ -396,13 +399,15 @@ def layer_stats(
             )
             if cached is not None:
                 result[layer] = cached
-    missing = sorted(set(layers) - set(result))
+    missing = dist.union(set(layers) - set(result))  # under torchrun: every process computes the same layers
     if not missing:
         return result
 
-    documents = tokenize_documents(tokenizer, corpus.texts, max_length, progress)
+    progress = progress and dist.is_main()
+    # under torchrun each process reads every world-th document; the sums are all-reduced below
+    documents = dist.shard(tokenize_documents(tokenizer, corpus.texts, max_length, progress))
     total_tokens = sum(len(d) for d in documents)
-    if total_tokens == 0:
+    if int(dist.all_reduce_sum_(torch.tensor(total_tokens))) == 0:
         raise ValueError(f"corpus {corpus.identity} yielded no tokens")
     device = model_device(model)
     accumulators = {
@@ -413,6 +418,8 @@ def layer_stats(
     }
     checkpointing = bool(use_cache and checkpoint_every_tokens)
     checkpoint_key = _checkpoint_key([keys[layer] for layer in missing], batch_tokens)
+    if dist.active():  # each process checkpoints its own shard
+        checkpoint_key["shard"] = [dist.rank(), dist.world_size()]
     checkpoint_path = _checkpoint_path(checkpoint_key)
     if checkpointing:
         _warn_stale_checkpoints(checkpoint_path)
@@ -440,7 +447,7 @@ def layer_stats(
                 tokens_since_checkpoint = 0
     for layer, accumulator in accumulators.items():
         result[layer] = accumulator.result()
-        if use_cache:
+        if use_cache and dist.is_main():
             _save_atomic(_cache_path(keys[layer]), keys[layer], result[layer])
     if checkpointing:
         checkpoint_path.unlink(missing_ok=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .. import dist
 from ..config import TargetConfig
 from ..facts import Fact
 from ..hf.adapters import Adapter, model_device, model_fingerprint
@@ -206,18 +207,23 @@ def compute_targets(
         tokens[: i + 1] if row % per_fact == len(templates) else tokens
         for row, (tokens, i) in enumerate(zip(ids, index))
     ]
-    bar = tqdm(total=len(facts) * config.v_num_grad_steps, desc="targets z* (fact-steps)", disable=not progress)
+    bar = tqdm(
+        total=len(facts) * config.v_num_grad_steps,
+        desc="targets z* (fact-steps)",
+        disable=not progress or not dist.is_main(),
+    )
     out = {name: [None] * len(facts) for name in FIELDS}
     store = done = None
     if workdir is not None:
         store = TargetStore(workdir, model, config, templates, z_layer, target_ids, prefix_cache)
         done = store.load()
         keys = [store.fact_key(f) for f in facts]
-    for chunk in _chunks(
+    chunks = _chunks(
         [ids[j * per_fact : (j + 1) * per_fact] for j in range(len(facts))],
         [index[j * per_fact : (j + 1) * per_fact] for j in range(len(facts))],
         config.target_batch_tokens,
-    ):
+    )
+    for chunk in dist.shard(chunks):  # under torchrun each process does every world-th chunk; gathered below
         if store is not None and all(keys[j] in done for j in chunk):
             for j in chunk:
                 for name, value in zip(FIELDS, done[keys[j]]):
@@ -245,6 +251,13 @@ def compute_targets(
             for name in out:
                 out[name][j] = getattr(part, name)[k]
     bar.close()
+    if dist.active():
+        mine = {
+            j: tuple(out[name][j].cpu() for name in FIELDS) for j in range(len(facts)) if out[FIELDS[0]][j] is not None
+        }
+        for j, values in dist.gather_dict(mine).items():
+            for name, value in zip(FIELDS, values):
+                out[name][j] = value.to(model_device(model))
     return Targets(*(torch.stack(out[name]) for name in FIELDS))
 
 

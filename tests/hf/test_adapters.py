@@ -144,3 +144,42 @@ def test_subject_index_with_bos_tokenizer(tiny_tokenizer):
     bos = encode_at(tok, [text], [end])
     assert int(bos.input_ids[0, 0]) == 0
     assert int(bos.index[0]) == int(plain.index[0]) + 1
+
+
+def test_half_precision_edits_are_kept_in_a_float32_island(tiny, tmp_path):
+    """bfloat16 spacing is 2⁻⁷ of a weight: an edit of 1e-4 of it would round away.  The edited
+    down-projection becomes float32 (inputs and outputs cast at its edges), the edit is kept exactly,
+    the model still computes in bfloat16 around it; revert ends the island bit for bit."""
+    from law_fast.hf.hooks import end_float32_island
+
+    model, tok = tiny
+    model = copy.deepcopy(model).to(torch.bfloat16)
+    adapter = get_adapter(model)
+    layer = 1
+    module = adapter.down_proj_module(model, layer)
+    before = module.weight.detach().clone()
+    enc = _batch(tok)
+    with torch.no_grad():
+        logits = model(**enc).logits
+        delta = 1e-4 * before.float().abs().mean() * torch.randn(adapter.dims(model, layer), dtype=torch.float64)
+        adapter.add_to_weight(model, layer, delta)
+        assert module.weight.dtype == torch.float32
+        kept = module.weight - before.float()
+        want = (delta.T if adapter.transposed else delta).float()
+        assert (kept - want).norm() < 1e-3 * want.norm()  # float32 rounding of the sum only
+        plain = before.clone()
+        plain.add_(want.to(torch.bfloat16))
+        assert (plain.float() - before.float() - want).norm() > 0.5 * want.norm()  # what bfloat16 would keep
+        edited = model(**enc).logits
+        assert edited.dtype == torch.bfloat16 and not torch.equal(edited, logits)
+        model.save_pretrained(tmp_path)  # saved as it is: the island's weight in float32
+        from safetensors.torch import load_file
+
+        saved = load_file(tmp_path / "model.safetensors")
+        assert saved[adapter.down_proj_name(layer)].dtype == torch.float32
+        adapter.add_to_weight(model, layer, delta)  # a second edit: the same island
+        assert len(module._forward_hooks) == 1 and len(module._forward_pre_hooks) == 1
+        assert end_float32_island(module) and not end_float32_island(module)
+        module.weight.copy_(before)
+        assert module.weight.dtype == torch.bfloat16 and not module._forward_hooks and not module._forward_pre_hooks
+        assert torch.equal(model(**enc).logits, logits)

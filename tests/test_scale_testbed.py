@@ -1,0 +1,50 @@
+"""The scale testbed (issue 14): deterministic synthetic facts, the tiny Llama, and bench_scale's run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+
+from law_fast.testing import OBJECTS, RELATIONS, make_scale_model, synthetic_facts
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+bench_scale = pytest.importorskip("bench_scale")
+
+
+def test_synthetic_facts_are_deterministic_distinct_and_valid():
+    facts = synthetic_facts(5000, seed=3)
+    assert facts == synthetic_facts(5000, seed=3) and facts != synthetic_facts(5000, seed=4)
+    assert len({f.subject for f in facts}) == 5000 and [f.case_id for f in facts] == list(range(5000))
+    assert {f.template for f in facts} <= set(RELATIONS) and {f.answer for f in facts} <= set(OBJECTS)
+    assert all(f.answer.lower() not in f.subject.lower() and f.prompt.count(f.subject) == 1 for f in facts)
+    assert synthetic_facts(10, seed=3) == facts[:10]  # a prefix of a larger set
+    with pytest.raises(ValueError, match="at most"):
+        synthetic_facts(10**9)
+
+
+def test_scale_model_shape():
+    model = make_scale_model(1000)
+    assert (model.config.hidden_size, model.config.intermediate_size, model.config.num_hidden_layers) == (64, 256, 6)
+
+
+def test_bench_scale_one_run(tmp_path):
+    if not (bench_scale.TOKENIZER / "vocab.json").is_file():
+        pytest.skip(f"no GPT-2 tokenizer at {bench_scale.TOKENIZER} (../shared/data)")
+    args = argparse.Namespace(
+        layers="1,2",
+        prune=False,
+        stats_docs=20,
+        law_iters=3,
+        seed=0,
+        workdir=str(tmp_path),
+        processes=1,
+        final_check=True,
+    )
+    row = bench_scale.one_run(12, args)
+    assert row["m"] == 12 and row["processes"] == 1 and row["peak_rss_mb"] > 0
+    assert {"covariance", "targets", "memit init"} <= set(row["stages_s"]) and len(row["delta_norms"]) == 2
+    again = bench_scale.one_run(12, args)  # resumed from the workdir: the same deltas
+    assert again["delta_norms"] == row["delta_norms"]
