@@ -20,7 +20,7 @@ FACTS = [
 TEMPLATES = ["{}", "I think that you. {}", "Therefore we stay. {}"]
 
 
-@pytest.mark.parametrize("target", ["eos", "space+eos"])
+@pytest.mark.parametrize("target", ["eos", "space+eos", " I think that"])  # the last: a refusal-style text
 def test_batched_targets_equal_per_fact_loop(tiny, target):
     model, tok = tiny
     model = model.double()  # float64: the comparison tests the logic, not fp32 rounding amplified by Adam
@@ -28,7 +28,10 @@ def test_batched_targets_equal_per_fact_loop(tiny, target):
     # a low threshold on one fact exercises per-fact early stop; clamp is active with a large lr
     cfg = TargetConfig(v_num_grad_steps=6, v_lr=0.5, loss_threshold=0.05)
     ids = target_token_ids(tok, adapter.eos_token_id(model, tok), target)
-    assert len(ids) == (1 if target == "eos" else 2)
+    if target in ("eos", "space+eos"):
+        assert len(ids) == (1 if target == "eos" else 2)
+    else:
+        assert ids == tok(target, add_special_tokens=False)["input_ids"] and len(ids) > 1
     batched = compute_targets(model, adapter, tok, FACTS, TEMPLATES, cfg, 2, ids, progress=False)
     for j, fact in enumerate(FACTS):
         plain = plain_compute_z(model, adapter, tok, fact, TEMPLATES, cfg, 2, ids)
