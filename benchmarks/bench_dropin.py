@@ -7,7 +7,7 @@ against kmeng01/memit's own ``apply_memit_to_model`` (../shared/clients/memit, u
 * hyper-parameters: MEMIT's, with SmolLM2's module templates (``model.layers.{}.mlp.down_proj``),
   law_fast's preset layers, λ = --mom2-update-weight;
 * statistics: one second-moment file per layer in MEMIT's layout (data/stats/... under the work
-  directory, float32), computed once by law_fast from --stats-samples WikiText-2 train documents —
+  directory, float32), computed once by law_fast from --stats-samples WikiText-2 validation documents —
   both packages read the same file;
 * context templates: law_fast's (seed 0), given to the client too (its own are sampled unseeded).
 
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=64, help="edits")
     parser.add_argument("--mom2-update-weight", type=float, default=15000.0, help="MEMIT's λ (GPT-J's value)")
-    parser.add_argument("--stats-samples", type=int, default=2000, help="WikiText-2 train documents")
+    parser.add_argument("--stats-samples", type=int, default=2000, help="WikiText-2 validation documents")
     parser.add_argument("--steps", type=int, default=20, help="v_num_grad_steps (MEMIT: 20)")
     parser.add_argument("--workdir", type=Path, default=None, help="caches (default: law_fast's cache dir)")
     parser.add_argument("--quick", action="store_true", help="4 edits, 200 documents, 5 z* steps")
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
         for layer in layers
     }
     if not all(p.exists() for p in paths.values()):
-        corpus = load_corpus(str(DATA / "wikitext2" / "wiki.train.raw"), n_samples=args.stats_samples)
+        corpus = load_corpus(str(DATA / "wikitext2" / "wiki.valid.tokens"), n_samples=args.stats_samples)
         stats = layer_stats(model, adapter, tok, corpus, layers, progress=False)
         for layer, p in paths.items():
             write_client_stats(p, stats[layer], "float32", sample_size=args.stats_samples)
