@@ -59,7 +59,9 @@ def hparams_for(model, layers, weight: float, steps: int, n_samples: int) -> dic
         mlp_module_tmp="model.layers.{}.mlp",
         attn_module_tmp="model.layers.{}.self_attn",
         ln_f_module="model.norm",
-        lm_head_module="lm_head",
+        # tied embeddings (SmolLM2): the output matrix is the input embedding's, which is how the clients name
+        # it (named_parameters lists a tied weight once, as model.embed_tokens.weight); as MEMIT's GPT-2 "transformer.wte"
+        lm_head_module="model.embed_tokens" if model.config.tie_word_embeddings else "lm_head",
         mom2_dataset="wikipedia",
         mom2_n_samples=n_samples,
         mom2_dtype="float32",
