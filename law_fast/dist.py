@@ -11,11 +11,14 @@ every process holds the same model.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger(__name__)
 
 
 def active() -> bool:
@@ -48,6 +51,7 @@ def init_from_env(device: str | torch.device | None = None) -> bool:
     if cuda:
         torch.cuda.set_device(torch.device(local_device(str(device))))
     dist.init_process_group("nccl" if cuda else "gloo")
+    log.info("joined the process group: rank %d of %d (%s)", rank(), world_size(), dist.get_backend())
     return active()
 
 
@@ -78,11 +82,6 @@ def union(items) -> list:
     gathered: list = [None] * world_size()
     dist.all_gather_object(gathered, sorted(items))
     return sorted(set().union(*gathered))
-
-
-def barrier() -> None:
-    if active():
-        dist.barrier()
 
 
 def map_sharded(fn, items: Sequence) -> list:
@@ -118,7 +117,12 @@ def gather_dict(local: dict) -> dict:
 def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     """Every process gets rank ``src``'s ``tensor`` (in place; nothing in one process)."""
     if active():
-        dist.broadcast(tensor, src=src)
+        if tensor.is_contiguous():
+            dist.broadcast(tensor, src=src)
+        else:  # the collectives need contiguous memory
+            buffer = tensor.contiguous()
+            dist.broadcast(buffer, src=src)
+            tensor.copy_(buffer)
     return tensor
 
 

@@ -19,6 +19,7 @@ LAYERS = {
     "law_fast._native": 0,
     "law_fast._moved": 0,
     "law_fast.integrity": 0,
+    "law_fast.dist": 0,
     "law_fast.info": 1,
     "law_fast.config": 1,
     "law_fast.facts": 1,
@@ -29,6 +30,7 @@ LAYERS = {
     "law_fast.baselines": 4,
     "law_fast.compat": 5,
     "law_fast.cli": 5,
+    "law_fast.__main__": 5,
     "law_fast.testing": 5,
 }
 

@@ -16,11 +16,14 @@ law_fast: :func:`~law_fast.compat.apply_memit_to_model`) and ``"LAW"`` (LaW wash
 
 from __future__ import annotations
 
+import logging
 import types
 from collections.abc import Callable
 
 from .apply import apply_law_to_model, apply_memit_to_model
 from .hparams import HparamsError, _load, read_hparams
+
+log = logging.getLogger(__name__)
 
 #: the algorithm names :func:`register` adds, and the law_fast entry point each runs
 BACKENDS = {"LAW_FAST_MEMIT": apply_memit_to_model, "LAW": apply_law_to_model}

@@ -81,7 +81,7 @@ class Adapter:
     @torch.no_grad()
     def add_to_weight(self, model: nn.Module, layer: int, delta: torch.Tensor) -> None:
         """W_layer += delta, with delta (d×f, any float dtype/device) in math orientation.  In a float16 /
-        bfloat16 model the down-projection first becomes a float32 island (:func:`~law_fast.hf.hooks.float32_island`:
+        bfloat16 model the down-projection first becomes a float32 island (:func:`float32_island`:
         float32 weights, inputs and outputs cast at its edges), so that the edit is not rounded away;
         :meth:`WashResult.revert` ends the island."""
         module = self.down_proj_module(model, layer)
@@ -89,8 +89,6 @@ class Adapter:
         if tuple(delta.shape) != (d, f):
             raise ValueError(f"delta for layer {layer} has shape {tuple(delta.shape)}, expected (d, f) = ({d}, {f})")
         if module.weight.dtype in (torch.float16, torch.bfloat16):
-            from .hooks import float32_island
-
             float32_island(module)
         w = module.weight
         w.add_((delta.T if self.transposed else delta).to(device=w.device, dtype=w.dtype))
@@ -165,3 +163,38 @@ _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def model_name(model: nn.Module) -> str:
     name = getattr(model.config, "_name_or_path", "") or getattr(model, "name_or_path", "") or type(model).__name__
     return str(name)
+
+
+_ISLAND = "_law_fast_float32"  # module attribute: (the parameters' dtype before, the hook handles)
+
+
+def float32_island(module: nn.Module) -> None:
+    """Run ``module`` in float32 inside a half-precision model: its parameters become float32 — so that
+    small edits added to them are kept (bfloat16's spacing is 2⁻⁷ of a weight: LaW's steps and most
+    of a MEMIT update would round away) —, its floating inputs are cast to float32 and its output back
+    to the dtype its parameters had.  Idempotent; :func:`end_float32_island` undoes it."""
+    if _ISLAND in module.__dict__:
+        return
+    dtype = next(module.parameters()).dtype
+
+    def cast_in(mod, args, kwargs):
+        return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args), kwargs
+
+    def cast_out(mod, args, output):
+        return output.to(dtype) if torch.is_tensor(output) else output
+
+    module.float()
+    handles = (module.register_forward_pre_hook(cast_in, with_kwargs=True), module.register_forward_hook(cast_out))
+    module.__dict__[_ISLAND] = (dtype, handles)
+
+
+def end_float32_island(module: nn.Module) -> bool:
+    """Undo :func:`float32_island` (parameters cast back, hooks removed); False when ``module`` is not one."""
+    state = module.__dict__.pop(_ISLAND, None)
+    if state is None:
+        return False
+    dtype, handles = state
+    for handle in handles:
+        handle.remove()
+    module.to(dtype)
+    return True

@@ -1,6 +1,5 @@
 """Forward hooks on Hugging Face models: capture keys and block outputs, stop a forward pass
-early, skip blocks whose output is known, run one module in float32 inside a half-precision
-model, and save-and-restore model flags."""
+early, skip blocks whose output is known, and save-and-restore model flags."""
 
 from __future__ import annotations
 
@@ -126,38 +125,3 @@ def skipped_blocks(model: nn.Module, adapter: Adapter, last: int, output: dict) 
     finally:
         for block in blocks:
             del block.forward
-
-
-_ISLAND = "_law_fast_float32"  # module attribute: (the parameters' dtype before, the hook handles)
-
-
-def float32_island(module: nn.Module) -> None:
-    """Run ``module`` in float32 inside a half-precision model: its parameters become float32 — so that
-    small edits added to them are kept (bfloat16's spacing is 2⁻⁷ of a weight: LaW's steps and most
-    of a MEMIT update would round away) —, its floating inputs are cast to float32 and its output back
-    to the dtype its parameters had.  Idempotent; :func:`end_float32_island` undoes it."""
-    if _ISLAND in module.__dict__:
-        return
-    dtype = next(module.parameters()).dtype
-
-    def cast_in(mod, args, kwargs):
-        return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args), kwargs
-
-    def cast_out(mod, args, output):
-        return output.to(dtype) if torch.is_tensor(output) else output
-
-    module.float()
-    handles = (module.register_forward_pre_hook(cast_in, with_kwargs=True), module.register_forward_hook(cast_out))
-    module.__dict__[_ISLAND] = (dtype, handles)
-
-
-def end_float32_island(module: nn.Module) -> bool:
-    """Undo :func:`float32_island` (parameters cast back, hooks removed); False when ``module`` is not one."""
-    state = module.__dict__.pop(_ISLAND, None)
-    if state is None:
-        return False
-    dtype, handles = state
-    for handle in handles:
-        handle.remove()
-    module.to(dtype)
-    return True

@@ -22,8 +22,7 @@ import torch
 from ..config import WashConfig
 from ..eval.report import evaluate
 from ..facts import Fact
-from ..hf.adapters import model_name
-from ..hf.hooks import end_float32_island
+from ..hf.adapters import end_float32_island, model_name
 from ..hf.tokens import check_fits
 from .elimination import known_facts
 

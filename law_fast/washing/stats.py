@@ -407,9 +407,9 @@ def layer_stats(
     # under torchrun each process reads every world-th document; the sums are all-reduced below
     documents = dist.shard(tokenize_documents(tokenizer, corpus.texts, max_length, progress))
     total_tokens = sum(len(d) for d in documents)
-    if int(dist.all_reduce_sum_(torch.tensor(total_tokens))) == 0:
-        raise ValueError(f"corpus {corpus.identity} yielded no tokens")
     device = model_device(model)
+    if int(dist.all_reduce_sum_(torch.tensor(total_tokens, device=device))) == 0:  # NCCL: a device tensor
+        raise ValueError(f"corpus {corpus.identity} yielded no tokens")
     accumulators = {
         layer: _Accumulator(
             adapter.dims(model, layer)[1], getattr(torch, dtype), block_tokens, adapter.weight(model, layer).device

@@ -150,7 +150,7 @@ def test_half_precision_edits_are_kept_in_a_float32_island(tiny, tmp_path):
     """bfloat16 spacing is 2⁻⁷ of a weight: an edit of 1e-4 of it would round away.  The edited
     down-projection becomes float32 (inputs and outputs cast at its edges), the edit is kept exactly,
     the model still computes in bfloat16 around it; revert ends the island bit for bit."""
-    from law_fast.hf.hooks import end_float32_island
+    from law_fast.hf.adapters import end_float32_island
 
     model, tok = tiny
     model = copy.deepcopy(model).to(torch.bfloat16)
