@@ -100,12 +100,14 @@ class WashResult:
     tokenizer: object | None = None
 
     def revert(self, model: torch.nn.Module | None = None) -> None:
-        """Put back the exact original weights of every parameter the method may have changed (a
-        half-precision model's float32 islands end: its edited modules compute as before)."""
+        """Put back the exact original weights of every parameter the method may have changed (the
+        float32 islands this wash made in a half-precision model end — those an earlier wash left,
+        whose float32 values the snapshot holds, stay)."""
         model = model if model is not None else self.model
         with torch.no_grad():
             for name, value in self.original.items():
-                end_float32_island(model.get_submodule(name.rpartition(".")[0]))
+                if model.get_parameter(name).dtype != value.dtype:
+                    end_float32_island(model.get_submodule(name.rpartition(".")[0]))
                 model.get_parameter(name).copy_(value)
 
     def evaluate(self, facts=None, **kwargs):

@@ -178,3 +178,23 @@ def test_a_bfloat16_model_keeps_the_edits_of_law(tiny_tokenizer):
     assert abs(lost / exact - 1) > 0.05 and off > 0.1 * size, (lost, exact, off, size)
     whole = {d: _edit_energy(reference, runs[d][0], tok, config, templates) for d in runs}
     assert abs(whole[torch.bfloat16] / whole[torch.float32] - 1) < 0.1, whole
+
+
+def test_revert_of_a_second_wash_keeps_the_first_washs_float32_island(tiny_tokenizer):
+    """Two washes of one bfloat16 model: reverting the second gives back the first's float32 edits exactly
+    (the island stays); reverting the first then gives back the bfloat16 model."""
+    tok = tiny_tokenizer
+    config = CONFIG.replace(method="memit")
+    model = make_tiny_model("llama", len(tok)).to(torch.bfloat16)
+    adapter = lf.get_adapter(model)
+    names = [adapter.down_proj_name(layer) for layer in config.layers]
+    original = {n: model.get_parameter(n).detach().clone() for n in names}
+    first = lf.wash(model, tok, FACTS[:2], config, corpus=TOKENIZER_TEXT * 4, progress=False)
+    edited = {n: model.get_parameter(n).detach().clone() for n in names}
+    assert all(w.dtype == torch.float32 for w in edited.values())
+    second = lf.wash(model, tok, FACTS[2:], config, corpus=TOKENIZER_TEXT * 4, progress=False)
+    assert not all(torch.equal(model.get_parameter(n), edited[n]) for n in names)
+    second.revert()
+    assert all(torch.equal(model.get_parameter(n), edited[n]) for n in names)
+    first.revert()
+    assert all(torch.equal(model.get_parameter(n), original[n]) and original[n].dtype == torch.bfloat16 for n in names)
