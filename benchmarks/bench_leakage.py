@@ -146,8 +146,8 @@ def main(argv=None) -> int:
     finally:
         result.revert()
 
-    def oriented(W, K):  # the down-projection as out = W·k or k·W (GPT-2's Conv1D)
-        return K @ W.T if W.shape[1] == K.shape[1] else K @ W
+    def oriented(W, K):  # the down-projection's output on keys K, W as stored (GPT-2's Conv1D: f × d)
+        return K @ W if adapter.transposed else K @ W.T
 
     per_layer, action_c = [], [0.0] * len(controls)
     for layer in layers:

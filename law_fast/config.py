@@ -39,16 +39,13 @@ BASELINE_METHODS = ("ft", "me-ft", "ft-ul", "seul", "woh")  # fine-tuning baseli
 METHODS = ("law", "memit") + BASELINE_METHODS
 #: the probes of law_fast.audit (law_fast.eval.audit), in report order
 AUDIT_PROBES = ("phrasings", "ranking", "sampling", "context", "lens", "relearn")
+#: MEMIT's z* hyper-parameters, TargetConfig fields of the same names
+TARGET_HPARAMS = ("v_num_grad_steps", "v_lr", "v_loss_layer", "v_weight_decay", "clamp_norm_factor", "kl_factor")
 #: the reference hparams keys WashConfig.from_reference_hparams maps, and those it reads past (module
 #: templates, statistics names, dead or buggy switches it refuses when on)
 REFERENCE_MAPPED = (
     "layers",
-    "v_num_grad_steps",
-    "v_lr",
-    "v_loss_layer",
-    "v_weight_decay",
-    "clamp_norm_factor",
-    "kl_factor",
+    *TARGET_HPARAMS,
     "mom2_update_weight",
     "learning_rate",
     "lr_after_hitting_boundary",
@@ -63,12 +60,7 @@ MEMIT_HPARAMS = (
     "layers",
     "layer_selection",
     "fact_token",
-    "v_num_grad_steps",
-    "v_lr",
-    "v_loss_layer",
-    "v_weight_decay",
-    "clamp_norm_factor",
-    "kl_factor",
+    *TARGET_HPARAMS,
     "mom2_adjustment",
     "mom2_update_weight",
     "rewrite_module_tmp",

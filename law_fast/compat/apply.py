@@ -25,7 +25,7 @@ import copy as copy_module
 import logging
 from pathlib import Path
 
-from ..config import WashConfig
+from ..config import TARGET_HPARAMS, WashConfig
 from ..hf.adapters import get_adapter
 from ..washing.api import wash
 from ..washing.checkpoints import facts_digest
@@ -79,8 +79,7 @@ def client_stats(model, h: ClientHparams, stats=None, stats_dir=None, corpus=Non
 
 def _targets(h: ClientHparams) -> dict:
     """The z* settings from the hparams (TargetConfig fields)."""
-    names = ("v_num_grad_steps", "v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor", "v_loss_layer")
-    return {k: h[k] for k in names if h.get(k) is not None}
+    return {k: h[k] for k in TARGET_HPARAMS if h.get(k) is not None}
 
 
 def _workdir(cache_template, h: ClientHparams, facts):

@@ -21,7 +21,7 @@ import types
 from collections.abc import Callable
 
 from .apply import apply_law_to_model, apply_memit_to_model
-from .hparams import HparamsError, _load, read_hparams
+from .hparams import HparamsError, read_hparams
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +87,9 @@ class LawHyperParams(types.SimpleNamespace):
     def from_hparams(cls, source) -> LawHyperParams:
         """From a YAML or JSON file (``.yaml`` may be left off, as EasyEdit's loaders allow) or a dict;
         checked as :func:`~law_fast.compat.read_hparams` checks LaW hyper-parameters."""
-        read_hparams(source, "LAW")  # errors name the file
-        data, where = _load(source)
-        data = {**cls.DEFAULTS, **data}
+        h = read_hparams(source, "LAW")  # errors name the file
+        data = {**cls.DEFAULTS, **h.values}
         for name in ("model_name", "device"):
             if name not in data:
-                raise HparamsError(f"missing field {name!r} (EasyEdit's BaseEditor reads it)", where, [name])
+                raise HparamsError(f"missing field {name!r} (EasyEdit's BaseEditor reads it)", h.source, [name])
         return cls(**data)
