@@ -138,6 +138,7 @@ RULES: dict[str, tuple] = {
     "lambda_step": _POSITIVE,
     "decay_factor": _rule(lambda v: 0 < v < 1, "in (0, 1)"),
     "max_lambda_trials": _AT_LEAST_1,
+    "regulariser": _one_of(("covariance", "identity")),
     # law
     "learning_rate": _POSITIVE,
     "lr_after_hitting_boundary": _POSITIVE,
@@ -149,6 +150,7 @@ RULES: dict[str, tuple] = {
     "retain_weight": _NON_NEGATIVE,
     "retain_entities": _NON_NEGATIVE,
     "null_space_energy": _rule(lambda v: 0 < v <= 1, "in (0, 1]"),
+    "null_space_threshold": _POSITIVE,
     "check_max_new_tokens": _AT_LEAST_1,
     "check_batch_size": _AT_LEAST_1,
     # finetune
@@ -310,6 +312,10 @@ class MemitConfig(_Section):
     * ``"reference"``: the authors' search: λ += ``lambda_step`` while ‖Δ‖ > ``norm_bounds[1]``·‖W‖,
       λ *= ``decay_factor`` while ‖Δ‖ < ``norm_bounds[0]``·‖W‖ (capped at ``max_lambda_trials``).
     * ``"fixed"``: λ = ``mom2_update_weight``.
+
+    ``regulariser``: the matrix λ weighs — ``"covariance"`` (MEMIT: Δ = RᵀK(λC + KᵀK)⁻¹) or
+    ``"identity"`` (AlphaEdit: λI in place of λC, its ``L2``; with ``null_space_threshold`` the corpus
+    is kept by the projection instead).  The λ rules measure disruption on C either way.
     """
 
     mom2_update_weight: float = 20_000.0
@@ -321,6 +327,7 @@ class MemitConfig(_Section):
     lambda_step: float = 100_000.0
     decay_factor: float = 0.75
     max_lambda_trials: int = 200
+    regulariser: str = "covariance"  # or "identity": λI, AlphaEdit's L2
 
     def disruption_for(self, n_facts: int) -> float:
         """The "disruption" rule's budget for an edit fitting ``n_facts`` facts."""
@@ -357,6 +364,9 @@ class RetainConfig(_Section):
     statistics corpus: keys at the name's last token in its own sentence — subjects in general).  ``null_space_energy`` (AlphaEdit's idea, arXiv 2410.02355) restricts Δ to the
     directions outside the top eigen-directions of C_p that hold this fraction of its trace, so that
     ΔK_p ≈ 0.  ``retain_weight`` 0 and ``null_space_energy`` None are the plain method.
+    ``null_space_threshold`` (AlphaEdit's P, arXiv 2410.02355, as its ``nullspace_threshold``) restricts Δ to
+    the eigen-directions of the corpus second moment C whose eigenvalue is below this (absolute): the
+    corpus keys' outputs are left alone; it needs no source and excludes ``null_space_energy``.
     ``retain_budget``: where the λ rule "disruption" measures its budget — ``"effective"`` (default:
     tr(ΔC_effΔᵀ) ≤ b·tr(WC_effWᵀ)) or ``"corpus"`` (tr(ΔCΔᵀ) ≤ b·tr(WCWᵀ), ν only shapes Δ); measured
     on SmolLM2, m = 64, the effective budget gave the better points (docs/retention.md)."""
@@ -368,15 +378,28 @@ class RetainConfig(_Section):
     retain_weight: float = 0.0
     null_space_energy: float | None = None  # restrict Δ to the directions outside C_p's top ones holding this energy
     retain_budget: str = "effective"  # or "corpus": the λ budget measured on C alone
+    null_space_threshold: float | None = None  # AlphaEdit: Δ in C's eigen-directions with eigenvalue below this
 
     @property
     def active(self) -> bool:
+        return self.uses_sources or self.null_space_threshold is not None
+
+    @property
+    def uses_sources(self) -> bool:
+        """Whether C_p (the retained keys) is needed."""
         return self.retain_weight > 0 or self.null_space_energy is not None
 
     def problems(self) -> list[str]:
         if self.retain_budget not in ("effective", "corpus"):
             return [f"retain_budget must be 'effective' or 'corpus', got {self.retain_budget!r}"]
-        if self.active and self.retain_facts is None and not self.retain_neighbourhood and not self.retain_entities:
+        if self.null_space_threshold is not None and self.null_space_energy is not None:
+            return ["null_space_threshold (C's null space) and null_space_energy (C_p's) exclude each other"]
+        if (
+            self.uses_sources
+            and self.retain_facts is None
+            and not self.retain_neighbourhood
+            and not self.retain_entities
+        ):
             return [
                 "retain_weight > 0 or null_space_energy needs retain_facts, retain_neighbourhood or retain_entities"
             ]
@@ -471,6 +494,8 @@ class WashConfig:
             return [f"layers must be strictly ascending block indices >= 0, got {list(self.layers)}"]
         if self.targets.target in ("unlikely", "answer") and self.method in ("ft", "me-ft"):
             return [f'target "{self.targets.target}" is for the closed-form methods (law, memit), not {self.method!r}']
+        if self.memit.regulariser == "identity" and self.retain.retain_weight > 0:
+            return ["regulariser='identity' replaces C (and C_eff) by I: it cannot weigh retained keys (retain_weight)"]
         return []
 
     @property

@@ -1,7 +1,7 @@
 """Drop-in backend for MEMIT-family code (kmeng01/memit, the LaW authors' fork, EasyEdit): their entry
 points, request dicts, hyper-parameter files and covariance statistics files (docs/dropin.md)."""
 
-from .apply import apply_law_to_model, apply_memit_to_model, client_stats
+from .apply import apply_alphaedit_to_model, apply_law_to_model, apply_memit_to_model, client_stats
 from .hparams import ClientHparams, HparamsError, check_modules, read_hparams
 from .requests import Request, RequestError, read_requests
 from .stats import (
@@ -18,6 +18,7 @@ __all__ = [
     "HparamsError",
     "Request",
     "RequestError",
+    "apply_alphaedit_to_model",
     "apply_law_to_model",
     "apply_memit_to_model",
     "check_modules",

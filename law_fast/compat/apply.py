@@ -13,6 +13,12 @@ washing.  ``apply_law_to_model`` is LaW washing as the authors' fork calls it: e
 ``target_new`` (or ``edit_to=``) is the one target, ``target_true`` is the fact that goes (their
 successive elimination checks it), the solver settings come from the LaW hparams.
 
+``apply_alphaedit_to_model`` is AlphaEdit editing (EasyEdit's ``apply_AlphaEdit_to_model``): MEMIT's
+z* and keys, the update restricted to the null space of the corpus second moment C (its eigen-directions
+below ``nullspace_threshold``) and regularised by ``L2``·I instead of λC.  Each call starts from an
+empty ``cache_c``: AlphaEdit's memory of earlier calls' keys (its sequential editing across calls) is
+not kept — one call with every request is one batch in both packages (docs/dropin.md).
+
 Statistics: ``stats=`` ({layer: LayerStats} or {layer: npz path}); else the clients' own files,
 where the client would look (MEMIT: ``data/stats`` under the working directory; EasyEdit:
 ``hparams.stats_dir``; or ``stats_dir=``); else computed by law_fast from ``corpus=`` (a path or
@@ -143,6 +149,44 @@ def apply_memit_to_model(
         layers=tuple(h["layers"]),
         lambda_rule="fixed",
         mom2_update_weight=h["mom2_update_weight"],
+        target="answer",
+        only_known=False,
+        prune_requests=False,
+        **_targets(h),
+        **({"mom2_n_samples": h["mom2_n_samples"]} if h.get("mom2_n_samples") else {}),
+    )
+    return _run(model, tok, facts, config, h, copy, return_orig_weights, cache_template, found, corpus, progress)
+
+
+def apply_alphaedit_to_model(
+    model,
+    tok,
+    requests,
+    hparams,
+    copy: bool = False,
+    return_orig_weights: bool = False,
+    cache_template: str | None = None,
+    *,
+    stats=None,
+    stats_dir=None,
+    corpus=None,
+    progress: bool = True,
+    **kwargs,
+):
+    """AlphaEdit editing by law_fast (see the module docstring) → ``(model, orig_weights)``.  EasyEdit's
+    ``keep_original_weight`` and ``reset_cache`` are accepted (every call starts from an empty cache)."""
+    _no_other_kwargs(kwargs, {"keep_original_weight", "reset_cache"}, "apply_alphaedit_to_model")
+    h = read_hparams(hparams, "AlphaEdit")
+    check_modules(h, model)
+    facts = [r.fact("target_new") for r in read_requests(requests)]
+    found = client_stats(model, h, stats, stats_dir, corpus)
+    config = WashConfig.create(
+        method="memit",
+        layers=tuple(h["layers"]),
+        lambda_rule="fixed",
+        mom2_update_weight=h["L2"],
+        regulariser="identity",
+        null_space_threshold=h["nullspace_threshold"],
         target="answer",
         only_known=False,
         prune_requests=False,

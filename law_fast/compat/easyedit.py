@@ -4,14 +4,17 @@
 
     from law_fast.compat.easyedit import register
     register(replace_memit=True)   # EasyEdit's "MEMIT" now runs on law_fast; the rest of the script is unchanged
+    # (replace_alphaedit=True: its "AlphaEdit" too)
     editor = BaseEditor.from_hparams(MEMITHyperParams.from_hparams("hparams/MEMIT/gpt2-xl"))
     metrics, edited_model, _ = editor.batch_edit(prompts=..., target_new=..., ground_truth=..., subject=...)
 
-:func:`register` adds two algorithm names, both batchable: ``"LAW_FAST_MEMIT"`` (MEMIT editing by
-law_fast: :func:`~law_fast.compat.apply_memit_to_model`) and ``"LAW"`` (LaW washing:
+:func:`register` adds three algorithm names, all batchable: ``"LAW_FAST_MEMIT"`` (MEMIT editing by
+law_fast: :func:`~law_fast.compat.apply_memit_to_model`), ``"LAW_FAST_ALPHAEDIT"`` (AlphaEdit:
+:func:`~law_fast.compat.apply_alphaedit_to_model`) and ``"LAW"`` (LaW washing:
 :func:`~law_fast.compat.apply_law_to_model`, hyper-parameters as :class:`LawHyperParams`); with
-``replace_memit=True`` EasyEdit's own ``"MEMIT"`` name runs law_fast's MEMIT too, so an existing
-``hparams/MEMIT/*.yaml`` needs no change.  It returns a function that undoes the registration.
+``replace_memit=True`` / ``replace_alphaedit=True`` EasyEdit's own ``"MEMIT"`` / ``"AlphaEdit"`` names run
+law_fast's, so an existing ``hparams/MEMIT/*.yaml`` or ``hparams/AlphaEdit/*.yaml`` needs no change
+It returns a function that undoes the registration.
 """
 
 from __future__ import annotations
@@ -20,13 +23,17 @@ import logging
 import types
 from collections.abc import Callable
 
-from .apply import apply_law_to_model, apply_memit_to_model
+from .apply import apply_alphaedit_to_model, apply_law_to_model, apply_memit_to_model
 from .hparams import HparamsError, read_hparams
 
 log = logging.getLogger(__name__)
 
 #: the algorithm names :func:`register` adds, and the law_fast entry point each runs
-BACKENDS = {"LAW_FAST_MEMIT": apply_memit_to_model, "LAW": apply_law_to_model}
+BACKENDS = {
+    "LAW_FAST_MEMIT": apply_memit_to_model,
+    "LAW_FAST_ALPHAEDIT": apply_alphaedit_to_model,
+    "LAW": apply_law_to_model,
+}
 
 
 def _easyedit_modules():
@@ -41,8 +48,10 @@ def _easyedit_modules():
     return alg_dict.ALG_DICT, BatchEditor
 
 
-def register(replace_memit: bool = False, *, alg_dict: dict | None = None, batch_editor=None) -> Callable[[], None]:
-    """Add law_fast's backends (``BACKENDS``; and ``"MEMIT"`` with ``replace_memit``) to EasyEdit's
+def register(
+    replace_memit: bool = False, replace_alphaedit: bool = False, *, alg_dict: dict | None = None, batch_editor=None
+) -> Callable[[], None]:
+    """Add law_fast's backends (``BACKENDS``; ``"MEMIT"`` / ``"AlphaEdit"`` with ``replace_*``) to EasyEdit's
     ``ALG_DICT`` (``easyeditor.util.alg_dict``, the dict ``BaseEditor`` looks algorithms up in) and to
     ``BatchEditor.is_batchable_method`` (``batch_edit``'s gate).  ``alg_dict`` / ``batch_editor``:
     those objects, when easyeditor is not importable as a package.  Returns ``unregister()``, which puts
@@ -54,6 +63,8 @@ def register(replace_memit: bool = False, *, alg_dict: dict | None = None, batch
     added = dict(BACKENDS)
     if replace_memit:
         added["MEMIT"] = apply_memit_to_model
+    if replace_alphaedit:
+        added["AlphaEdit"] = apply_alphaedit_to_model
     missing = object()
     before = {name: alg_dict.get(name, missing) for name in added}
     gate = batch_editor.is_batchable_method

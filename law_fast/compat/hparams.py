@@ -24,7 +24,12 @@ mom2_dataset,          name the statistics file (:mod:`law_fast.compat.stats`); 
 mom2_n_samples,        the file's precision
 mom2_dtype
 stats_dir (EasyEdit)   where the statistics files are (MEMIT: ``data/stats`` under the working dir)
-alg_name (EasyEdit)    "MEMIT" (or "LAW"/"LaW" for apply_law_to_model)
+alg_name (EasyEdit)    "MEMIT" (or "LAW"/"LaW" for apply_law_to_model, "AlphaEdit" for apply_alphaedit_to_model)
+nullspace_threshold,   AlphaEdit (apply_alphaedit_to_model only): Δ restricted to the eigen-directions of
+L2                     C below the threshold (``null_space_threshold``), λ = L2 on the identity
+                       (``regulariser="identity"``); its mom2_update_weight is not read, as in AlphaEdit
+P_loc                  accepted, not read: law_fast computes P from the statistics (one eigendecomposition
+                       of C per layer); a P file alone (without the statistics) is not enough
 device, model_name,    accepted: EasyEdit's editor uses them to load and place the model, which the
 max_length, batch_size caller has done; law_fast computes where the model's weights are
 model_parallel         only false
@@ -49,7 +54,16 @@ MEMIT_FIELDS = MEMIT_HPARAMS
 EASYEDIT_FIELDS = ("alg_name", "device", "model_name", "stats_dir", "max_length", "batch_size", "model_parallel")
 #: the LaW authors' JSON: MEMIT's fields plus these (read by WashConfig.from_reference_hparams)
 LAW_FIELDS = tuple(k for k in REFERENCE_MAPPED + REFERENCE_IGNORED if k not in MEMIT_FIELDS)
+#: AlphaEdit's fields besides MEMIT's (EasyEdit's AlphaEditHyperParams)
+ALPHAEDIT_FIELDS = ("nullspace_threshold", "L2", "P_loc")
 REQUIRED = ("layers", "rewrite_module_tmp", "layer_module_tmp", "mom2_update_weight")
+#: which alg_name each entry point accepts (LAW_FAST_*: the names law_fast.compat.easyedit.register() adds)
+ALGORITHMS = {
+    "MEMIT": ("MEMIT", "LAW_FAST_MEMIT"),
+    "LAW": ("LAW", "LaW", "law"),
+    "AlphaEdit": ("AlphaEdit", "LAW_FAST_ALPHAEDIT"),
+}
+ENTRY = {"MEMIT": "apply_memit_to_model", "LAW": "apply_law_to_model", "AlphaEdit": "apply_alphaedit_to_model"}
 
 
 class HparamsError(ValueError):
@@ -120,31 +134,36 @@ def _float(value: Any, name: str, where: str) -> float:
         raise HparamsError(f"{name} must be a number, got {value!r}", where, [name]) from None
 
 
-FLOATS = ("v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor", "mom2_update_weight")
+FLOATS = ("v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor", "mom2_update_weight", "nullspace_threshold", "L2")
 INTS = ("v_num_grad_steps", "v_loss_layer", "mom2_n_samples")
 
 
 def read_hparams(source, algorithm: str = "MEMIT") -> ClientHparams:
-    """Read and check a client's hyper-parameters (see the module docstring); ``algorithm``: "MEMIT"
-    or "LAW" (which the entry point runs; an EasyEdit ``alg_name`` must agree)."""
+    """Read and check a client's hyper-parameters (see the module docstring); ``algorithm``: "MEMIT",
+    "LAW" or "AlphaEdit" (which the entry point runs; an EasyEdit ``alg_name`` must agree)."""
     data, where = _load(source)
     alg = data.get("alg_name")
-    # LAW_FAST_MEMIT: the name law_fast.compat.easyedit.register() adds to EasyEdit for its MEMIT
-    accepted = {"MEMIT": ("MEMIT", "LAW_FAST_MEMIT"), "LAW": ("LAW", "LaW", "law")}[algorithm]
+    accepted = ALGORITHMS[algorithm]
     if alg is not None and alg not in accepted:
+        other = next((name for name, names in ALGORITHMS.items() if alg in names), None)
+        hint = f"; use law_fast.compat.{ENTRY[other]}" if other else ""
         raise HparamsError(
-            f"alg_name={alg!r}, but this entry point runs {algorithm} (alg_name {accepted[0]!r})", where, ["alg_name"]
+            f"alg_name={alg!r}, but this entry point runs {algorithm} (alg_name {accepted[0]!r}){hint}",
+            where,
+            ["alg_name"],
         )
-    known = set(MEMIT_FIELDS) | set(EASYEDIT_FIELDS) | set(LAW_FIELDS)
+    known = set(MEMIT_FIELDS) | set(EASYEDIT_FIELDS) | set(LAW_FIELDS) | set(ALPHAEDIT_FIELDS)
     unknown = sorted(set(data) - known)
     if unknown:
         raise HparamsError(
             f"unknown or unsupported field(s) {unknown}; law_fast reads MEMIT's fields {list(MEMIT_FIELDS)}, "
-            f"EasyEdit's {list(EASYEDIT_FIELDS)} and the LaW authors' {list(LAW_FIELDS)}",
+            f"EasyEdit's {list(EASYEDIT_FIELDS)}, the LaW authors' {list(LAW_FIELDS)} and AlphaEdit's "
+            f"{list(ALPHAEDIT_FIELDS)}",
             where,
             unknown,
         )
-    missing = [k for k in REQUIRED if data.get(k) is None]
+    required = REQUIRED + (("nullspace_threshold", "L2") if algorithm == "AlphaEdit" else ())
+    missing = [k for k in required if data.get(k) is None]
     if missing:
         raise HparamsError(f"missing field(s) {missing}", where, missing)
     for name in FLOATS:
@@ -178,11 +197,17 @@ def read_hparams(source, algorithm: str = "MEMIT") -> ClientHparams:
                 where,
                 [name],
             )
-    found = sorted(k for k in data if k in LAW_FIELDS)
-    if found and algorithm != "LAW":
-        raise HparamsError(
-            f"LaW field(s) {found} in MEMIT hyper-parameters; use law_fast.compat.apply_law_to_model", where, found
-        )
+    for fields, owner, name in ((LAW_FIELDS, "LAW", "LaW"), (ALPHAEDIT_FIELDS, "AlphaEdit", "AlphaEdit")):
+        found = sorted(k for k in data if k in fields)
+        if found and algorithm != owner:
+            raise HparamsError(
+                f"{name} field(s) {found} in {algorithm} hyper-parameters; use law_fast.compat.{ENTRY[owner]}",
+                where,
+                found,
+            )
+    for name in ("nullspace_threshold", "L2"):
+        if name in data and not data[name] > 0:
+            raise HparamsError(f"{name} must be > 0, got {data[name]!r}", where, [name])
     client = "easyedit" if any(k in data for k in EASYEDIT_FIELDS) else "memit"
     return ClientHparams(data, where, client)
 

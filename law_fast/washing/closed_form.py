@@ -23,7 +23,7 @@ from .keys import key_moments
 from .law import law_optimize
 from .memit import memit_update
 from .result import Timer, WashResult, run_method
-from .retain import effective_cov, null_space_basis, restrict, retained_moments
+from .retain import corpus_null_space, effective_cov, null_space_basis, restrict, retained_moments
 from .stats import checked_stats, layer_stats
 from .targets import compute_targets, target_token_ids
 from .templates import context_templates
@@ -145,7 +145,10 @@ def _wash_layers(
         layers
     )  # the budget's covariance (retain_budget="corpus"): C, where covs is C_eff
     retain = config.retain
-    if retain.active:
+    if retain.null_space_threshold is not None:  # AlphaEdit's P, from the corpus C itself
+        bases = {layer: corpus_null_space(covs[layer], retain.null_space_threshold, layer) for layer in layers}
+        report.retain = retain.to_dict()
+    if retain.uses_sources:
         with timer("retained keys"):
             texts = (corp or corpus_now()).texts if retain.retain_entities else ()  # the names are mined there
             retained = retained_moments(
@@ -200,14 +203,21 @@ def _wash_layers(
                     z_layer=z_layer,
                     scale=1.0 / (len(layers) - i),
                 )
+                if config.memit.regulariser == "identity":  # λI (AlphaEdit's L2); the budget still on C
+                    solve_cov = torch.eye(covs[layer].shape[0], dtype=covs[layer].dtype, device=covs[layer].device)
+                    budget_cov = covs[layer] if corpus_covs[layer] is None else corpus_covs[layer]
+                else:
+                    solve_cov, budget_cov = covs[layer], corpus_covs[layer]
                 delta, rep = memit_update(
                     moments,
-                    covs[layer],
+                    solve_cov,
                     adapter.weight(model, layer).detach(),
                     config.memit,
                     basis=bases[layer],
-                    budget_cov=corpus_covs[layer],
+                    budget_cov=budget_cov,
                 )
+                if config.memit.regulariser == "identity":
+                    rep.pop("retained_disruption")  # measured on I: not a disruption
                 dist.broadcast_(delta)  # every process edits with rank 0's Δ
                 layer_reports[layer]["memit"] = rep
                 if bases[layer] is not None:  # how much of the washed keys' energy the restriction leaves to edit

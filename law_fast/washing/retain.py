@@ -62,7 +62,7 @@ def retained_moments(
     """{layer: C_p (f×f float64, unit trace)} from the sources ``config`` names, on the model as it is
     (call before any edit); None when retention is off.  Each source counts equally.
     ``corpus_texts``: the statistics corpus, where ``retain_entities`` mines its names."""
-    if not config.active:
+    if not config.uses_sources:
         return None
     parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     if config.retain_entities:
@@ -112,6 +112,20 @@ def null_space_basis(retained: torch.Tensor, energy: float) -> torch.Tensor:
     k = int((top_share < energy).sum()) + 1  # the fewest top directions reaching the energy
     k = min(k, values.numel() - 1)  # keep at least one direction to edit
     return vectors[:, : values.numel() - k].contiguous()
+
+
+def corpus_null_space(cov: torch.Tensor, threshold: float, layer: int) -> torch.Tensor:
+    """Orthonormal basis V (f×r, float64) of the eigen-directions of the corpus second moment C with
+    eigenvalue below ``threshold`` — AlphaEdit's null-space projection P = VVᵀ (its SVD of C, in float64
+    here): Δ = Δ̃Vᵀ leaves the outputs at the corpus keys (almost) alone."""
+    values, vectors = torch.linalg.eigh(cov.to(torch.float64))  # ascending
+    r = int((values < threshold).sum())
+    if r == 0:
+        raise ValueError(
+            f"null_space_threshold={threshold:g}: no eigenvalue of layer {layer}'s covariance is below it "
+            f"(the smallest is {float(values[0]):.3g}), so every update would be zero; raise the threshold"
+        )
+    return vectors[:, :r].contiguous()
 
 
 def restrict(basis: torch.Tensor, gram: torch.Tensor, cov: torch.Tensor, keys=None, cross=None):

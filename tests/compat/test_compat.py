@@ -92,7 +92,8 @@ def test_client_hparams_files_are_read():
 @pytest.mark.parametrize(
     "change, match",
     [
-        ({"nullspace_threshold": 0.02}, r"unknown or unsupported field\(s\) \['nullspace_threshold'\]"),
+        ({"nullspace_threshold": 0.02}, r"AlphaEdit field\(s\) \['nullspace_threshold'\].*apply_alphaedit_to_model"),
+        ({"P_lock": "p.pt"}, r"unknown or unsupported field\(s\) \['P_lock'\]"),
         ({"fact_token": "last"}, r"fact_token='last' is not supported"),
         ({"layer_selection": "random"}, "layer_selection='random'"),
         ({"layers": [2, 1]}, "increasing"),

@@ -11,7 +11,13 @@ import yaml
 from client_harness import CLIENTS, HPARAMS, MODULES, easyedit_client
 
 import law_fast as lf
-from law_fast.compat import HparamsError, apply_law_to_model, apply_memit_to_model, export_client_stats
+from law_fast.compat import (
+    HparamsError,
+    apply_alphaedit_to_model,
+    apply_law_to_model,
+    apply_memit_to_model,
+    export_client_stats,
+)
 from law_fast.compat.easyedit import BACKENDS, LawHyperParams, register
 from law_fast.testing import TOKENIZER_TEXT, make_tiny_model
 from law_fast.washing.stats import layer_stats
@@ -86,15 +92,18 @@ def test_register_adds_and_unregister_restores(easyeditor):
 
     theirs = ALG_DICT["MEMIT"]
     assert not BatchEditor.is_batchable_method("LAW")
-    unregister = register(replace_memit=True)
+    theirs_alpha = ALG_DICT["AlphaEdit"]
+    unregister = register(replace_memit=True, replace_alphaedit=True)
     try:
-        assert ALG_DICT["MEMIT"] is apply_memit_to_model
+        assert ALG_DICT["MEMIT"] is apply_memit_to_model and ALG_DICT["AlphaEdit"] is apply_alphaedit_to_model
+        assert BatchEditor.is_batchable_method("AlphaEdit")
         assert all(ALG_DICT[name] is fn for name, fn in BACKENDS.items())
         assert BatchEditor.is_batchable_method("LAW") and BatchEditor.is_batchable_method("LAW_FAST_MEMIT")
         assert BatchEditor.is_batchable_method("ROME") is False and BatchEditor.is_batchable_method("EMMET")
     finally:
         unregister()
     assert ALG_DICT["MEMIT"] is theirs and "LAW" not in ALG_DICT and "LAW_FAST_MEMIT" not in ALG_DICT
+    assert ALG_DICT["AlphaEdit"] is theirs_alpha
     assert not BatchEditor.is_batchable_method("LAW") and BatchEditor.is_batchable_method("MEMIT")
 
 
