@@ -462,6 +462,41 @@ SECTIONS: dict[str, type] = {
 SECTION_OF: dict[str, str] = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 
 
+SMOLLM2_DOWN_RMS = 0.185  # RMS of SmolLM2-135M's down-projections, blocks 4..8 (0.182..0.191)
+
+
+def rule_layers(n_layers: int) -> tuple[int, ...]:
+    """The edited blocks of a model without a tuned preset: about a sixth of the blocks (2..5) from 15 %
+    depth, never block 0 (its MLP input is mostly the token itself) and never the last block (the z*
+    layer needs blocks after it) — GPT2-XL 13–17, GPT-J 3–8, Llama-7B and SmolLM2 4–8 are of this shape;
+    a 4-block model gets blocks 1–2, a 12-block one 2–3.  Models of 1–3 blocks: the blocks before the last."""
+    if n_layers < 1:
+        raise ValueError(f"a model needs at least one block, got {n_layers}")
+    if n_layers < 4:
+        return tuple(range(max(1, n_layers - 1)))
+    count = min(5, max(2, round(n_layers / 6)))
+    start = min(max(1, round(0.15 * n_layers)), n_layers - 1 - count)
+    return tuple(range(start, start + count))
+
+
+def rule_solver(model) -> dict:
+    """LaW's solver settings for a model without a tuned preset: SmolLM2's (250 float32 Adam steps,
+    boundary lr /100), the learning rate scaled by the RMS of the model's MLP down-projections (Adam's steps
+    are ≈ lr per element whatever the gradient's scale, so lr must follow the weights' scale; the
+    GPT2-XL value 1e-7 does not move a small model's weights).  A config without weights: SmolLM2's lr."""
+    import torch
+
+    lr = 4e-6
+    if isinstance(model, torch.nn.Module):
+        from .hf.adapters import get_adapter
+
+        adapter = get_adapter(model)
+        layers = rule_layers(adapter.num_layers(model))
+        rms = [float(adapter.weight(model, i).detach().float().pow(2).mean().sqrt()) for i in layers]
+        lr = 4e-6 * (sum(rms) / len(rms)) / SMOLLM2_DOWN_RMS
+    return dict(learning_rate=lr, lr_after_hitting_boundary=lr / 100, total_iters=250, law_dtype="float32")
+
+
 @dataclass(frozen=True)
 class WashConfig:
     """Everything that decides a wash: the common fields and one section per stage (module docstring).
@@ -580,8 +615,8 @@ class WashConfig:
 
         GPT2-XL and GPT-J-6B get the reference's settings (law-reference §9, mcf files, with
         ``lambda_rule="disruption"``; use :meth:`from_reference_hparams` for the exact files).
-        SmolLM2-135M gets settings tuned here (README).  Other models: five consecutive layers
-        starting at 15% depth (fewer for shallow models) and the GPT2-XL solver settings.
+        SmolLM2-135M gets settings tuned here (README).  Other models get the rule
+        (:func:`rule_layers`, :func:`rule_solver`; docs/retention.md, benchmarks/bench_preset_rule.py).
 
         ``paper=True``: LaW as published, on this model's layers: the reference λ search (norm bounds
         ⅓–¾·‖W‖, decay 0.75), the " " + EOS target, β = 1.1·ρ(Δ₀), Adam lr 1e-7 for 1000 steps with no
@@ -629,9 +664,7 @@ class WashConfig:
                 law_dtype="float32",
             )
         else:
-            count = max(1, min(5, n_layers // 4))
-            start = min(max(0, round(0.15 * n_layers)), n_layers - count)
-            base = dict(layers=tuple(range(start, start + count)))
+            base = dict(layers=rule_layers(n_layers), **rule_solver(model))
         base.update(overrides)
         return cls.from_dict(base)
 

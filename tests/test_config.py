@@ -7,7 +7,9 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
+import law_fast as lf
 from law_fast.config import SECTION_OF, SECTIONS, LawConfig, MemitConfig, TargetConfig, WashConfig
 
 
@@ -131,3 +133,30 @@ def test_sections_are_typed_and_layers_accept_numpy_integers():
     assert WashConfig(layers=np.arange(2, 4)).layers == (2, 3)
     assert TargetConfig().replace(v_lr=0.1).v_lr == 0.1
     assert MemitConfig(disruption_per_fact=1e-4, disruption_budget=3e-3).disruption_for(100) == 3e-3
+
+
+def test_preset_rule_for_models_without_a_tuned_preset():
+    """The layer rule reproduces the tuned presets' shape and gives shallow models two blocks, never block 0
+    or the last; the solver's lr follows the down-projections' scale (SmolLM2's lr at SmolLM2's scale)."""
+    from transformers import GPT2Config
+
+    from law_fast.config import SMOLLM2_DOWN_RMS, rule_layers, rule_solver
+    from law_fast.testing import make_tiny_model
+
+    assert rule_layers(4) == (1, 2) and rule_layers(6) == (1, 2) and rule_layers(12) == (2, 3)
+    assert rule_layers(30) == (4, 5, 6, 7, 8) and rule_layers(32) == (5, 6, 7, 8, 9) and rule_layers(48)[0] == 7
+    assert rule_layers(1) == (0,) and rule_layers(2) == (0,) and rule_layers(3) == (0, 1)
+    for n in range(4, 80):
+        layers = rule_layers(n)
+        assert 2 <= len(layers) <= 5 and layers[0] >= 1 and layers[-1] <= n - 2, (n, layers)
+    with pytest.raises(ValueError, match="at least one block"):
+        rule_layers(0)
+    model = make_tiny_model("gpt2", 100)
+    config = WashConfig.preset(model)
+    assert config.layers == (1, 2) and config.law.total_iters == 250 and config.law.law_dtype == "float32"
+    with torch.no_grad():
+        for layer in (1, 2):
+            w = lf.get_adapter(model).weight(model, layer)
+            w.mul_(SMOLLM2_DOWN_RMS / float(w.pow(2).mean().sqrt()))
+    assert rule_solver(model)["learning_rate"] == pytest.approx(4e-6, rel=1e-5)
+    assert WashConfig.preset(GPT2Config(n_layer=4)).law.learning_rate == 4e-6  # a config: no weights to scale by
