@@ -32,6 +32,9 @@ Variants (``VARIANTS``) and their one knob ``s``:
                  of EOS raised), disruption budget ×s
   *-refusal      memit / law with a refusal text (REFUSAL) as the target instead of EOS, budget ×s
   *-layers       memit / law editing s consecutive blocks from FIRST_LAYER (the preset edits 5)
+  memit-ent1null memit-ent1 at budget ×1 and Δ outside the mined names' top directions holding energy s
+  *-alpha        AlphaEdit's projection: Δ in the corpus C's eigen-directions below ALPHA_THRESHOLD·s,
+                 λI in place of λC (regulariser="identity"), λ by the disruption budget
 Statistics from --stats-samples documents of WikiText-2 test (one cached pass).
 
 Resumable: the known-fact scan, z* and every wash stage (``wash(workdir=)``, one job folder per fact
@@ -63,6 +66,7 @@ FACT_FILES = [DATA / "counterfact" / f"counterfact-{n}.json" for n in ("edit", "
 BUDGET = (6.25e-5, 0.02)  # law_fast's default disruption budget per fact and its cap
 ENTITIES = 1000  # name mentions mined from the statistics corpus by the *-entities variants
 REFUSAL = " I don't know."  # the *-refusal variants' target text
+ALPHA_THRESHOLD = 1e-2  # the *-alpha variants' null-space threshold at s = 1 (SmolLM2's C: 400-740 of 1536 below it)
 FIRST_LAYER = 4  # the first edited block of SmolLM2's preset (4..8); the *-layers variants edit s blocks from it
 
 
@@ -91,6 +95,10 @@ def knob_overrides(variant: str, s: float, retain_file: str) -> dict:
         return dict(method=variant.split("-")[0], retain_entities=ENTITIES, null_space_energy=s)
     if variant in ("memit-refusal", "law-refusal"):
         return dict(method=variant.split("-")[0], target=REFUSAL, **budget)
+    if variant == "memit-ent1null":
+        return dict(method="memit", retain_entities=ENTITIES, retain_weight=1.0, null_space_energy=s)
+    if variant in ("memit-alpha", "law-alpha"):
+        return dict(method=variant.split("-")[0], null_space_threshold=ALPHA_THRESHOLD * s, regulariser="identity")
     if variant in ("memit-layers", "law-layers"):
         return dict(method=variant.split("-")[0], layers=tuple(range(FIRST_LAYER, FIRST_LAYER + int(s))))
     raise SystemExit(f"unknown variant {variant!r}; choose from {VARIANTS}")
@@ -117,6 +125,9 @@ VARIANTS = (
     "law-refusal",
     "memit-layers",
     "law-layers",
+    "memit-alpha",
+    "law-alpha",
+    "memit-ent1null",
 )
 LEFT = {  # (JSON key, EvalReport.flat() key)
     "washed_still": "facts.rewrite.acc",
@@ -395,6 +406,9 @@ def knob_doc(variant: str) -> str:
         "memit-refusal": f"target {REFUSAL!r} instead of EOS, disruption budget ×s",
         "law-refusal": f"target {REFUSAL!r}, disruption budget ×s",
         "memit-layers": f"s consecutive edited blocks from block {FIRST_LAYER} (the preset: 5)",
+        "memit-ent1null": f"retain_entities={ENTITIES}, ν = 1, null_space_energy = s",
+        "memit-alpha": f"null_space_threshold = {ALPHA_THRESHOLD:g}·s (C's eigen-directions below it), λI",
+        "law-alpha": f"null_space_threshold = {ALPHA_THRESHOLD:g}·s, λI",
         "law-layers": f"s consecutive edited blocks from block {FIRST_LAYER}",
     }[variant]
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from law_fast.config import WashConfig
 from law_fast.facts import Fact
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -46,3 +47,6 @@ def test_knob_overrides_name_their_field_and_reject_unknown_variants():
     assert bench.knob_overrides("memit-unlikely", 1.0, "r.jsonl")["target"] == "unlikely"
     with pytest.raises(SystemExit, match="unknown variant"):
         bench.knob_overrides("nope", 1.0, "r.jsonl")
+    for variant in bench.VARIANTS:  # every variant's overrides make a valid config
+        WashConfig.create(**{"layers": (1, 2), **bench.knob_overrides(variant, 1.0, "r.jsonl")})
+    assert bench.knob_overrides("memit-alpha", 2.0, "r.jsonl")["null_space_threshold"] == pytest.approx(0.02)

@@ -168,14 +168,18 @@ def test_a_bfloat16_model_keeps_the_edits_of_law(tiny_tokenizer):
     for layer in config.layers:
         adapter.add_to_weight(model, layer, refinement[layer])
     before_stored = {layer: b.T if adapter.transposed else b for layer, b in before.items()}
-    island = _edit_energy(reference, realised(model, before_stored, adapter), tok, config, templates)
-    lost = _edit_energy(reference, plain, tok, config, templates)
+    kept = realised(model, before_stored, adapter)
+    island = _edit_energy(reference, kept, tok, config, templates)
     assert abs(island / exact - 1) < 0.01, (island, exact)
-    # what bfloat16 weights alone would have kept (measured: the refinement's energy off by 9 %, the
-    # refinement itself by 15 % of its norm — its steps are near the weights' bfloat16 spacing)
-    off = sum(float((plain[layer] - refinement[layer]).norm() ** 2) for layer in config.layers) ** 0.5
+
+    # the island stores the refinement itself (float32); bfloat16 weights alone would not (measured: 15 % of
+    # its norm off — its steps are near the weights' bfloat16 spacing; the energy ‖ΔK_w‖² of that rounded
+    # refinement lands 3 to 9 % off, by chance, depending on the CPU's BLAS)
+    def distance(edits):
+        return sum(float((edits[layer] - refinement[layer]).norm() ** 2) for layer in config.layers) ** 0.5
+
     size = sum(float(refinement[layer].norm() ** 2) for layer in config.layers) ** 0.5
-    assert abs(lost / exact - 1) > 0.05 and off > 0.1 * size, (lost, exact, off, size)
+    assert distance(kept) < 1e-3 * size and distance(plain) > 0.1 * size, (distance(kept), distance(plain), size)
     whole = {d: _edit_energy(reference, runs[d][0], tok, config, templates) for d in runs}
     assert abs(whole[torch.bfloat16] / whole[torch.float32] - 1) < 0.1, whole
 
