@@ -70,6 +70,7 @@ def one_run(m: int, args) -> dict:
         "processes": dist.world_size(),
         "seconds": seconds,
         "stages_s": dict(result.report.timings_s),
+        "stages_memory_mb": dict(result.report.memory_mb),  # resident and peak MB at each stage's end
         "peak_rss_mb": peak_mb,
         "delta_norms": {str(k): float(v.norm()) for k, v in result.deltas.items()},
     }

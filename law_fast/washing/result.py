@@ -54,6 +54,8 @@ class WashReport:
     still_known_after: int | None = None  # final check: washed facts the model still produces
     still_known_ids: list | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    # per stage, at its end: {"rss": resident MB now, "peak": the process's peak MB so far} (Linux; {} elsewhere)
+    memory_mb: dict[str, dict] = field(default_factory=dict)
 
     def __getitem__(self, key: str) -> Any:
         if key not in self._names():
@@ -212,11 +214,28 @@ def check_output_dir(out_dir: str | os.PathLike, overwrite: bool, model=None) ->
     return out
 
 
+def memory_mb() -> dict:
+    """{"rss": the process's resident MB now, "peak": its peak MB so far} (Linux: /proc and getrusage;
+    {} where they are not)."""
+    try:
+        import resource
+
+        with open("/proc/self/statm") as f:
+            resident = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        rss = resident / 2**20
+        # the kernel's high-water mark is synced lazily: it can trail the resident size read just now
+        return {"rss": rss, "peak": max(rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    except (OSError, ImportError, ValueError, IndexError):
+        return {}
+
+
 class Timer:
-    """Wall-clock seconds per stage name (a stage entered twice adds up)."""
+    """Wall-clock seconds per stage name (a stage entered twice adds up), and the memory at each stage's end
+    (:func:`memory_mb`; which stage holds what, and which raised the peak)."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.memory: dict[str, dict] = {}
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
@@ -226,6 +245,7 @@ class Timer:
             yield
         finally:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+            self.memory[stage] = memory_mb()
 
 
 #: a method's own work: ``body(requests, result, timer)`` edits ``result.model`` in place and fills
@@ -264,8 +284,13 @@ def run_method(
     )
     timer = Timer()
     report = WashReport(
-        model=model_name(model), method=config.method, n_facts=len(facts), timings_s=timer.seconds, **report_fields
-    )  # timings_s is the timer's own dict: it fills as the stages run
+        model=model_name(model),
+        method=config.method,
+        n_facts=len(facts),
+        timings_s=timer.seconds,
+        memory_mb=timer.memory,
+        **report_fields,
+    )  # timings_s and memory_mb are the timer's own dicts: they fill as the stages run
     with timer("initial check"):
         known, _ = known_facts(
             model,

@@ -1,6 +1,7 @@
 """The whole pipeline on tiny random models of every family: edits, report, revert, save, errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,6 +62,9 @@ def test_wash_edits_only_the_configured_layers_and_reverts_exactly(tiny, method)
     assert all("memit" in r for r in rep["per_layer"])
     assert ("law" in rep["per_layer"][0]) == (method == "law")
     assert set(rep["timings_s"]) >= {"initial check", "covariance", "targets", "memit init"}
+    if Path("/proc/self/statm").exists():  # memory at each stage's end, the peak never falling
+        assert set(rep["memory_mb"]) == set(rep["timings_s"])
+        assert all(0 < m["rss"] <= m["peak"] for m in rep["memory_mb"].values())
     json.dumps(rep, default=str)
     result.revert()
     for name, value in model.state_dict().items():
