@@ -141,6 +141,16 @@ def apply_memit_to_model(
     ``keep_original_weight`` (EasyEdit passes it; its MEMIT does not read it) is accepted."""
     _no_other_kwargs(kwargs, {"keep_original_weight"}, "apply_memit_to_model")
     h = read_hparams(hparams, "MEMIT")
+    solver = {"mom2_update_weight": h["mom2_update_weight"]}
+    return _edit(
+        model, tok, requests, h, solver, copy, return_orig_weights, cache_template, stats, stats_dir, corpus, progress
+    )
+
+
+def _edit(
+    model, tok, requests, h, solver, copy, return_orig_weights, cache_template, stats, stats_dir, corpus, progress
+):
+    """MEMIT-family editing (each request's ``target_new`` as the target, λ fixed) with ``solver``'s fields."""
     check_modules(h, model)
     facts = [r.fact("target_new") for r in read_requests(requests)]
     found = client_stats(model, h, stats, stats_dir, corpus)
@@ -148,10 +158,10 @@ def apply_memit_to_model(
         method="memit",
         layers=tuple(h["layers"]),
         lambda_rule="fixed",
-        mom2_update_weight=h["mom2_update_weight"],
         target="answer",
         only_known=False,
         prune_requests=False,
+        **solver,
         **_targets(h),
         **({"mom2_n_samples": h["mom2_n_samples"]} if h.get("mom2_n_samples") else {}),
     )
@@ -177,23 +187,14 @@ def apply_alphaedit_to_model(
     ``keep_original_weight`` and ``reset_cache`` are accepted (every call starts from an empty cache)."""
     _no_other_kwargs(kwargs, {"keep_original_weight", "reset_cache"}, "apply_alphaedit_to_model")
     h = read_hparams(hparams, "AlphaEdit")
-    check_modules(h, model)
-    facts = [r.fact("target_new") for r in read_requests(requests)]
-    found = client_stats(model, h, stats, stats_dir, corpus)
-    config = WashConfig.create(
-        method="memit",
-        layers=tuple(h["layers"]),
-        lambda_rule="fixed",
-        mom2_update_weight=h["L2"],
-        regulariser="identity",
-        null_space_threshold=h["nullspace_threshold"],
-        target="answer",
-        only_known=False,
-        prune_requests=False,
-        **_targets(h),
-        **({"mom2_n_samples": h["mom2_n_samples"]} if h.get("mom2_n_samples") else {}),
+    solver = {
+        "mom2_update_weight": h["L2"],
+        "regulariser": "identity",
+        "null_space_threshold": h["nullspace_threshold"],
+    }
+    return _edit(
+        model, tok, requests, h, solver, copy, return_orig_weights, cache_template, stats, stats_dir, corpus, progress
     )
-    return _run(model, tok, facts, config, h, copy, return_orig_weights, cache_template, found, corpus, progress)
 
 
 def apply_law_to_model(

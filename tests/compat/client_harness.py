@@ -46,6 +46,14 @@ MODULES = {
         ln_f_module="transformer.ln_f",
         lm_head_module="transformer.wte",
     ),
+    "llama": dict(
+        rewrite_module_tmp="model.layers.{}.mlp.down_proj",
+        layer_module_tmp="model.layers.{}",
+        mlp_module_tmp="model.layers.{}.mlp",
+        attn_module_tmp="model.layers.{}.self_attn",
+        ln_f_module="model.norm",
+        lm_head_module="lm_head",
+    ),
     "gptj": dict(
         rewrite_module_tmp="transformer.h.{}.mlp.fc_out",
         layer_module_tmp="transformer.h.{}",

@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import torch
-from client_harness import CLIENTS, HPARAMS, easyedit_client
+from client_harness import CLIENTS, HPARAMS, MODULES, easyedit_client
 
 import law_fast as lf
 from law_fast.compat import HparamsError, apply_alphaedit_to_model, read_hparams, write_client_stats
@@ -21,14 +21,7 @@ from law_fast.washing.retain import corpus_null_space
 from law_fast.washing.stats import LayerStats, layer_stats
 from law_fast.washing.templates import context_templates
 
-LLAMA = dict(
-    rewrite_module_tmp="model.layers.{}.mlp.down_proj",
-    layer_module_tmp="model.layers.{}",
-    mlp_module_tmp="model.layers.{}.mlp",
-    attn_module_tmp="model.layers.{}.self_attn",
-    ln_f_module="model.norm",
-    lm_head_module="lm_head",
-)
+LLAMA = MODULES["llama"]
 REQUESTS = [
     {"prompt": "The capital of France is", "subject": "France", "target_new": "Rome", "ground_truth": "Paris"},
     {
