@@ -564,8 +564,12 @@ def main(argv=None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    from . import dist
+
     try:
-        return args.func(args)
+        code = args.func(args)
+        dist.leave()  # under torchrun: wait for every process, then close the group before the interpreter exits
+        return code
     except Exception as error:  # every failure is one line (exit 2); --debug shows where it came from
         if args.debug:
             raise

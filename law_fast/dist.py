@@ -55,6 +55,15 @@ def init_from_env(device: str | torch.device | None = None) -> bool:
     return active()
 
 
+def leave() -> None:
+    """Leave the process group (a barrier first, so no process exits while another still talks to it; gloo's
+    threads left running at interpreter exit abort it: "terminate called without an active exception").
+    A no-op when no group was joined."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def local_device(device: str | None) -> str | None:
     """Under torchrun a bare "cuda" is this process's GPU (``cuda:LOCAL_RANK``); anything else as given."""
     if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
