@@ -463,6 +463,8 @@ SECTION_OF: dict[str, str] = {f.name: section for section, cls in SECTIONS.items
 
 
 SMOLLM2_DOWN_RMS = 0.185  # RMS of SmolLM2-135M's down-projections, blocks 4..8 (0.182..0.191)
+# SmolLM2's LaW solver: 250 steps at 4× the lr move Δ as far as 1000 steps at lr 1e-6 (Adam steps ≈ lr), 4× cheaper
+SMOLLM2_SOLVER = dict(learning_rate=4e-6, lr_after_hitting_boundary=4e-8, total_iters=250, law_dtype="float32")
 
 
 def rule_layers(n_layers: int) -> tuple[int, ...]:
@@ -479,22 +481,22 @@ def rule_layers(n_layers: int) -> tuple[int, ...]:
     return tuple(range(start, start + count))
 
 
-def rule_solver(model) -> dict:
-    """LaW's solver settings for a model without a tuned preset: SmolLM2's (250 float32 Adam steps,
-    boundary lr /100), the learning rate scaled by the RMS of the model's MLP down-projections (Adam's steps
+def rule_solver(model, layers: tuple[int, ...]) -> dict:
+    """LaW's solver settings for a model without a tuned preset: SmolLM2's (``SMOLLM2_SOLVER``), the learning
+    rates scaled by the RMS of the model's MLP down-projections at ``layers`` over SmolLM2's (Adam's steps
     are ≈ lr per element whatever the gradient's scale, so lr must follow the weights' scale; the
     GPT2-XL value 1e-7 does not move a small model's weights).  A config without weights: SmolLM2's lr."""
     import torch
 
-    lr = 4e-6
+    scale = 1.0
     if isinstance(model, torch.nn.Module):
         from .hf.adapters import get_adapter
 
         adapter = get_adapter(model)
-        layers = rule_layers(adapter.num_layers(model))
         rms = [float(adapter.weight(model, i).detach().float().pow(2).mean().sqrt()) for i in layers]
-        lr = 4e-6 * (sum(rms) / len(rms)) / SMOLLM2_DOWN_RMS
-    return dict(learning_rate=lr, lr_after_hitting_boundary=lr / 100, total_iters=250, law_dtype="float32")
+        scale = (sum(rms) / len(rms)) / SMOLLM2_DOWN_RMS
+    lr, boundary = SMOLLM2_SOLVER["learning_rate"], SMOLLM2_SOLVER["lr_after_hitting_boundary"]
+    return {**SMOLLM2_SOLVER, "learning_rate": lr * scale, "lr_after_hitting_boundary": boundary * scale}
 
 
 @dataclass(frozen=True)
@@ -655,16 +657,10 @@ class WashConfig:
                 lr_after_hitting_boundary=1e-10,
             )
         elif model_type == "llama" and n_layers == 30 and hidden == 576:  # SmolLM2-135M
-            # 250 LaW steps at 4× the lr move Δ as far as 1000 steps at lr 1e-6 (Adam steps ≈ lr), 4× cheaper
-            base = dict(
-                layers=(4, 5, 6, 7, 8),
-                learning_rate=4e-6,
-                lr_after_hitting_boundary=4e-8,
-                total_iters=250,
-                law_dtype="float32",
-            )
+            base = dict(layers=(4, 5, 6, 7, 8), **SMOLLM2_SOLVER)
         else:
-            base = dict(layers=rule_layers(n_layers), **rule_solver(model))
+            layers = rule_layers(n_layers)
+            base = dict(layers=layers, **rule_solver(model, layers))
         base.update(overrides)
         return cls.from_dict(base)
 

@@ -158,5 +158,5 @@ def test_preset_rule_for_models_without_a_tuned_preset():
         for layer in (1, 2):
             w = lf.get_adapter(model).weight(model, layer)
             w.mul_(SMOLLM2_DOWN_RMS / float(w.pow(2).mean().sqrt()))
-    assert rule_solver(model)["learning_rate"] == pytest.approx(4e-6, rel=1e-5)
+    assert rule_solver(model, (1, 2))["learning_rate"] == pytest.approx(4e-6, rel=1e-5)
     assert WashConfig.preset(GPT2Config(n_layer=4)).law.learning_rate == 4e-6  # a config: no weights to scale by

@@ -13,8 +13,7 @@ law_fast: :func:`~law_fast.compat.apply_memit_to_model`), ``"LAW_FAST_ALPHAEDIT"
 :func:`~law_fast.compat.apply_alphaedit_to_model`) and ``"LAW"`` (LaW washing:
 :func:`~law_fast.compat.apply_law_to_model`, hyper-parameters as :class:`LawHyperParams`); with
 ``replace_memit=True`` / ``replace_alphaedit=True`` EasyEdit's own ``"MEMIT"`` / ``"AlphaEdit"`` names run
-law_fast's, so an existing ``hparams/MEMIT/*.yaml`` or ``hparams/AlphaEdit/*.yaml`` needs no change
-It returns a function that undoes the registration.
+law_fast's, so an existing ``hparams/MEMIT/*.yaml`` or ``hparams/AlphaEdit/*.yaml`` needs no change.  It returns a function that undoes the registration.
 """
 
 from __future__ import annotations

@@ -203,21 +203,14 @@ def _wash_layers(
                     z_layer=z_layer,
                     scale=1.0 / (len(layers) - i),
                 )
-                if config.memit.regulariser == "identity":  # λI (AlphaEdit's L2); the budget still on C
-                    solve_cov = torch.eye(covs[layer].shape[0], dtype=covs[layer].dtype, device=covs[layer].device)
-                    budget_cov = covs[layer] if corpus_covs[layer] is None else corpus_covs[layer]
-                else:
-                    solve_cov, budget_cov = covs[layer], corpus_covs[layer]
                 delta, rep = memit_update(
                     moments,
-                    solve_cov,
+                    covs[layer],
                     adapter.weight(model, layer).detach(),
                     config.memit,
                     basis=bases[layer],
-                    budget_cov=budget_cov,
+                    budget_cov=corpus_covs[layer],
                 )
-                if config.memit.regulariser == "identity":
-                    rep.pop("retained_disruption")  # measured on I: not a disruption
                 dist.broadcast_(delta)  # every process edits with rank 0's Δ
                 layer_reports[layer]["memit"] = rep
                 if bases[layer] is not None:  # how much of the washed keys' energy the restriction leaves to edit

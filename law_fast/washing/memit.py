@@ -244,10 +244,15 @@ def memit_update(
     measured in it too (``retained_disruption``: tr(ΔC_effΔᵀ)/tr(WC_effWᵀ)).
 
     ``basis`` V (f×r, orthonormal): Δ = Δ̃Vᵀ is restricted to its span — the problem is solved in r
-    dimensions (VᵀGV, VᵀB, VᵀCV); the λ rules see the same disruption, norm and fit as in f dimensions."""
+    dimensions (VᵀGV, VᵀB, VᵀCV); the λ rules see the same disruption, norm and fit as in f dimensions.
+
+    ``config.regulariser="identity"`` (AlphaEdit's L2): λI takes the place of λ·``cov`` in the solve; the
+    budget and the report's disruption stay on ``cov`` (or ``budget_cov``)."""
     if moments.cross is None:
         raise ValueError("memit_update needs key moments with targets (key_moments(..., targets=, z_layer=))")
     measured = cov if budget_cov is None else budget_cov
+    if config.regulariser == "identity":
+        cov, budget_cov = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device), measured
     if basis is None:
         solver = MemitSolver.from_moments(moments.gram, moments.cross, cov, keys=moments.keys, budget_cov=budget_cov)
     else:
@@ -273,7 +278,7 @@ def memit_update(
         "rho": dC / float(C.trace()),
         "fit_residual": math.sqrt(max(fit_sq, 0.0) / max(moments.resid_sq, 1e-300)),
     }
-    if budget_cov is not None:
+    if budget_cov is not None and config.regulariser == "covariance":  # C_eff shaped Δ: its disruption too
         E = cov.to(delta.device, torch.float64)
         report["retained_disruption"] = float((delta @ E * delta).sum()) / float((W @ E * W).sum())
     return delta, report

@@ -58,7 +58,8 @@ def test_the_update_is_alphaedits_formula_in_float64():
     X_ref = torch.linalg.solve(P @ (K.T @ K) + L2 * torch.eye(f, dtype=torch.float64), P @ K.T @ R)
     moments = KeyMoments(K.T @ K, K.T @ R, float((R**2).sum()), m, K)
     config = MemitConfig(lambda_rule="fixed", mom2_update_weight=L2, regulariser="identity")
-    delta, _ = memit_update(moments, torch.eye(f, dtype=torch.float64), W, config, basis=V, budget_cov=C)
+    delta, report = memit_update(moments, C, W, config, basis=V)
+    assert "retained_disruption" not in report
     torch.testing.assert_close(delta, X_ref.T, rtol=1e-10, atol=1e-12)
     kept = vectors[:, 12:]  # the corpus directions P removes
     assert float((delta @ kept).norm()) <= 1e-10 * float(delta.norm())
