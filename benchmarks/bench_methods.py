@@ -1,8 +1,9 @@
 """Benchmark: every washing method on the same known CounterFact facts, one comparison table.
 
-Methods: ``law`` and ``memit`` (the closed-form pipeline) and the fine-tuning baselines ``ft``,
-``me-ft``, ``ft-ul``, ``seul``, ``woh`` (law_fast.baselines), each with its default settings for
-the model (``WashConfig.preset`` / ``WashConfig.baseline_preset``).  Model: SmolLM2-135M-Instruct
+Methods: ``default`` (``WashConfig.preset(model)`` as it is: config.RETENTION_DEFAULT, MEMIT keeping
+1,000 names mined from the corpus), plain ``law`` and ``memit`` (the closed-form pipeline, no names kept)
+and the fine-tuning baselines ``ft``, ``me-ft``, ``ft-ul``, ``seul``, ``woh`` (law_fast.baselines), each
+with its default settings for the model (``WashConfig.preset`` / ``WashConfig.baseline_preset``).  Model: SmolLM2-135M-Instruct
 (the embedded default), on CPU unless ``--device`` says otherwise.
 
 Facts: the first ``--n`` CounterFact facts (``--facts``, default the validation file of
@@ -16,9 +17,13 @@ evaluated by ``law_fast.evaluate`` on exactly the facts the original model knew:
     locality Acc         facts.neighbourhood.acc           (higher is better)
     control Acc          controls.rewrite.acc              (higher is better)
     perplexity           fluency.perplexity, first --ppl-tokens tokens of WikiText-2 test
-    reasoning            --reasoning tasks on a seeded --reasoning-limit subset
+    reasoning            --reasoning tasks on a seeded --reasoning-limit subset (1,000 items: the
+                         standard error, ±1.1-1.6 points, is in the table)
     wash time            wall-clock seconds of law_fast.wash (statistics included; they are cached
                          after the first closed-form method, so memit reuses law's)
+
+Resumable: each row (the original's and each method's, keyed by the law_fast source tree, the method's
+config, the facts and the settings) is cached under --workdir; a killed run continues.
 
     python benchmarks/bench_methods.py                       # N = 64, every method (long: tens of minutes on CPU)
     python benchmarks/bench_methods.py --n 128 --methods law,ft,seul
@@ -38,10 +43,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, RESULTS_DIR, write_result  # noqa: E402
+from common import REPO_ROOT, RESULTS_DIR, code_key, read_json, sha, write_json, write_result  # noqa: E402
 
 DATA = REPO_ROOT.parent / "shared" / "data"
-ALL_METHODS = ("law", "memit", "ft", "me-ft", "ft-ul", "seul", "woh")
+ALL_METHODS = ("default", "law", "memit", "ft", "me-ft", "ft-ul", "seul", "woh")
 COLUMNS = [  # (title, EvalReport.flat() key)
     ("washed Acc", "facts.rewrite.acc"),
     ("washed QA-F1", "facts.rewrite.qa_f1"),
@@ -73,7 +78,7 @@ def select_facts(model, tok, path: Path, n: int, n_controls: int, scan_batch: in
 
 
 def method_config(method: str, model, args):
-    from law_fast.config import BASELINE_METHODS, WashConfig
+    from law_fast.config import BASELINE_METHODS, RETAIN_OFF, WashConfig
 
     if method in BASELINE_METHODS:
         overrides = (
@@ -83,7 +88,9 @@ def method_config(method: str, model, args):
     overrides = dict(mom2_n_samples=args.stats_samples)
     if args.quick:
         overrides.update(v_num_grad_steps=5, total_iters=20)
-    return WashConfig.preset(model, method=method, **overrides)
+    if method == "default":
+        return WashConfig.preset(model, **overrides)
+    return WashConfig.preset(model, method=method, **RETAIN_OFF, **overrides)
 
 
 def main(argv=None) -> int:
@@ -109,7 +116,8 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--ppl-tokens", type=int, default=8192, help="tokens of --corpus scored for perplexity")
     parser.add_argument("--reasoning", default="lambada,hellaswag,arc_easy", help="reasoning tasks ('' for none)")
-    parser.add_argument("--reasoning-limit", type=int, default=50, help="items per reasoning task")
+    parser.add_argument("--reasoning-limit", type=int, default=1000, help="items per reasoning task")
+    parser.add_argument("--workdir", type=Path, default=None, help="row cache (default: law_fast's cache dir)")
     parser.add_argument("--quick", action="store_true", help="N = 2, 2 controls, tiny settings, no reasoning")
     parser.add_argument("--name", default=None, help="result file name (default methods_smollm2[_quick])")
     args = parser.parse_args(argv)
@@ -125,7 +133,9 @@ def main(argv=None) -> int:
 
     import law_fast as lf
     from law_fast.corpus import load_corpus
-    from law_fast.eval.report import evaluate
+    from law_fast.eval.report import EvalReport, evaluate
+    from law_fast.hf.adapters import model_fingerprint
+    from law_fast.hf.loading import cache_dir
 
     model, tok = lf.load_model(args.model, device=args.device)
     washed, controls, scanned = select_facts(model, tok, args.facts, args.n, args.controls)
@@ -150,44 +160,52 @@ def main(argv=None) -> int:
             progress=False,
         )
 
-    t = time.perf_counter()
-    original = measure("original")
-    rows = [
-        {
-            "method": "original",
-            "wash_s": None,
-            "eval_s": time.perf_counter() - t,
-            "metrics": original.flat(),
-            "report": original.to_dict(),
-        }
-    ]
+    workdir = args.workdir or cache_dir() / "bench_methods"
+    base_key = {
+        "tree": code_key("law_fast"),
+        "model": model_fingerprint(model),
+        "washed": [f.case_id for f in washed],
+        "controls": [f.case_id for f in controls],
+        "settings": {k: str(v) for k, v in vars(args).items() if k not in ("methods", "name", "workdir")},
+    }
+    path = workdir / f"original-{sha(base_key)}.json"
+    if (row := read_json(path)) is None:
+        t = time.perf_counter()
+        report = measure("original")
+        row = {"method": "original", "wash_s": None, "eval_s": time.perf_counter() - t, "report": report.to_dict()}
+        write_json(path, row)
+    original = EvalReport.from_dict(row["report"])
+    rows = [{**row, "metrics": original.flat()}]
     print(f"original evaluated in {rows[0]['eval_s']:.0f} s", flush=True)
     for method in methods:
         config = method_config(method, model, args)
-        t = time.perf_counter()
-        result = lf.wash(model, tok, washed, config, corpus=str(args.corpus), progress=False)
-        wash_s = time.perf_counter() - t
-        try:
+        path = workdir / f"{method}-{sha({**base_key, 'config': config.to_dict()})}.json"
+        if (row := read_json(path)) is None:
             t = time.perf_counter()
-            report = measure(method, subset=original)
-            eval_s = time.perf_counter() - t
-        finally:
-            result.revert()
-        training = result.report.get("training", {})
-        rows.append(
-            {
+            result = lf.wash(model, tok, washed, config, corpus=str(args.corpus), progress=False)
+            wash_s = time.perf_counter() - t
+            try:
+                t = time.perf_counter()
+                report = measure(method, subset=original)
+                eval_s = time.perf_counter() - t
+            finally:
+                result.revert()
+            training = result.report.get("training", {})
+            row = {
                 "method": method,
                 "wash_s": wash_s,
                 "eval_s": eval_s,
-                "metrics": report.flat(),
                 "config": result.config.to_dict(),
                 "wash_report": result.report.to_dict(),
                 "report": report.to_dict(),
                 "guard_stopped": training.get("guard", {}).get("stopped"),
             }
-        )
+            write_json(path, row)
+        row["metrics"] = EvalReport.from_dict(row["report"]).flat()
+        rows.append(row)
         print(
-            f"{method}: wash {wash_s:.0f} s, eval {eval_s:.0f} s, washed Acc {report.flat().get('facts.rewrite.acc')}",
+            f"{method}: wash {row['wash_s']:.0f} s, eval {row['eval_s']:.0f} s, "
+            f"washed Acc {row['metrics'].get('facts.rewrite.acc')}",
             flush=True,
         )
 
@@ -214,10 +232,14 @@ def main(argv=None) -> int:
 
 
 def markdown(rows, columns, args, n_washed: int, n_controls: int) -> str:
-    def cell(key, value):
+    def cell(metrics, key):
+        value = metrics.get(key)
         if value is None:
             return "—"
-        return f"{value:.2f}" if key == "fluency.perplexity" else f"{100 * value:.1f}%"
+        if key == "fluency.perplexity":
+            return f"{value:.2f}"
+        error = metrics.get(f"{key}_stderr")
+        return f"{100 * value:.1f}%" + ("" if error is None else f" ± {100 * error:.1f}")
 
     lines = [
         f"Washing methods on {n_washed} known CounterFact facts ({n_controls} controls), "
@@ -230,7 +252,7 @@ def markdown(rows, columns, args, n_washed: int, n_controls: int) -> str:
         wash = "—" if r["wash_s"] is None else f"{r['wash_s']:.1f}"
         note = " (guard stopped)" if r.get("guard_stopped") else ""
         lines.append(
-            f"| {r['method']}{note} | " + " | ".join(cell(k, r["metrics"].get(k)) for _, k in columns) + f" | {wash} |"
+            f"| {r['method']}{note} | " + " | ".join(cell(r["metrics"], k) for _, k in columns) + f" | {wash} |"
         )
     return "\n".join(lines) + "\n"
 

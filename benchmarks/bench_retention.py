@@ -15,8 +15,10 @@ Reasoning (lambada_openai, arc_easy, hellaswag, --reasoning-limit items each, wi
 for the original and for the points named by --reasoning-points.
 
 Variants (``VARIANTS``) and their one knob ``s``:
+  default        law_fast's default (WashConfig.preset: config.RETENTION_DEFAULT, MEMIT to EOS keeping 1,000
+                 names mined from the corpus, ν = 1), disruption budget ×s — the same computation as memit-ent1
   memit          MEMIT to EOS, disruption budget ×s (budget per fact 6.25e-5·s, cap 0.02·s)
-  law            law_fast's LaW default, the same budget ×s
+  law            LaW (law_fast's default before the frontier was measured), the same budget ×s
   paper          LaW with the authors' settings (WashConfig.preset(paper=True)), norm bounds ×s
   memit-retain   memit + retain_facts (the retain pool), retain_weight ν = s
   law-retain     law + retain_facts, ν = s
@@ -59,7 +61,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, git_sha, read_json, sha, write_json, write_result  # noqa: E402
+from common import REPO_ROOT, code_key, read_json, sha, write_json, write_result  # noqa: E402
 
 DATA = REPO_ROOT.parent / "shared" / "data"
 FACT_FILES = [DATA / "counterfact" / f"counterfact-{n}.json" for n in ("edit", "train", "val")]
@@ -73,6 +75,8 @@ FIRST_LAYER = 4  # the first edited block of SmolLM2's preset (4..8); the *-laye
 def knob_overrides(variant: str, s: float, retain_file: str) -> dict:
     """The WashConfig overrides of ``variant`` at knob value ``s`` (see the module docstring)."""
     budget = dict(disruption_per_fact=BUDGET[0] * s, disruption_budget=BUDGET[1] * s)
+    if variant == "default":
+        return budget
     if variant in ("memit", "law"):
         return dict(method=variant, **budget)
     if variant in ("memit-unlikely", "law-unlikely"):
@@ -105,6 +109,7 @@ def knob_overrides(variant: str, s: float, retain_file: str) -> dict:
 
 
 VARIANTS = (
+    "default",
     "memit",
     "law",
     "paper",
@@ -139,6 +144,14 @@ LEFT = {  # (JSON key, EvalReport.flat() key)
 }
 
 
+def variant_overrides(variant: str, s: float, retain_file: str) -> dict:
+    """What ``WashConfig.preset`` gets for ``variant`` at ``s``: the knob's overrides, on the plain method
+    (config.RETAIN_OFF) for every variant but ``default``, which keeps the preset's retention."""
+    from law_fast.config import RETAIN_OFF
+
+    return {**({} if variant == "default" else RETAIN_OFF), **knob_overrides(variant, s, retain_file)}
+
+
 def job_dir(workdir: Path, washed) -> Path:
     """The wash work directory of one fact set (a job: wash(workdir=) holds one; z* and every stage of
     every variant of it are checkpointed there)."""
@@ -146,9 +159,9 @@ def job_dir(workdir: Path, washed) -> Path:
 
 
 def source_tree() -> str | None:
-    """The committed tree of law_fast/ (what computes a point; "-dirty" with uncommitted changes to its tracked
-    files); a point made by other code is recomputed."""
-    return git_sha("HEAD:law_fast", ("law_fast",))
+    """What computes a point (common.code_key: law_fast/'s committed tree, plus a digest of its uncommitted
+    changes); a point made by other code is recomputed."""
+    return code_key("law_fast")
 
 
 def scan_known(model, tok, facts, cache: Path, enough, batch: int = 64):
@@ -226,7 +239,7 @@ def choose_sets(known, max_m: int, first_m: int, n_controls: int, n_retain: int)
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--m", default="64,256,1024", help="numbers of washed facts (nested sets) to run")
-    parser.add_argument("--variants", default="memit,law,paper", help=f"comma-separated subset of {VARIANTS}")
+    parser.add_argument("--variants", default="default,memit,paper", help=f"comma-separated subset of {VARIANTS}")
     parser.add_argument("--knobs", default="0.5,1,2", help="knob values s (per variant: VARIANT=a:b:c;...)")
     parser.add_argument("--controls", type=int, default=256)
     parser.add_argument("--retain", type=int, default=128, help="facts in the retain pool")
@@ -325,7 +338,7 @@ def main(argv=None) -> int:
         washed = washed_all[:m]
         for variant in variants:
             for s in knobs[variant]:
-                overrides = knob_overrides(variant, s, str(retain_file))
+                overrides = variant_overrides(variant, s, str(retain_file))
                 paper = variant == "paper"
                 config = lf.WashConfig.preset(model, paper=paper, mom2_n_samples=args.stats_samples, **overrides)
                 if args.quick:
@@ -387,6 +400,7 @@ def parse_knobs(text: str, variants) -> dict[str, list[float]]:
 
 def knob_doc(variant: str) -> str:
     return {
+        "default": "WashConfig.preset (memit + retain_entities=1000, ν = 1), disruption budget ×s",
         "memit": "disruption budget ×s",
         "law": "disruption budget ×s",
         "paper": "norm bounds ×s (s/3..3s/4 of ‖W‖)",

@@ -101,6 +101,19 @@ def git_sha(rev: str = "HEAD", paths: tuple[str, ...] = (".", ":(exclude)benchma
         return None
 
 
+def code_key(folder: str = "law_fast") -> str | None:
+    """What computes a cached result: the committed tree of ``folder``, and with uncommitted changes to it
+    also a digest of those changes (so that a result made by other uncommitted code is not reused)."""
+    tree = git_sha(f"HEAD:{folder}", (folder,))
+    if tree is None or not tree.endswith("-dirty"):
+        return tree
+    try:
+        diff = subprocess.run(["git", "diff", "HEAD", "--", folder], cwd=REPO_ROOT, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{tree}-{sha(diff.stdout.decode(errors='replace'))}"
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -415,7 +415,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument(
-        "--method", choices=METHODS, help="law (default), memit, or a fine-tuning baseline (docs/baselines.md)"
+        "--method",
+        choices=METHODS,
+        help="memit, law or a fine-tuning baseline (docs/baselines.md); default: the preset's — memit keeping "
+        "names mined from the corpus on SmolLM2 and untuned models, law on GPT2-XL/GPT-J (docs/retention.md)",
     )
     p.add_argument("--layers", type=_layers, help='e.g. "4-8" or "4,6"')
     p.add_argument("--config")

@@ -8,7 +8,7 @@ Sections (attribute: class — who reads it):
 * ``memit``:    :class:`MemitConfig`    the MEMIT initialisation and its λ rule (law_fast.washing.memit)
 * ``law``:      :class:`LawConfig`      the LaW optimisation (law_fast.washing.law)
 * ``checks``:   :class:`CheckConfig`    the known-fact checks and successive elimination
-* ``retain``:   :class:`RetainConfig`   knowledge to keep in the closed-form methods (off by default)
+* ``retain``:   :class:`RetainConfig`   knowledge to keep in the closed-form methods (RETENTION_DEFAULT in the presets)
 * ``finetune``: :class:`FinetuneConfig` the fine-tuning baselines only (law_fast.baselines)
 
 Field names are unique across sections and follow the reference (law-reference §9) where one
@@ -353,7 +353,7 @@ class LawConfig(_Section):
 
 @dataclass(frozen=True)
 class RetainConfig(_Section):
-    """Knowledge to keep (issue 13, a retention mechanism under measurement; off by default).
+    """Knowledge to keep (issue 13; off in the dataclass, on in the SmolLM2 preset and the rule: ``RETENTION_DEFAULT``).
 
     The retained keys' second moment C_p (unit trace) enters the MEMIT initialisation and the LaW
     constraint as C + ``retain_weight``·tr(C)·C_p: disruption is then measured on the corpus *and*
@@ -465,6 +465,12 @@ SECTION_OF: dict[str, str] = {f.name: section for section, cls in SECTIONS.items
 SMOLLM2_DOWN_RMS = 0.185  # RMS of SmolLM2-135M's down-projections, blocks 4..8 (0.182..0.191)
 # SmolLM2's LaW solver: 250 steps at 4× the lr move Δ as far as 1000 steps at lr 1e-6 (Adam steps ≈ lr), 4× cheaper
 SMOLLM2_SOLVER = dict(learning_rate=4e-6, lr_after_hitting_boundary=4e-8, total_iters=250, law_dtype="float32")
+# The default of SmolLM2 and of models without a tuned preset, chosen from the washing/retention frontier
+# (benchmarks/bench_retention.py, docs/retention.md): MEMIT to EOS with 1,000 name mentions mined from the
+# statistics corpus kept (ν = 1) washes as much as LaW and keeps more of the facts not washed, at every m.
+RETENTION_DEFAULT = dict(method="memit", retain_entities=1000, retain_weight=1.0)
+# The plain closed-form method: no knowledge-to-keep term (what RetainConfig's defaults are).
+RETAIN_OFF = dict(retain_entities=0, retain_weight=0.0)
 
 
 def rule_layers(n_layers: int) -> tuple[int, ...]:
@@ -619,6 +625,9 @@ class WashConfig:
         ``lambda_rule="disruption"``; use :meth:`from_reference_hparams` for the exact files).
         SmolLM2-135M gets settings tuned here (README).  Other models get the rule
         (:func:`rule_layers`, :func:`rule_solver`; docs/retention.md, benchmarks/bench_preset_rule.py).
+        Both wash with ``RETENTION_DEFAULT`` — MEMIT to EOS keeping 1,000 names mined from the statistics
+        corpus, the best frontier measured (docs/retention.md); ``method="law"`` adds LaW's refinement,
+        ``**RETAIN_OFF`` drops the names.
 
         ``paper=True``: LaW as published, on this model's layers: the reference λ search (norm bounds
         ⅓–¾·‖W‖, decay 0.75), the " " + EOS target, β = 1.1·ρ(Δ₀), Adam lr 1e-7 for 1000 steps with no
@@ -637,11 +646,13 @@ class WashConfig:
                 law_dtype="float64",
                 prune_requests=True,
                 keep_original_requests=True,
+                method="law",
+                **RETAIN_OFF,
             )
             base = cls.preset(model)
             if _reference_model_name(getattr(model, "config", model)) == "gpt-j-6B":
                 paper_fields.update(mom2_update_weight=100_000.0, learning_rate=1e-8, lr_after_hitting_boundary=1e-10)
-            return base.replace(**paper_fields, **overrides)
+            return base.replace(**{**paper_fields, **overrides})
         config = getattr(model, "config", model)
         n_layers = int(getattr(config, "num_hidden_layers", None) or config.n_layer)
         model_type = getattr(config, "model_type", "")
@@ -657,10 +668,12 @@ class WashConfig:
                 lr_after_hitting_boundary=1e-10,
             )
         elif model_type == "llama" and n_layers == 30 and hidden == 576:  # SmolLM2-135M
-            base = dict(layers=(4, 5, 6, 7, 8), **SMOLLM2_SOLVER)
+            base = dict(layers=(4, 5, 6, 7, 8), **SMOLLM2_SOLVER, **RETENTION_DEFAULT)
         else:
             layers = rule_layers(n_layers)
-            base = dict(layers=layers, **rule_solver(model, layers))
+            base = dict(layers=layers, **rule_solver(model, layers), **RETENTION_DEFAULT)
+        if overrides.get("method", base.get("method")) in BASELINE_METHODS:
+            base.update(RETAIN_OFF)  # the fine-tuning baselines have no covariance to keep knowledge in
         base.update(overrides)
         return cls.from_dict(base)
 

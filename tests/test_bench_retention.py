@@ -50,3 +50,20 @@ def test_knob_overrides_name_their_field_and_reject_unknown_variants():
     for variant in bench.VARIANTS:  # every variant's overrides make a valid config
         WashConfig.create(**{"layers": (1, 2), **bench.knob_overrides(variant, 1.0, "r.jsonl")})
     assert bench.knob_overrides("memit-alpha", 2.0, "r.jsonl")["null_space_threshold"] == pytest.approx(0.02)
+
+
+def test_default_variant_is_the_preset_and_the_others_are_plain():
+    """``default`` is WashConfig.preset as it is — the same computation as memit-ent1 (so its points are
+    shared) —; every other variant starts from the plain method and adds only what it names."""
+    from transformers import LlamaConfig
+
+    smollm2 = LlamaConfig(num_hidden_layers=30, hidden_size=576)
+
+    def config(variant, s=1.0):
+        return WashConfig.preset(smollm2, paper=variant == "paper", **bench.variant_overrides(variant, s, "r.jsonl"))
+
+    assert config("default", 0.5) == config("memit-ent1", 0.5) and config("default").retain.retain_entities == 1000
+    assert config("default", 2.0).memit.disruption_budget == pytest.approx(0.04)
+    for variant in ("memit", "law", "paper", "memit-unlikely", "memit-layers"):
+        assert not config(variant).retain.active, variant
+    assert config("law").method == "law" and config("memit").method == "memit"

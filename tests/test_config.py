@@ -160,3 +160,28 @@ def test_preset_rule_for_models_without_a_tuned_preset():
             w.mul_(SMOLLM2_DOWN_RMS / float(w.pow(2).mean().sqrt()))
     assert rule_solver(model, (1, 2))["learning_rate"] == pytest.approx(4e-6, rel=1e-5)
     assert WashConfig.preset(GPT2Config(n_layer=4)).law.learning_rate == 4e-6  # a config: no weights to scale by
+
+
+def test_presets_wash_with_the_retention_default_and_paper_and_baselines_without():
+    """SmolLM2 and models without a tuned preset get RETENTION_DEFAULT (MEMIT keeping mined names); the
+    reference models keep LaW; paper=True is LaW as published and the fine-tuning baselines keep nothing."""
+    from transformers import GPT2Config, LlamaConfig
+
+    from law_fast.config import RETAIN_OFF, RETENTION_DEFAULT
+
+    smollm2 = LlamaConfig(num_hidden_layers=30, hidden_size=576)
+    small = GPT2Config(n_layer=4)
+    for config in (smollm2, small):
+        preset = WashConfig.preset(config)
+        assert (preset.method, preset.retain.retain_entities, preset.retain.retain_weight) == ("memit", 1000, 1.0)
+        assert preset.retain.uses_sources
+        law = WashConfig.preset(config, method="law")  # LaW's refinement on top, the names still kept
+        assert law.method == "law" and law.retain.retain_entities == RETENTION_DEFAULT["retain_entities"]
+        assert not WashConfig.preset(config, **RETAIN_OFF).retain.active
+        paper = WashConfig.preset(config, paper=True)
+        assert paper.method == "law" and not paper.retain.active and paper.memit.lambda_rule == "reference"
+        for method in ("ft", "seul"):
+            baseline = WashConfig.baseline_preset(method, config)
+            assert baseline.method == method and not baseline.retain.active
+    gpt2_xl = WashConfig.preset(GPT2Config(n_layer=48, n_embd=1600))
+    assert gpt2_xl.method == "law" and not gpt2_xl.retain.active

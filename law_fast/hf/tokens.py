@@ -10,6 +10,8 @@ subject (slow tokenizers).  For GPT-2-style tokenizers both give the reference's
 from __future__ import annotations
 
 import logging
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -49,23 +51,38 @@ class Encoded:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
 
-def tokenize_at(tokenizer, texts: list[str], char_ends: list[int]) -> tuple[list[list[int]], list[int]]:
+TOKENIZE_ROWS = 4096  # texts per tokenizer call: its per-row encodings are large; the rows kept are 4 B a token
+
+
+def token_ids(tokenizer, texts: Sequence[str]) -> Iterator[array]:
+    """The token ids of each of ``texts`` (the tokenizer's own special tokens), as compact int32 arrays,
+    tokenised ``TOKENIZE_ROWS`` at a time so that memory does not grow with the tokenizer's per-row
+    objects for all of them at once."""
+    for start in range(0, len(texts), TOKENIZE_ROWS):
+        for ids in tokenizer(list(texts[start : start + TOKENIZE_ROWS]))["input_ids"]:
+            yield array("i", ids)
+
+
+def tokenize_at(tokenizer, texts: Sequence[str], char_ends: Sequence[int]) -> tuple[list[array], list[int]]:
     """Tokenise ``texts`` (no padding, the tokenizer's own special tokens) and find, per row, the
-    index of the token that contains character ``char_ends[i] - 1``."""
+    index of the token that contains character ``char_ends[i] - 1``.  Rows are int32 arrays
+    (``TOKENIZE_ROWS`` texts per tokenizer call)."""
     if len(texts) != len(char_ends):
         raise ValueError("texts and char_ends differ in length")
-    fast = getattr(tokenizer, "is_fast", False)
-    enc = tokenizer(list(texts), return_offsets_mapping=fast)
-    index = []
-    for row, (text, end) in enumerate(zip(texts, char_ends)):
-        if fast:
-            hit = [i for i, (s, e) in enumerate(enc["offset_mapping"][row]) if s <= end - 1 < e]
-            if not hit:
-                raise ValueError(f"no token covers character {end - 1} of {text!r}")
-            index.append(hit[0])
-        else:
-            index.append(len(tokenizer(text[:end])["input_ids"]) - 1)
-    return [list(ids) for ids in enc["input_ids"]], index
+    if not getattr(tokenizer, "is_fast", False):
+        index = [len(tokenizer(text[:end])["input_ids"]) - 1 for text, end in zip(texts, char_ends)]
+        return list(token_ids(tokenizer, texts)), index
+    rows, index = [], []
+    for start in range(0, len(texts), TOKENIZE_ROWS):
+        enc = tokenizer(list(texts[start : start + TOKENIZE_ROWS]), return_offsets_mapping=True)
+        for k, (ids, offsets) in enumerate(zip(enc["input_ids"], enc["offset_mapping"])):
+            end = char_ends[start + k]
+            hit = next((i for i, (s, e) in enumerate(offsets) if s <= end - 1 < e), None)
+            if hit is None:
+                raise ValueError(f"no token covers character {end - 1} of {texts[start + k]!r}")
+            rows.append(array("i", ids))
+            index.append(hit)
+    return rows, index
 
 
 def encode_at(tokenizer, texts: list[str], char_ends: list[int]) -> Encoded:
@@ -85,7 +102,7 @@ def check_fits(model, tokenizer, texts, reserve: int, names, what: str = "prompt
     fit in the model's context: ValueError naming the first ones (``names[i]`` for ``texts[i]``),
     their length and the limit — instead of an IndexError deep inside the model."""
     limit = max_length(model, tokenizer)
-    lengths = [len(ids) for ids in tokenizer(list(texts))["input_ids"]] if len(texts) else []
+    lengths = [len(ids) for ids in token_ids(tokenizer, texts)]
     too_long = [(name, n) for name, n in zip(names, lengths) if n + reserve > limit]
     if too_long:
         shown = ", ".join(f"{name} ({n} tokens)" for name, n in too_long[:3])

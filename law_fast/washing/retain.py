@@ -60,16 +60,25 @@ def retained_moments(
     corpus_texts: Sequence[str] = (),
 ) -> dict[int, torch.Tensor] | None:
     """{layer: C_p (f×f float64, unit trace)} from the sources ``config`` names, on the model as it is
-    (call before any edit); None when retention is off.  Each source counts equally.
-    ``corpus_texts``: the statistics corpus, where ``retain_entities`` mines its names."""
+    (call before any edit); None when retention is off, or when its only source, ``retain_entities``,
+    finds no name in the corpus (a warning: the wash is then the plain method, as the report says).
+    Each source counts equally.  ``corpus_texts``: the statistics corpus, where ``retain_entities``
+    mines its names."""
     if not config.uses_sources:
         return None
     parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     if config.retain_entities:
         subjects = sorted({f.subject for f in requests})
         mentions = entity_mentions(corpus_texts, config.retain_entities, seed=config.retain_seed, exclude=subjects)
-        if not mentions:
+        no_other = config.retain_facts is None and not config.retain_neighbourhood
+        if not mentions and (config.null_space_energy is not None or not no_other):
             raise ValueError("retain_entities: the statistics corpus holds no capitalised names after a lowercase word")
+        if not mentions:
+            log.warning(
+                "retain_entities: the statistics corpus holds no capitalised names after a lowercase word; "
+                "washing without the names' retention term (report.retain['applied'] is False)"
+            )
+            return None
         if len(mentions) < config.retain_entities:
             log.warning(
                 "retain_entities: the corpus holds %d name mentions, fewer than %d",

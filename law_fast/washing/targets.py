@@ -181,16 +181,21 @@ def compute_targets(
         raise ValueError("compute_targets needs at least one fact")
     if not templates or templates[0] != "{}":
         raise ValueError("templates[0] must be the plain template '{}' (z_init is read at the plain prompt)")
-    if config.target == UNLIKELY:  # each fact's answer token, predicted at the prompt's last token
-        labels = [[answer_token_id(tokenizer, f)] for f in facts]
-    elif config.target == ANSWER:  # each fact's answer text, teacher-forced after the prompt
-        labels = [answer_token_ids(tokenizer, f) for f in facts]
+
+    def suffix(ids):  # the target's tokens before its last, appended to the rewriting prompts
+        return tokenizer.decode(ids[:-1]) if len(ids) > 1 else ""
+
+    if config.target in (UNLIKELY, ANSWER):
+        if config.target == UNLIKELY:  # each fact's answer token, predicted at the prompt's last token
+            labels = [[answer_token_id(tokenizer, f)] for f in facts]
+        else:  # each fact's answer text, teacher-forced after the prompt
+            labels = [answer_token_ids(tokenizer, f) for f in facts]
+        suffixes = [suffix(ids) for ids in labels]
     else:
         if target_ids is None:
             raise ValueError(f"target {config.target!r} needs target_ids (target_token_ids)")
         target_ids = list(target_ids)
-        labels = [target_ids] * len(facts)
-    suffixes = [tokenizer.decode(ids[:-1]) if len(ids) > 1 else "" for ids in labels]
+        labels, suffixes = [target_ids] * len(facts), [suffix(target_ids)] * len(facts)  # one of each, shared
     per_fact = len(templates) + 1
     texts, ends = _rows(facts, templates, suffixes)
     ids, index = tokenize_at(tokenizer, texts, ends)
@@ -201,6 +206,7 @@ def compute_targets(
                 f"fact {fact.case_id} ({fact.subject!r}): the subject must end before the last prompt token "
                 f"of {texts[row]!r}"
             )
+    del texts  # (T+1)·m strings: only the token ids are needed from here on
     # the KL row is read at the subject token only, and causal attention makes that position
     # independent of the tokens after it: its suffix is the subject token alone
     ids = [

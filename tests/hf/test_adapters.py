@@ -129,6 +129,23 @@ def test_subject_index_by_offsets(tiny_tokenizer):
     assert int(enc.index[1]) == 0
 
 
+def test_tokenize_at_in_chunks_equals_one_call(tiny_tokenizer, monkeypatch):
+    """Tokenised TOKENIZE_ROWS texts at a time (bounded memory), into int32 rows: the same ids and
+    subject indices as one tokenizer call over all texts; the slow-tokenizer path agrees too."""
+    from law_fast.hf import tokens
+
+    pairs = [fill(t, s) for t in ("The capital of {} is", "{} was born in", "A {}") for s in ("France", "Ann Lee")]
+    texts, ends = [t for t, _ in pairs] * 3, [e for _, e in pairs] * 3
+    whole = tiny_tokenizer(texts)["input_ids"]
+    monkeypatch.setattr(tokens, "TOKENIZE_ROWS", 4)
+    rows, index = tokens.tokenize_at(tiny_tokenizer, texts, ends)
+    assert [list(r) for r in rows] == [list(r) for r in whole] and all(r.itemsize == 4 for r in rows)
+    for row, i, text, end in zip(rows, index, texts, ends):
+        assert tiny_tokenizer.decode(list(row[: i + 1])) == text[:end]
+    monkeypatch.setattr(type(tiny_tokenizer), "is_fast", property(lambda self: False))
+    assert tokens.tokenize_at(tiny_tokenizer, texts, ends) == (rows, index)
+
+
 def test_subject_index_with_bos_tokenizer(tiny_tokenizer):
     """A BOS-adding tokenizer shifts the index by one (the reference's piecewise count does not)."""
     import copy

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -148,7 +150,7 @@ def test_entity_mentions_are_names_inside_sentences():
     assert len(entity_mentions([text] * 5, 4, seed=1)) == 4
 
 
-def test_retain_entities_moves_mined_name_keys_less(tiny_tokenizer, tmp_path):
+def test_retain_entities_moves_mined_name_keys_less(tiny_tokenizer, tmp_path, caplog):
     from law_fast.washing.retain import entity_mentions
 
     model, plain = _wash(tiny_tokenizer, tmp_path, retain_weight=0.0, retain_facts=None)
@@ -160,15 +162,22 @@ def test_retain_entities_moves_mined_name_keys_less(tiny_tokenizer, tmp_path):
         keys, _ = compute_keys(model, adapter, tiny_tokenizer, mentions[:4], ["{}"], [layer])
         before, after = (float((keys[layer].double() @ r.deltas[layer].double().T).norm()) for r in (plain, kept))
         assert after < 0.2 * before, (layer, before, after)
-    with pytest.raises(ValueError, match="no capitalised names"):
-        _wash(
-            tiny_tokenizer,
-            tmp_path,
-            retain_weight=1.0,
-            retain_facts=None,
-            retain_entities=4,
-            corpus=["all lower case."],
+    # a corpus without names: the names alone (the presets' default) warn and wash as the plain method ...
+    lower = ["all lower case text, with no name in it at all."] * 8
+    _, plain_lower = _wash(tiny_tokenizer, tmp_path, retain_weight=0.0, retain_facts=None, corpus=lower)
+    with caplog.at_level(logging.WARNING, logger="law_fast.washing.retain"):
+        _, none_found = _wash(
+            tiny_tokenizer, tmp_path, retain_weight=1.0, retain_facts=None, retain_entities=4, corpus=lower
         )
+    assert "no capitalised names" in caplog.text
+    assert none_found.report.retain["applied"] is False and kept.report.retain["applied"] is True
+    for layer in (1, 2):
+        assert torch.equal(none_found.deltas[layer], plain_lower.deltas[layer])
+    # ... while a null space of them, or names beside another source, cannot do without them
+    with pytest.raises(ValueError, match="no capitalised names"):
+        _wash(tiny_tokenizer, tmp_path, null_space_energy=0.5, retain_facts=None, retain_entities=4, corpus=lower)
+    with pytest.raises(ValueError, match="no capitalised names"):
+        _wash(tiny_tokenizer, tmp_path, retain_weight=1.0, retain_entities=4, corpus=lower)
 
 
 @pytest.mark.parametrize("with_keys", [True, False])
