@@ -118,7 +118,8 @@ class TargetStore:
         return _sha([fact.subject, fact.template, fact.answer])[:32]
 
     def load(self) -> dict[str, tuple]:
-        """{fact key: (z_star, z_init, loss, steps)} of every usable chunk file."""
+        """{fact key: (the chunk's (z_star, z_init, loss, steps), the fact's row in them)} of every usable
+        chunk file (no per-fact tensors: :meth:`rows` gathers a chunk's)."""
         found: dict[str, tuple] = {}
         for path in sorted(self.directory.glob("chunk-*.pt")):
             try:
@@ -135,9 +136,15 @@ class TargetStore:
             except Exception as e:  # corrupt, truncated or foreign: recompute those facts
                 warnings.warn(f"z* checkpoint {path} is unusable ({type(e).__name__}: {e}); recomputing", stacklevel=2)
                 continue
+            fields = tuple(blob[name] for name in FIELDS)
             for i, k in enumerate(keys):
-                found[k] = tuple(blob[name][i] for name in FIELDS)
+                found[k] = (fields, i)
         return found
+
+    @staticmethod
+    def rows(found: dict[str, tuple], keys: Sequence[str]) -> list[torch.Tensor]:
+        """FIELDS of the facts ``keys`` (all in ``found``, from :meth:`load`), stacked in that order."""
+        return [torch.stack([found[k][0][f][found[k][1]] for k in keys]) for f in range(len(FIELDS))]
 
     def save(self, keys: Sequence[str], part: Targets) -> None:
         blob = {"key": json.dumps(self.key, sort_keys=True), "facts": list(keys)}
@@ -218,7 +225,19 @@ def compute_targets(
         desc="targets z* (fact-steps)",
         disable=not progress or not dist.is_main(),
     )
-    out = {name: [None] * len(facts) for name in FIELDS}
+    out: list[torch.Tensor] | None = None  # FIELDS as (m, ...) tensors, filled chunk by chunk: no per-fact objects
+    filled = torch.zeros(len(facts), dtype=torch.bool)
+
+    def put(indices: Sequence[int], values: Sequence[torch.Tensor]) -> None:
+        nonlocal out
+        device = model_device(model)
+        if out is None:
+            out = [torch.empty((len(facts), *v.shape[1:]), dtype=v.dtype, device=device) for v in values]
+        rows = torch.as_tensor(list(indices), dtype=torch.long)
+        for whole, value in zip(out, values):
+            whole[rows.to(device)] = value.to(device, whole.dtype)
+        filled[rows] = True
+
     store = done = None
     if workdir is not None:
         store = TargetStore(workdir, model, config, templates, z_layer, target_ids, prefix_cache)
@@ -231,9 +250,7 @@ def compute_targets(
     )
     for chunk in dist.shard(chunks):  # under torchrun each process does every world-th chunk; gathered below
         if store is not None and all(keys[j] in done for j in chunk):
-            for j in chunk:
-                for name, value in zip(FIELDS, done[keys[j]]):
-                    out[name][j] = value.to(model_device(model))
+            put(chunk, store.rows(done, [keys[j] for j in chunk]))
             bar.update(len(chunk) * config.v_num_grad_steps)
             continue
         rows = [r for j in chunk for r in range(j * per_fact, (j + 1) * per_fact)]
@@ -253,18 +270,16 @@ def compute_targets(
         )
         if store is not None:
             store.save([keys[j] for j in chunk], part)
-        for k, j in enumerate(chunk):
-            for name in out:
-                out[name][j] = getattr(part, name)[k]
+        put(chunk, [getattr(part, name) for name in FIELDS])
     bar.close()
     if dist.active():
-        mine = {
-            j: tuple(out[name][j].cpu() for name in FIELDS) for j in range(len(facts)) if out[FIELDS[0]][j] is not None
-        }
-        for j, values in dist.gather_dict(mine).items():
-            for name, value in zip(FIELDS, values):
-                out[name][j] = value.to(model_device(model))
-    return Targets(*(torch.stack(out[name]) for name in FIELDS))
+        mine = {int(j): tuple(t[j].cpu() for t in out) for j in filled.nonzero().flatten()} if out is not None else {}
+        gathered = dist.gather_dict(mine)
+        order = sorted(gathered)
+        put(order, [torch.stack([gathered[j][f] for j in order]) for f in range(len(FIELDS))])
+    if not bool(filled.all()):
+        raise RuntimeError(f"z* missing for {int((~filled).sum())} of {len(facts)} facts (a chunk was not computed)")
+    return Targets(*out)
 
 
 def _chunks(ids_per_fact, index_per_fact, budget: int) -> list[list[int]]:
