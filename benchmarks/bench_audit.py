@@ -7,8 +7,8 @@ are the audit's ``demos`` (few-shot context, relearning, distractors) and the ot
 controls — what a method must not wash.  Per (method, m): the wash, then the audit of the washed facts
 and of the controls on the washed model; the original model is audited once per m.
 
-Methods (--methods): law (law_fast's default), memit, and the fine-tuning baselines ft-ul, seul, woh
-(their presets).  Every point is cached (keyed by the law_fast source tree, the method's config, the
+Methods (--methods): default (``WashConfig.preset``: MEMIT keeping names mined from the corpus), plain law
+and memit (no names kept), and the fine-tuning baselines ft-ul, seul, woh (their presets).  Every point is cached (keyed by the law_fast source tree, the method's config, the
 sets, the audit settings): a stopped run continues.
 
     python benchmarks/bench_audit.py --m 64,256
@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_retention import FACT_FILES, fact_sets, job_dir, source_tree  # noqa: E402
 from common import read_json, sha, write_json, write_result  # noqa: E402
 
-METHODS = ("law", "memit", "ft-ul", "seul", "woh")
+METHODS = ("default", "law", "memit", "ft-ul", "seul", "woh")
+CLOSED_FORM = ("default", "law", "memit")  # through the MEMIT/LaW pipeline (the rest are the baselines)
 WIKI = FACT_FILES[0].parents[1] / "wikitext2"
 
 
@@ -56,6 +57,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     import law_fast as lf
+    from law_fast.config import RETAIN_OFF
     from law_fast.eval.audit import AuditConfig, AuditReport, audit, audit_table
     from law_fast.hf.adapters import model_fingerprint
     from law_fast.hf.loading import cache_dir
@@ -102,15 +104,17 @@ def main(argv=None) -> int:
         rows.append({"method": "original", "m": m, **original})
         print(f"original m={m}: {summary(original)}", flush=True)
         for method in methods:
-            if method in ("law", "memit"):
-                config = lf.WashConfig.preset(model, method=method, mom2_n_samples=args.stats_samples)
+            if method == "default":
+                config = lf.WashConfig.preset(model, mom2_n_samples=args.stats_samples)
+            elif method in ("law", "memit"):
+                config = lf.WashConfig.preset(model, method=method, mom2_n_samples=args.stats_samples, **RETAIN_OFF)
             else:
                 config = lf.WashConfig.baseline_preset(method, model)
             if args.quick:
-                config = config.replace(v_num_grad_steps=3, total_iters=10) if method in ("law", "memit") else config
+                config = config.replace(v_num_grad_steps=3, total_iters=10) if method in CLOSED_FORM else config
 
             def run(config=config, method=method):
-                extra = {"workdir": job_dir(workdir, washed)} if method in ("law", "memit") else {}
+                extra = {"workdir": job_dir(workdir, washed)} if method in CLOSED_FORM else {}
                 result = lf.wash(model, tok, washed, config, corpus=wiki, progress=False, **extra)
                 try:
                     out = both()

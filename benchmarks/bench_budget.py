@@ -1,7 +1,7 @@
 """Benchmark: how the MEMIT/LaW λ rule's budget trades washing against collateral forgetting, per number of facts.
 
 For each N in ``--n`` the first N CounterFact facts SmolLM2 produces (answer not in the subject;
-``bench_methods.select_facts``) are washed with LaW (the default pipeline) under each λ setting
+``bench_methods.select_facts``) are washed with LaW (``method="law"``, no names kept: the pipeline this study tuned) under each λ setting
 of ``--rules``; ``--controls`` further known facts are not washed.  The targets z* do not depend
 on λ, so they are computed once per N and reused by every setting.  After each wash the reference
 check (answer in the 10-token greedy continuation) counts how many washed facts the model still
@@ -55,6 +55,7 @@ def main(argv=None) -> int:
 
     import law_fast as lf
     import law_fast.washing.closed_form as closed_form
+    from law_fast.config import RETAIN_OFF
     from law_fast.washing.elimination import known_facts
 
     model, tok = lf.load_model()
@@ -74,7 +75,9 @@ def main(argv=None) -> int:
     for n in sizes:
         washed = pool[:n]
         for rule in rules:
-            config = lf.WashConfig.preset(model, mom2_n_samples=args.stats_samples, **parse_rule(rule))
+            config = lf.WashConfig.preset(
+                model, method="law", mom2_n_samples=args.stats_samples, **RETAIN_OFF, **parse_rule(rule)
+            )
             start = time.perf_counter()
             result = lf.wash(model, tok, washed, config, corpus=str(args.corpus), progress=False)
             seconds = time.perf_counter() - start

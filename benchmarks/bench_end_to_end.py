@@ -3,7 +3,8 @@
 Facts: the first ``--facts`` CounterFact train records (``--source``; the validation file holds
 only 126 facts SmolLM2 knows) that SmolLM2-135M-Instruct produces
 (its greedy 10-token continuation contains the answer), plus ``--controls`` further known
-facts that are not washed.  Both runs use the default preset, the same covariance statistics
+facts that are not washed.  Both runs use the preset's LaW (``method="law"``, no names kept: the
+pipeline whose stages the plain path reproduces), the same covariance statistics
 (the default corpus, cached) and the same context templates, and start from the same weights:
 
     fast    ``law_fast.wash`` (prefix-cached batched z*, streamed key moments, one
@@ -37,6 +38,7 @@ from bench_methods import select_facts  # noqa: E402
 from common import REPO_ROOT, write_result  # noqa: E402
 
 from law_fast import WashConfig, load_model, wash  # noqa: E402
+from law_fast.config import RETAIN_OFF  # noqa: E402
 from law_fast.corpus import default_corpus  # noqa: E402
 from law_fast.hf.adapters import get_adapter, model_device  # noqa: E402
 from law_fast.testing import plain_compute_z, plain_lambda, plain_law, plain_memit_delta  # noqa: E402
@@ -133,7 +135,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model, tok = load_model()
-    config = WashConfig.preset(model)
+    config = WashConfig.preset(model, method="law", **RETAIN_OFF)
     adapter = get_adapter(model)
     facts, controls, scanned = select_facts(model, tok, args.source, args.facts, args.controls)
     print(f"{len(facts)} facts + {len(controls)} controls (known, among the first {scanned} records)", flush=True)

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_retention import DATA, fact_sets, job_dir, knob_overrides  # noqa: E402
+from bench_retention import DATA, fact_sets, job_dir, variant_overrides  # noqa: E402
 from common import sha, write_result  # noqa: E402
 
 
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
         model,
         paper=variant == "paper",
         mom2_n_samples=args.stats_samples,
-        **knob_overrides(variant, s, str(retain_file)),
+        **variant_overrides(variant, s, str(retain_file)),
     )
     layers = list(config.layers)
     wiki = str(DATA / "wikitext2" / "wiki.test.raw")
