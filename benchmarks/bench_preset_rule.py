@@ -10,7 +10,8 @@ Then --m known facts are washed with
   rule        ``WashConfig.preset(model)`` — law_fast's default on a model without a tuned preset
               (config.rule_layers / rule_solver: blocks 1–2 here, SmolLM2's solver with the lr scaled by
               the weights' RMS);
-  rule-law    the same with method="law", when the default is not LaW itself;
+  rule-law    the rule's layers and solver with plain LaW (method="law", no names kept), when the default is
+              not that itself — the preset's rule before the default became MEMIT keeping mined names;
   old-rule    what preset() gave such a model before (one block at 15 % depth, block 1, and the GPT2-XL
               solver settings: lr 1e-7, 1000 float64 steps) — the obvious baseline.
 Each point: washed facts still produced, controls kept (--controls known facts, other subjects, half of
@@ -33,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import read_json, sha, write_json, write_result  # noqa: E402
+from common import code_key, read_json, sha, write_json, write_result  # noqa: E402
 
 RELATIONS = {
     "{} was born in": ["Paris", "Rome", "London", "Berlin", "Madrid", "Tokyo", "Cairo", "Lima", "Oslo", "Delhi"],
@@ -206,6 +207,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.people, args.steps, args.m, args.controls, args.items = 20, 30, 4, 8, 20
     import law_fast as lf
+    from law_fast.config import RETAIN_OFF
     from law_fast.hf.loading import cache_dir
     from law_fast.washing.elimination import known_facts
 
@@ -233,10 +235,17 @@ def main(argv=None) -> int:
     stats_text = training_lines(facts, random.Random(args.seed + 2), 4000)
     corpus = ["\n".join(stats_text[i : i + 20]) for i in range(0, len(stats_text), 20)]
     ppl_texts = ["\n".join(training_lines(facts, random.Random(args.seed + 3), 400))]
-    key = {"training": training, "m": args.m, "controls": [f.case_id for f in controls], "items": args.items}
+    key = {
+        "training": training,
+        "m": args.m,
+        "controls": [f.case_id for f in controls],
+        "items": args.items,
+        "code": code_key("law_fast"),  # what washes and measures: other code recomputes
+    }
 
-    def cached(name, compute):
-        path = workdir / "points" / f"{name}-{sha({**key, 'point': name})[:16]}.json"
+    def cached(name, compute, config=None):
+        point = {**key, "point": name, "config": None if config is None else config.to_dict()}
+        path = workdir / "points" / f"{name}-{sha(point)[:16]}.json"
         if (value := read_json(path)) is None:
             value = compute()
             write_json(path, value)
@@ -249,7 +258,7 @@ def main(argv=None) -> int:
     default = lf.WashConfig.preset(model)
     configs = {
         "rule": default,
-        **({"rule-law": default.replace(method="law")} if default.method != "law" else {}),
+        **({"rule-law": lf.WashConfig.preset(model, method="law", **RETAIN_OFF)} if default.method != "law" else {}),
         "old-rule": lf.WashConfig.create(layers=tuple(range(old_start, old_start + old_count))),
     }
     points = {}
@@ -264,7 +273,7 @@ def main(argv=None) -> int:
             result.revert()
             return {"config": config.to_dict(), "wash_s": wash_s, "metrics": metrics}
 
-        points[label] = cached(label, run)
+        points[label] = cached(label, run, config)
         m = points[label]["metrics"]
         print(f"{label:9s} still {m['washed_still']:.1%} controls kept {m['controls_kept']:.1%} " +
               " ".join(f"{k} {v['acc']:.1%}" for k, v in m["in_context"].items()))  # fmt: skip

@@ -60,7 +60,7 @@ def main() -> None:
     facts = load_facts(COUNTERFACT, limit=args.facts)
     templates = context_templates(model, tok, seed=config.seed, length=config.targets.template_length)
     target_ids = target_token_ids(tok, adapter.eos_token_id(model, tok), config.target)
-    texts, _ = _rows(facts, templates, "")
+    texts, _ = _rows(facts, templates, [""] * len(facts))
     row_tokens = [len(tok(t)["input_ids"]) for t in texts]
     per_fact_tokens = torch.tensor(row_tokens).reshape(len(facts), -1).sum(1)
 

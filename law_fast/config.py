@@ -467,7 +467,8 @@ SMOLLM2_DOWN_RMS = 0.185  # RMS of SmolLM2-135M's down-projections, blocks 4..8 
 SMOLLM2_SOLVER = dict(learning_rate=4e-6, lr_after_hitting_boundary=4e-8, total_iters=250, law_dtype="float32")
 # The default of SmolLM2 and of models without a tuned preset, chosen from the washing/retention frontier
 # (benchmarks/bench_retention.py, docs/retention.md): MEMIT to EOS with 1,000 name mentions mined from the
-# statistics corpus kept (ν = 1) washes as much as LaW and keeps more of the facts not washed, at every m.
+# statistics corpus kept (ν = 1); along its budget it keeps more of the facts not washed than MEMIT and LaW
+# at equal washing (m = 64, 256, 1,024 on SmolLM2; the exceptions are in docs/retention.md).
 RETENTION_DEFAULT = dict(method="memit", retain_entities=1000, retain_weight=1.0)
 # The plain closed-form method: no knowledge-to-keep term (what RetainConfig's defaults are).
 RETAIN_OFF = dict(retain_entities=0, retain_weight=0.0)
@@ -626,8 +627,9 @@ class WashConfig:
         SmolLM2-135M gets settings tuned here (README).  Other models get the rule
         (:func:`rule_layers`, :func:`rule_solver`; docs/retention.md, benchmarks/bench_preset_rule.py).
         Both wash with ``RETENTION_DEFAULT`` — MEMIT to EOS keeping 1,000 names mined from the statistics
-        corpus, the best frontier measured (docs/retention.md); ``method="law"`` adds LaW's refinement,
-        ``**RETAIN_OFF`` drops the names.
+        corpus, the best frontier measured (docs/retention.md); ``method="law"`` adds LaW's refinement.
+        Overriding any retention field (``RetainConfig``) or ``regulariser`` replaces the names by what is
+        named (``**RETAIN_OFF``: none); a fine-tuning baseline keeps none.
 
         ``paper=True``: LaW as published, on this model's layers: the reference λ search (norm bounds
         ⅓–¾·‖W‖, decay 0.75), the " " + EOS target, β = 1.1·ρ(Δ₀), Adam lr 1e-7 for 1000 steps with no
@@ -672,8 +674,9 @@ class WashConfig:
         else:
             layers = rule_layers(n_layers)
             base = dict(layers=layers, **rule_solver(model, layers), **RETENTION_DEFAULT)
-        if overrides.get("method", base.get("method")) in BASELINE_METHODS:
-            base.update(RETAIN_OFF)  # the fine-tuning baselines have no covariance to keep knowledge in
+        names_retention = "regulariser" in overrides or any(SECTION_OF.get(k) == "retain" for k in overrides)
+        if names_retention or overrides.get("method", base.get("method")) in BASELINE_METHODS:
+            base.update(RETAIN_OFF)  # retention as the caller names it, alone; the baselines have no covariance
         base.update(overrides)
         return cls.from_dict(base)
 

@@ -178,6 +178,12 @@ def test_presets_wash_with_the_retention_default_and_paper_and_baselines_without
         law = WashConfig.preset(config, method="law")  # LaW's refinement on top, the names still kept
         assert law.method == "law" and law.retain.retain_entities == RETENTION_DEFAULT["retain_entities"]
         assert not WashConfig.preset(config, **RETAIN_OFF).retain.active
+        # retention the caller configures replaces the names (no ValueError for a weight without a source)
+        assert not WashConfig.preset(config, retain_entities=0).retain.active
+        alpha = WashConfig.preset(config, null_space_threshold=0.01, regulariser="identity")
+        assert alpha.retain.retain_entities == 0 and alpha.retain.null_space_threshold == 0.01
+        facts = WashConfig.preset(config, retain_facts="keep.jsonl", retain_weight=2.0)
+        assert (facts.retain.retain_entities, facts.retain.retain_weight) == (0, 2.0)
         paper = WashConfig.preset(config, paper=True)
         assert paper.method == "law" and not paper.retain.active and paper.memit.lambda_rule == "reference"
         for method in ("ft", "seul"):

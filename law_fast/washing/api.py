@@ -47,8 +47,8 @@ def wash(
 ) -> WashResult:
     """Wash ``facts`` out of ``model`` in place and return a :class:`~law_fast.washing.result.WashResult`.
 
-    ``config`` defaults to :meth:`WashConfig.preset`; ``method`` overrides ``config.method``:
-    "law" (default), "memit" (the closed-form init alone) or a fine-tuning baseline — "ft",
+    ``config`` defaults to :meth:`WashConfig.preset` (of ``method``, when given); ``method`` overrides
+    ``config.method``: "law", "memit" (the closed-form init alone) or a fine-tuning baseline — "ft",
     "me-ft", "ft-ul", "seul", "woh" (:mod:`law_fast.baselines`, docs/baselines.md).  ``corpus``
     (a path, a list of texts or a :class:`~law_fast.corpus.Corpus`) overrides ``config.stats.corpus``
     for the covariance statistics (the baselines: the perplexity guard's held-out texts).  On any
@@ -59,8 +59,9 @@ def wash(
     (e.g. a client's covariance files, :func:`law_fast.compat.read_client_stats`); checked first.
     """
     get_adapter(model)  # an unsupported architecture fails here, with what to do about it
-    config = config or WashConfig.preset(model)
-    if method is not None:
+    if config is None:
+        config = WashConfig.preset(model, **({} if method is None else {"method": method}))
+    elif method is not None:
         config = config.replace(method=method)
     extra = {name: value for name, value in (("workdir", workdir), ("stats", stats)) if value is not None}
     if dist.active() and METHODS[config.method] is not run_closed_form:

@@ -124,6 +124,9 @@ def _wash_layers(
             report.corpus = {"identity": corp.identity, "tokens": stats[layers[0]].count}
         device = model_device(model)
         covs = {layer: stats[layer].cov.to(device, torch.float64) for layer in layers}
+    names = None  # where retain_entities mines its names: the statistics corpus (with given statistics: `corpus`)
+    if config.retain.uses_sources and config.retain.retain_entities:
+        names = corp or corpus_now()
     stages = None
     if workdir is not None:  # one job per workdir; the stages of this config in their own folder
         fingerprint = model_fingerprint(model)  # the weights before the wash
@@ -135,6 +138,8 @@ def _wash_layers(
             # the retain file by content: the config names it by path only
             "retain_facts": None if config.retain.retain_facts is None else file_digest(config.retain.retain_facts),
         }
+        if names is not None and names is not corp:
+            source["names_corpus"] = names.identity
         stages = StageStore(workdir, fingerprint, requests, config.to_dict(), source)
     with timer("templates"):
         templates = context_templates(model, tokenizer, seed=config.seed, length=config.targets.template_length)
@@ -150,7 +155,7 @@ def _wash_layers(
         report.retain = retain.to_dict()
     if retain.uses_sources:
         with timer("retained keys"):
-            texts = (corp or corpus_now()).texts if retain.retain_entities else ()  # the names are mined there
+            texts = names.texts if names is not None else ()
             retained = retained_moments(
                 model, adapter, tokenizer, requests, templates, layers, retain, config.key_batch_size, texts
             )

@@ -35,14 +35,19 @@ def entity_mentions(
     mention's sentence up to the name (at most ``context_words`` words before it): its key at the
     name's last token is what a fact's key is, for a subject the wash must not touch.  A name that
     holds one of ``exclude`` (the washed subjects) as whole words is not one to keep."""
-    banned = [f" {e.strip()} " for e in exclude if e.strip()]
+    banned = {e.strip() for e in exclude if e.strip()}
+
+    def holds_banned(name: str) -> bool:  # a washed subject as whole words: one of the name's word runs
+        words = name.split(" ")
+        return any(" ".join(words[i:j]) in banned for i in range(len(words)) for j in range(i + 1, len(words) + 1))
+
     found = []
     for text in texts:
         for sentence in re.split(r"(?<=[.!?])\s+", text):
             for match in _NAME.finditer(sentence):
                 name = match.group(1).rstrip(".")
                 before = sentence[: match.start()].split()[-context_words:]
-                if name and before and not any(b in f" {name} " for b in banned):
+                if name and before and not holds_banned(name):
                     found.append((" ".join(before) + " {}", name))
     random.Random(seed).shuffle(found)
     return [Fact(name, template, "-", f"entity-{i}") for i, (template, name) in enumerate(found[:n])]

@@ -272,11 +272,11 @@ def compute_targets(
             store.save([keys[j] for j in chunk], part)
         put(chunk, [getattr(part, name) for name in FIELDS])
     bar.close()
-    if dist.active():
-        mine = {int(j): tuple(t[j].cpu() for t in out) for j in filled.nonzero().flatten()} if out is not None else {}
-        gathered = dist.gather_dict(mine)
-        order = sorted(gathered)
-        put(order, [torch.stack([gathered[j][f] for j in order]) for f in range(len(FIELDS))])
+    if dist.active():  # every process's rows, as one block per process (copies: no view of the whole tensor)
+        rows = filled.nonzero().flatten()
+        mine = {dist.rank(): (rows.tolist(), [t[rows.to(t.device)].cpu().clone() for t in out])} if len(rows) else {}
+        for indices, values in dist.gather_dict(mine).values():
+            put(indices, values)
     if not bool(filled.all()):
         raise RuntimeError(f"z* missing for {int((~filled).sum())} of {len(facts)} facts (a chunk was not computed)")
     return Targets(*out)

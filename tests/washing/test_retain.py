@@ -215,6 +215,9 @@ def test_entity_mentions_skip_washed_subjects():
     text = "The mayor of Paris met Angela Merkel in the city of Paris Hilton. A man saw Parish Hall."
     got = {f.subject for f in entity_mentions([text], 10, exclude=["Paris", " "])}
     assert got == {"Angela Merkel", "Parish Hall"}  # whole words only: "Parish" is not "Paris"
+    text += " She met the Angela Merkel Foundation and then Angela Smith."
+    got = {f.subject for f in entity_mentions([text], 10, exclude=["Paris", "Angela Merkel"])}
+    assert got == {"Parish Hall", "Angela Smith"}  # a washed subject of several words inside a longer name
 
 
 def test_retained_second_moments_of_all_layers_in_one_pass(tiny_tokenizer):
