@@ -674,8 +674,8 @@ class WashConfig:
         else:
             layers = rule_layers(n_layers)
             base = dict(layers=layers, **rule_solver(model, layers), **RETENTION_DEFAULT)
-        names_retention = "regulariser" in overrides or any(SECTION_OF.get(k) == "retain" for k in overrides)
-        if names_retention or overrides.get("method", base.get("method")) in BASELINE_METHODS:
+        own_retention = "regulariser" in overrides or any(SECTION_OF.get(k) == "retain" for k in overrides)
+        if own_retention or overrides.get("method", base.get("method")) in BASELINE_METHODS:
             base.update(RETAIN_OFF)  # retention as the caller names it, alone; the baselines have no covariance
         base.update(overrides)
         return cls.from_dict(base)

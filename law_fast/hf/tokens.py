@@ -54,13 +54,17 @@ class Encoded:
 TOKENIZE_ROWS = 4096  # texts per tokenizer call: its per-row encodings are large; the rows kept are 4 B a token
 
 
-def token_ids(tokenizer, texts: Sequence[str]) -> Iterator[array]:
-    """The token ids of each of ``texts`` (the tokenizer's own special tokens), as compact int32 arrays,
-    tokenised ``TOKENIZE_ROWS`` at a time so that memory does not grow with the tokenizer's per-row
-    objects for all of them at once."""
+def _encodings(tokenizer, texts: Sequence[str], **kwargs) -> Iterator[tuple[int, dict]]:
+    """(start, the tokenizer's output for ``texts[start : start + TOKENIZE_ROWS]``): memory does not grow
+    with the tokenizer's per-row objects for all of ``texts`` at once."""
     for start in range(0, len(texts), TOKENIZE_ROWS):
-        for ids in tokenizer(list(texts[start : start + TOKENIZE_ROWS]))["input_ids"]:
-            yield array("i", ids)
+        yield start, tokenizer(list(texts[start : start + TOKENIZE_ROWS]), **kwargs)
+
+
+def token_ids(tokenizer, texts: Sequence[str]) -> Iterator[array]:
+    """The token ids of each of ``texts`` (the tokenizer's own special tokens), as compact int32 arrays."""
+    for _, enc in _encodings(tokenizer, texts):
+        yield from (array("i", ids) for ids in enc["input_ids"])
 
 
 def tokenize_at(tokenizer, texts: Sequence[str], char_ends: Sequence[int]) -> tuple[list[array], list[int]]:
@@ -73,8 +77,7 @@ def tokenize_at(tokenizer, texts: Sequence[str], char_ends: Sequence[int]) -> tu
         index = [len(tokenizer(text[:end])["input_ids"]) - 1 for text, end in zip(texts, char_ends)]
         return list(token_ids(tokenizer, texts)), index
     rows, index = [], []
-    for start in range(0, len(texts), TOKENIZE_ROWS):
-        enc = tokenizer(list(texts[start : start + TOKENIZE_ROWS]), return_offsets_mapping=True)
+    for start, enc in _encodings(tokenizer, texts, return_offsets_mapping=True):
         for k, (ids, offsets) in enumerate(zip(enc["input_ids"], enc["offset_mapping"])):
             end = char_ends[start + k]
             hit = next((i for i, (s, e) in enumerate(offsets) if s <= end - 1 < e), None)

@@ -75,8 +75,11 @@ def retained_moments(
     if config.retain_entities:
         subjects = sorted({f.subject for f in requests})
         mentions = entity_mentions(corpus_texts, config.retain_entities, seed=config.retain_seed, exclude=subjects)
-        no_other = config.retain_facts is None and not config.retain_neighbourhood
-        if not mentions and (config.null_space_energy is not None or not no_other):
+        # the names alone, as a weight: without them the wash is the plain method; else they are required
+        names_alone = (
+            config.retain_facts is None and not config.retain_neighbourhood and config.null_space_energy is None
+        )
+        if not mentions and not names_alone:
             raise ValueError("retain_entities: the statistics corpus holds no capitalised names after a lowercase word")
         if not mentions:
             log.warning(
