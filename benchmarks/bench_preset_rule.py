@@ -27,6 +27,7 @@ Resumable: the trained model (keyed by the training settings) and each point are
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import random
 import sys
@@ -87,10 +88,10 @@ TASKS = ("copy", "compare", "add")
 
 
 def training_lines(facts, rng: random.Random, n: int) -> list[str]:
-    """``n`` lines: half facts (each fact equally often), half fresh in-context items."""
+    """``n`` lines, each a fact (any fact equally likely) or a fresh in-context item with probability ½."""
     lines = []
-    for i in range(n):
-        if i % 2 == 0:
+    for _ in range(n):
+        if rng.random() < 0.5:
             f = facts[rng.randrange(len(facts))]
             lines.append(f"{f.prompt} {f.answer}.")
         else:
@@ -214,6 +215,8 @@ def main(argv=None) -> int:
     workdir = args.workdir or cache_dir() / "bench_preset_rule"
     facts = make_facts(args.people, args.seed)
     training = {k: getattr(args, k) for k in ("people", "steps", "batch", "seq", "lr", "seed")}
+    # the code that makes the data and trains is in the key too: a model trained by other code is not reused
+    training["code"] = sha([inspect.getsource(f) for f in (make_facts, people, task_item, training_lines, train_model)])
     model, tok = train_model(facts, args, workdir / f"model-{sha(training)[:12]}")
     verdicts = known_facts(model, tok, facts)[0]
     known = [f for f, k in zip(facts, verdicts) if k]
