@@ -274,7 +274,9 @@ def main(argv=None) -> int:
             wash_s = time.perf_counter() - t
             metrics = measure(model, tok, washed, controls, ppl_texts, args.items, args.seed)
             result.revert()
-            return {"config": config.to_dict(), "wash_s": wash_s, "metrics": metrics}
+            report = result.report  # what the z* loop reached and how much of it each layer's update fits
+            diagnosis = {"targets": report.targets, "per_layer": report.per_layer}
+            return {"config": config.to_dict(), "wash_s": wash_s, "metrics": metrics, "report": diagnosis}
 
         points[label] = cached(label, run, config)
         m = points[label]["metrics"]
