@@ -50,10 +50,8 @@ def _count(minimum: int):
 def _config(args, model):
     from .config import WashConfig
 
-    method = {"method": args.method} if getattr(args, "method", None) else {}
-    # the preset knows the method (a baseline gets no retention); a config file is taken as it is
-    cfg = WashConfig.from_json(args.config).replace(**method) if getattr(args, "config", None) else None
-    cfg = cfg or WashConfig.preset(model, **method)
+    given = WashConfig.from_json(args.config) if getattr(args, "config", None) else None
+    cfg = WashConfig.for_method(model, given, getattr(args, "method", None) or None)
     changes = {}
     if getattr(args, "layers", None):
         changes["layers"] = args.layers

@@ -681,6 +681,14 @@ class WashConfig:
         return cls.from_dict(base)
 
     @classmethod
+    def for_method(cls, model, config: WashConfig | None = None, method: str | None = None) -> WashConfig:
+        """``config`` with ``method`` in place of its own, or — no config — the preset of ``method`` for
+        ``model`` (so that a baseline's preset keeps no names); what ``wash(method=)`` and the CLI use."""
+        if config is None:
+            return cls.preset(model, **({} if method is None else {"method": method}))
+        return config if method is None else config.replace(method=method)
+
+    @classmethod
     def baseline_preset(
         cls, method: str, model, *, paper: bool = False, dataset: str = "mcf", **overrides
     ) -> WashConfig:

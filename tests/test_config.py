@@ -189,5 +189,9 @@ def test_presets_wash_with_the_retention_default_and_paper_and_baselines_without
         for method in ("ft", "seul"):
             baseline = WashConfig.baseline_preset(method, config)
             assert baseline.method == method and not baseline.retain.active
+            # wash(method=) / --method: no config → that method's preset (no names); a config → only its method
+            assert WashConfig.for_method(config, None, method) == WashConfig.preset(config, method=method)
+            assert WashConfig.for_method(config, preset, method) == preset.replace(method=method)
+        assert WashConfig.for_method(config) == preset
     gpt2_xl = WashConfig.preset(GPT2Config(n_layer=48, n_embd=1600))
     assert gpt2_xl.method == "law" and not gpt2_xl.retain.active

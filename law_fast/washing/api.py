@@ -59,10 +59,7 @@ def wash(
     (e.g. a client's covariance files, :func:`law_fast.compat.read_client_stats`); checked first.
     """
     get_adapter(model)  # an unsupported architecture fails here, with what to do about it
-    if config is None:
-        config = WashConfig.preset(model, **({} if method is None else {"method": method}))
-    elif method is not None:
-        config = config.replace(method=method)
+    config = WashConfig.for_method(model, config, method)
     extra = {name: value for name, value in (("workdir", workdir), ("stats", stats)) if value is not None}
     if dist.active() and METHODS[config.method] is not run_closed_form:
         raise ValueError(
