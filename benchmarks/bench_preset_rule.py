@@ -6,13 +6,15 @@ trained from scratch on this machine on two things at once —
               favourite colour): 640 facts, memorised;
   in-context  tasks it can only do from the context: copying three words ("Copy: a b c -> a b c"),
               comparing two numbers ("Larger of 37 and 82: 82"), one-digit addition ("3 + 4 = 7").
-Then --m known facts are washed with
+Then --m known facts (16, 32 and 64: the rule must need no tuning for a new m) are washed with
   rule        ``WashConfig.preset(model)`` — law_fast's default on a model without a tuned preset
-              (config.rule_layers / rule_solver: blocks 1–2 here, SmolLM2's solver with the lr scaled by
-              the weights' RMS);
+              (config.rule_layers / RULE_TARGETS / rule_solver: blocks 0–2 here, z* until the loss threshold,
+              λ fitting half of each target, SmolLM2's solver with the lr scaled by the weights' RMS);
   rule-law    the rule's layers and solver with plain LaW (method="law", no names kept), when the default is
               not that itself — the preset's rule before the default became MEMIT keeping mined names;
-  old-rule    what preset() gave such a model before (one block at 15 % depth, block 1, and the GPT2-XL
+  rule-before the rule of the benchmark's first run (blocks 1–2, SmolLM2's z* settings — 20 steps, δ ≤ 0.75‖v‖ —
+              and its disruption budget): it washed none of 32 facts (docs/retention.md);
+  old-rule    what preset() gave such a model first (one block at 15 % depth, block 1, and the GPT2-XL
               solver settings: lr 1e-7, 1000 float64 steps) — the obvious baseline.
 Each point: washed facts still produced, controls kept (--controls known facts, other subjects, half of
 them sharing a relation with the washed ones), accuracy on --items fresh items of each in-context task
@@ -20,7 +22,7 @@ them sharing a relation with the washed ones), accuracy on --items fresh items o
 
 Resumable: the trained model (keyed by the training settings) and each point are cached under --workdir.
 
-    python benchmarks/bench_preset_rule.py              # ~15 min on 2 cores (training ~10 of them)
+    python benchmarks/bench_preset_rule.py              # ~20 min on 2 cores (training ~7 of them)
     python benchmarks/bench_preset_rule.py --quick      # tiny settings: checks that everything runs
 """
 
@@ -190,6 +192,21 @@ def measure(model, tok, washed, controls, ppl_texts, items, seed) -> dict:
     }
 
 
+def pick(known, m: int, n_controls: int, seed: int):
+    """The first ``m`` known facts in a seeded order (washed) and ``n_controls`` known facts of other subjects,
+    half of them sharing a relation with the washed ones (as many as there are)."""
+    order = random.Random(seed).sample(known, len(known))
+    washed = order[:m]
+    relations = {f.template for f in washed}
+    gone = {f.subject for f in washed}
+    rest = [f for f in order[m:] if f.subject not in gone]
+    hard = [f for f in rest if f.template in relations][: n_controls // 2]
+    controls = hard + [f for f in rest if f not in hard][: n_controls - len(hard)]
+    if len(washed) < m or len(controls) < n_controls:
+        raise SystemExit(f"the model knows too few facts ({len(known)}) for --m {m} and --controls {n_controls}")
+    return washed, controls
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--people", type=int, default=160)
@@ -197,7 +214,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--m", type=int, default=32, help="facts washed")
+    parser.add_argument("--m", type=lambda v: [int(x) for x in v.split(",")], default=[16, 32, 64],
+                        help="facts washed, comma-separated: one wash per m and point")  # fmt: skip
     parser.add_argument("--controls", type=int, default=128)
     parser.add_argument("--items", type=int, default=1000, help="fresh items per in-context task")
     parser.add_argument("--seed", type=int, default=0)
@@ -206,7 +224,7 @@ def main(argv=None) -> int:
     parser.add_argument("--name", default=None)
     args = parser.parse_args(argv)
     if args.quick:
-        args.people, args.steps, args.m, args.controls, args.items = 20, 30, 4, 8, 20
+        args.people, args.steps, args.m, args.controls, args.items = 20, 30, [4], 8, 20
     import law_fast as lf
     from law_fast.config import RETAIN_OFF
     from law_fast.hf.loading import cache_dir
@@ -221,74 +239,71 @@ def main(argv=None) -> int:
     verdicts = known_facts(model, tok, facts)[0]
     known = [f for f, k in zip(facts, verdicts) if k]
     print(f"the trained model knows {len(known)} of {len(facts)} facts")
-    if args.quick and len(known) < args.m + args.controls:
+    if args.quick and len(known) < max(args.m) + args.controls:
         known = facts  # 30 training steps teach nothing: --quick only checks that every stage runs
-    rng = random.Random(args.seed)
-    order = rng.sample(known, len(known))
-    washed = order[: args.m]
-    relations = {f.template for f in washed}
-    gone = {f.subject for f in washed}
-    rest = [f for f in order[args.m :] if f.subject not in gone]
-    hard = [f for f in rest if f.template in relations][: args.controls // 2]
-    controls = hard + [f for f in rest if f not in hard][: args.controls - len(hard)]
-    if len(washed) < args.m or len(controls) < args.controls:
-        raise SystemExit(
-            f"the model knows too few facts ({len(known)}) for --m {args.m} and --controls {args.controls}"
-        )
     stats_text = training_lines(facts, random.Random(args.seed + 2), 4000)
     corpus = ["\n".join(stats_text[i : i + 20]) for i in range(0, len(stats_text), 20)]
     ppl_texts = ["\n".join(training_lines(facts, random.Random(args.seed + 3), 400))]
-    key = {
-        "training": training,
-        "m": args.m,
-        "controls": [f.case_id for f in controls],
-        "items": args.items,
-        "code": code_key("law_fast"),  # what washes and measures: other code recomputes
-    }
-
-    def cached(name, compute, config=None):
-        point = {**key, "point": name, "config": None if config is None else config.to_dict()}
-        path = workdir / "points" / f"{name}-{sha(point)[:16]}.json"
-        if (value := read_json(path)) is None:
-            value = compute()
-            write_json(path, value)
-        return value
-
-    original = cached("original", lambda: measure(model, tok, washed, controls, ppl_texts, args.items, args.seed))
     n_layers = model.config.n_layer
-    old_count = max(1, min(5, n_layers // 4))  # the rule preset() had before (kept here as the baseline)
+    old_count = max(1, min(5, n_layers // 4))  # the rule preset() had first (kept here as the baseline)
     old_start = min(max(0, round(0.15 * n_layers)), n_layers - old_count)
     default = lf.WashConfig.preset(model)
     configs = {
         "rule": default,
         **({"rule-law": lf.WashConfig.preset(model, method="law", **RETAIN_OFF)} if default.method != "law" else {}),
+        # the rule before this benchmark's second run: blocks 1–2 and SmolLM2's z* settings and λ budget
+        "rule-before": default.replace(
+            layers=(1, 2), lambda_rule="disruption", v_num_grad_steps=20, clamp_norm_factor=0.75
+        ),
         "old-rule": lf.WashConfig.create(layers=tuple(range(old_start, old_start + old_count))),
     }
-    points = {}
-    for label, config in configs.items():
-        config = config.replace(mom2_n_samples=len(corpus), **({"only_known": False} if args.quick else {}))
+    results, rows = {}, [
+        "| m | point | layers | washed still produced | controls kept | copy | compare | add | perplexity |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
+    ]  # fmt: skip
+    for m in args.m:
+        washed, controls = pick(known, m, args.controls, args.seed)
+        key = {
+            "training": training,
+            "m": m,
+            "controls": [f.case_id for f in controls],
+            "items": args.items,
+            "code": code_key("law_fast"),  # what washes and measures: other code recomputes
+        }
 
-        def run(config=config):
-            t = time.perf_counter()
-            result = lf.wash(model, tok, washed, config, corpus=corpus, progress=False, final_check=False)
-            wash_s = time.perf_counter() - t
-            metrics = measure(model, tok, washed, controls, ppl_texts, args.items, args.seed)
-            result.revert()
-            report = result.report  # what the z* loop reached and how much of it each layer's update fits
-            diagnosis = {"targets": report.targets, "per_layer": report.per_layer}
-            return {"config": config.to_dict(), "wash_s": wash_s, "metrics": metrics, "report": diagnosis}
+        def cached(name, compute, config=None, key=key):
+            point = {**key, "point": name, "config": None if config is None else config.to_dict()}
+            path = workdir / "points" / f"{name}-{sha(point)[:16]}.json"
+            if (value := read_json(path)) is None:
+                value = compute()
+                write_json(path, value)
+            return value
 
-        points[label] = cached(label, run, config)
-        m = points[label]["metrics"]
-        print(f"{label:9s} still {m['washed_still']:.1%} controls kept {m['controls_kept']:.1%} " +
-              " ".join(f"{k} {v['acc']:.1%}" for k, v in m["in_context"].items()))  # fmt: skip
-    rows = ["| point | layers | washed still produced | controls kept | copy | compare | add | perplexity |",
-            "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for label, point in {"original": {"metrics": original, "config": {"layers": ""}}, **points}.items():
-        m = point["metrics"]
-        ctx = " | ".join(f"{v['acc']:.1%} ± {v['stderr']:.1%}" for v in m["in_context"].values())
-        rows.append(f"| {label} | {point['config']['layers']} | {m['washed_still']:.1%} | {m['controls_kept']:.1%} | "
-                    f"{ctx} | {m['perplexity']:.3f} |")  # fmt: skip
+        original = cached("original", lambda: measure(model, tok, washed, controls, ppl_texts, args.items, args.seed))
+        points = {}
+        for label, config in configs.items():
+            config = config.replace(mom2_n_samples=len(corpus), **({"only_known": False} if args.quick else {}))
+
+            def run(config=config, washed=washed, controls=controls):
+                t = time.perf_counter()
+                result = lf.wash(model, tok, washed, config, corpus=corpus, progress=False, final_check=False)
+                wash_s = time.perf_counter() - t
+                metrics = measure(model, tok, washed, controls, ppl_texts, args.items, args.seed)
+                result.revert()
+                report = result.report  # what the z* loop reached and how much of it each layer's update fits
+                diagnosis = {"targets": report.targets, "per_layer": report.per_layer}
+                return {"config": config.to_dict(), "wash_s": wash_s, "metrics": metrics, "report": diagnosis}
+
+            points[label] = cached(label, run, config)
+            mt = points[label]["metrics"]
+            print(f"m={m} {label:11s} still {mt['washed_still']:.1%} controls kept {mt['controls_kept']:.1%} " +
+                  " ".join(f"{k} {v['acc']:.1%}" for k, v in mt["in_context"].items()))  # fmt: skip
+        results[str(m)] = {"original": original, "points": points}
+        for label, point in {"original": {"metrics": original, "config": {"layers": ""}}, **points}.items():
+            mt = point["metrics"]
+            ctx = " | ".join(f"{v['acc']:.1%} ± {v['stderr']:.1%}" for v in mt["in_context"].values())
+            rows.append(f"| {m} | {label} | {point['config']['layers']} | {mt['washed_still']:.1%} | "
+                        f"{mt['controls_kept']:.1%} | {ctx} | {mt['perplexity']:.3f} |")  # fmt: skip
     name = args.name or ("preset_rule_quick" if args.quick else "preset_rule_tiny_gpt2")
     write_result(
         name,
@@ -297,8 +312,7 @@ def main(argv=None) -> int:
             "settings": vars(args) | {"workdir": str(args.workdir) if args.workdir else None},
             "known": len(known),
             "facts": len(facts),
-            "original": original,
-            "points": points,
+            "by_m": results,
             "table": "\n".join(rows),
         },
     )

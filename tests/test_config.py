@@ -137,23 +137,33 @@ def test_sections_are_typed_and_layers_accept_numpy_integers():
 
 def test_preset_rule_for_models_without_a_tuned_preset():
     """The layer rule reproduces the tuned presets' shape and gives shallow models two blocks, never block 0
-    or the last; the solver's lr follows the down-projections' scale (SmolLM2's lr at SmolLM2's scale)."""
-    from transformers import GPT2Config
+    or the last (models of ≤ 4 blocks: all but the last); the solver's lr follows the down-projections' scale
+    (SmolLM2's lr at SmolLM2's scale); the z* and λ settings are the rule's (RULE_TARGETS), SmolLM2 keeps its own."""
+    from transformers import GPT2Config, LlamaConfig
 
-    from law_fast.config import SMOLLM2_DOWN_RMS, rule_layers, rule_solver
+    from law_fast.config import RULE_TARGETS, SMOLLM2_DOWN_RMS, rule_layers, rule_solver
     from law_fast.testing import make_tiny_model
 
-    assert rule_layers(4) == (1, 2) and rule_layers(6) == (1, 2) and rule_layers(12) == (2, 3)
+    assert rule_layers(5) == (1, 2) and rule_layers(6) == (1, 2) and rule_layers(12) == (2, 3)
     assert rule_layers(30) == (4, 5, 6, 7, 8) and rule_layers(32) == (5, 6, 7, 8, 9) and rule_layers(48)[0] == 7
     assert rule_layers(1) == (0,) and rule_layers(2) == (0,) and rule_layers(3) == (0, 1)
-    for n in range(4, 80):
+    assert rule_layers(4) == (0, 1, 2)
+    for n in range(5, 80):
         layers = rule_layers(n)
         assert 2 <= len(layers) <= 5 and layers[0] >= 1 and layers[-1] <= n - 2, (n, layers)
     with pytest.raises(ValueError, match="at least one block"):
         rule_layers(0)
     model = make_tiny_model("gpt2", 100)
     config = WashConfig.preset(model)
-    assert config.layers == (1, 2) and config.law.total_iters == 250 and config.law.law_dtype == "float32"
+    assert config.layers == (0, 1, 2) and config.law.total_iters == 250 and config.law.law_dtype == "float32"
+    assert (config.memit.lambda_rule, config.memit.fit_target) == ("fit", RULE_TARGETS["fit_target"])
+    assert (config.targets.v_num_grad_steps, config.targets.clamp_norm_factor) == (100, 2.0)
+    smollm2 = WashConfig.preset(LlamaConfig(num_hidden_layers=30, hidden_size=576))
+    assert (smollm2.memit.lambda_rule, smollm2.targets.v_num_grad_steps, smollm2.targets.clamp_norm_factor) == (
+        "disruption",
+        20,
+        0.75,
+    )
     with torch.no_grad():
         for layer in (1, 2):
             w = lf.get_adapter(model).weight(model, layer)
