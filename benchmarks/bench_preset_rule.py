@@ -243,7 +243,9 @@ def main(argv=None) -> int:
         known = facts  # 30 training steps teach nothing: --quick only checks that every stage runs
     stats_text = training_lines(facts, random.Random(args.seed + 2), 4000)
     corpus = ["\n".join(stats_text[i : i + 20]) for i in range(0, len(stats_text), 20)]
-    ppl_texts = ["\n".join(training_lines(facts, random.Random(args.seed + 3), 400))]
+    # held-out text in the training format (each line ended by EOS, as the model was trained), not lines joined
+    # by newlines it never saw between lines
+    ppl_texts = ["".join(f"{line}{tok.eos_token}" for line in training_lines(facts, random.Random(args.seed + 3), 400))]
     n_layers = model.config.n_layer
     old_count = max(1, min(5, n_layers // 4))  # the rule preset() had first (kept here as the baseline)
     old_start = min(max(0, round(0.15 * n_layers)), n_layers - old_count)
@@ -268,6 +270,7 @@ def main(argv=None) -> int:
             "m": m,
             "controls": [f.case_id for f in controls],
             "items": args.items,
+            "perplexity_text": sha(ppl_texts),
             "code": code_key("law_fast"),  # what washes and measures: other code recomputes
         }
 
