@@ -2,7 +2,8 @@
 facts per stage and peak memory, so that every cost that grows with m shows up.
 
 Testbed: ``law_fast.testing.synthetic_facts`` (deterministic invented facts) and ``make_scale_model``
-(a random Llama, hidden 64, MLP 256, 6 blocks, the GPT-2 vocabulary from ../shared/data),
+(a random Llama, hidden 64, MLP 256, 6 blocks; GPT-2's BPE from ../shared/data cut to its first --vocab
+tokens, 2,048 by default: with all 50,257 the output head is most of the z* cost of so small a model),
 ``only_known=False`` (a random model knows none of them), LaW on --layers, statistics from
 --stats-docs WikiText-2 documents (cached).  Each m runs in its own process (its peak RSS is its own),
 with its workdir under --workdir, so a stopped run resumes: a finished m is not rerun, and an
@@ -27,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, read_json, write_json, write_result  # noqa: E402
+from common import REPO_ROOT, code_key, read_json, sha, write_json, write_result  # noqa: E402
 
 DATA = REPO_ROOT.parent / "shared" / "data"
 TOKENIZER = DATA / "tokenizers" / "gpt2"
@@ -40,7 +41,7 @@ def one_run(m: int, args) -> dict:
     from law_fast.testing import gpt2_tokenizer, make_scale_model, synthetic_facts
 
     dist.init_from_env("cpu")
-    tok = gpt2_tokenizer(TOKENIZER)
+    tok = gpt2_tokenizer(TOKENIZER, args.vocab)
     model = make_scale_model(len(tok))
     facts = synthetic_facts(m, seed=args.seed)
     layers = tuple(int(x) for x in args.layers.split(","))
@@ -60,7 +61,7 @@ def one_run(m: int, args) -> dict:
         config,
         corpus=str(DATA / "wikitext2" / "wiki.test.raw"),
         progress=False,
-        workdir=Path(args.workdir) / f"m{m}-p{args.processes}",
+        workdir=Path(args.workdir) / f"m{m}-p{args.processes}-v{args.vocab}",
         final_check=args.final_check,
     )
     seconds = time.perf_counter() - started
@@ -83,6 +84,9 @@ def main(argv=None) -> int:
     parser.add_argument("--prune", action="store_true", help="successive elimination on (prunes all: a random model)")
     parser.add_argument("--final-check", action="store_true", help="also the final known-fact check")
     parser.add_argument("--stats-docs", type=int, default=2000)
+    parser.add_argument(
+        "--vocab", type=int, default=2048, help="tokens of the testbed's BPE (GPT-2's first merges; 50257: all of it)"
+    )
     parser.add_argument("--law-iters", type=int, default=100)
     parser.add_argument("--processes", type=int, default=1, help="torchrun --nproc-per-node (gloo)")
     parser.add_argument("--seed", type=int, default=0)
@@ -102,7 +106,10 @@ def main(argv=None) -> int:
         return 0
     rows = []
     for m in (int(x) for x in args.m.split(",")):
-        path = Path(args.workdir) / f"row-m{m}-p{args.processes}-{args.layers}-{args.prune}-{args.final_check}.json"
+        setting = {k: getattr(args, k) for k in ("layers", "prune", "final_check", "stats_docs", "vocab", "law_iters")}
+        # a row of other settings or other code is not reused
+        digest = sha({**setting, "seed": args.seed, "code": code_key("law_fast")})[:16]
+        path = Path(args.workdir) / f"row-m{m}-p{args.processes}-{digest}.json"
         row = read_json(path)
         if row is None:
             passed = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--m=")]

@@ -46,14 +46,34 @@ def make_tiny_tokenizer():
     )
 
 
-def gpt2_tokenizer(folder):
+def gpt2_tokenizer(folder, vocab_size: int | None = None):
     """The GPT-2 byte-level BPE from its ``vocab.json`` and ``merges.txt`` (e.g. ../shared/data/tokenizers/gpt2)
     as a fast tokenizer (offsets), ``<|endoftext|>`` = EOS = pad (transformers 5's ``GPT2TokenizerFast(vocab_file=,
-    merges_file=)`` builds an empty one)."""
+    merges_file=)`` builds an empty one).
+
+    ``vocab_size``: the same BPE with only its first ``vocab_size − 257`` merges — the 256 byte tokens, the
+    merges' tokens in their order (GPT-2's id 256 + k is merge k) and EOS last (id ``vocab_size − 1``): any
+    text still tokenises (into shorter pieces), and a model's output head is that much smaller (the scale
+    testbed: with 50k tokens the head is most of a tiny model's z* cost)."""
+    import json
+
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
 
-    bpe = ByteLevelBPETokenizer(str(Path(folder) / "vocab.json"), str(Path(folder) / "merges.txt"))
+    folder = Path(folder)
+    if vocab_size is None:
+        bpe = ByteLevelBPETokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    else:
+        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+        merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+        if not 258 <= vocab_size <= len(merges) + 257:
+            raise ValueError(f"vocab_size must be in 258..{len(merges) + 257} (bytes, merges, EOS), got {vocab_size}")
+        merges = merges[: vocab_size - 257]
+        kept = {token: i for token, i in vocab.items() if i < vocab_size - 1}
+        if [kept.get(a + b) for a, b in merges] != list(range(256, vocab_size - 1)):
+            raise ValueError(f"{folder}: vocab.json does not give merge k the id 256 + k (not GPT-2's order)")
+        bpe = ByteLevelBPETokenizer(kept, merges)
     bpe.add_special_tokens(["<|endoftext|>"])
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from law_fast.testing import OBJECTS, RELATIONS, make_scale_model, synthetic_facts
+from law_fast.testing import OBJECTS, RELATIONS, gpt2_tokenizer, make_scale_model, synthetic_facts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 bench_scale = pytest.importorskip("bench_scale")
@@ -30,6 +30,25 @@ def test_scale_model_shape():
     assert (model.config.hidden_size, model.config.intermediate_size, model.config.num_hidden_layers) == (64, 256, 6)
 
 
+def test_gpt2_tokenizer_cut_to_a_smaller_vocabulary():
+    """GPT-2's BPE with its first merges only: ids below the size, EOS last, any text round-trips, and the
+    common tokens keep GPT-2's ids."""
+    if not (bench_scale.TOKENIZER / "vocab.json").is_file():
+        pytest.skip(f"no GPT-2 tokenizer at {bench_scale.TOKENIZER} (../shared/data)")
+    full, small = gpt2_tokenizer(bench_scale.TOKENIZER), gpt2_tokenizer(bench_scale.TOKENIZER, 600)
+    assert (len(full), full.eos_token_id) == (50257, 50256) and (len(small), small.eos_token_id) == (600, 599)
+    text = "Kalo Mivar was born in Paris, ünïcode 日本 — 42!"
+    ids = small(text)["input_ids"]
+    assert max(ids) < 599 and small.decode(ids) == text and len(ids) > len(full(text)["input_ids"])
+    assert (
+        small(" the")["input_ids"] == full(" the")["input_ids"]
+        and small(text + "<|endoftext|>")["input_ids"][-1] == 599
+    )
+    for bad in (257, 50258):
+        with pytest.raises(ValueError, match="vocab_size must be in 258..50257"):
+            gpt2_tokenizer(bench_scale.TOKENIZER, bad)
+
+
 def test_bench_scale_one_run(tmp_path):
     if not (bench_scale.TOKENIZER / "vocab.json").is_file():
         pytest.skip(f"no GPT-2 tokenizer at {bench_scale.TOKENIZER} (../shared/data)")
@@ -42,6 +61,7 @@ def test_bench_scale_one_run(tmp_path):
         workdir=str(tmp_path),
         processes=1,
         final_check=True,
+        vocab=512,
     )
     row = bench_scale.one_run(12, args)
     assert row["m"] == 12 and row["processes"] == 1 and row["peak_rss_mb"] > 0
