@@ -527,7 +527,7 @@ class WashConfig:
     method: str = "law"
     only_known: bool = True  # wash only facts the model produces before the wash
     seed: int = 0
-    key_batch_size: int = 16  # facts per keys forward, all of their template sentences in it (GPU: raise it)
+    key_batch_size: int = 16  # ×T rows per keys forward, one context template's for ×T facts (GPU: raise it)
     targets: TargetConfig = field(default_factory=TargetConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     memit: MemitConfig = field(default_factory=MemitConfig)

@@ -88,9 +88,13 @@ def tokenize_at(tokenizer, texts: Sequence[str], char_ends: Sequence[int]) -> tu
     return rows, index
 
 
-def encode_at(tokenizer, texts: list[str], char_ends: list[int]) -> Encoded:
-    """:func:`tokenize_at`, right-padded into an :class:`Encoded` batch."""
+def encode_at(tokenizer, texts: list[str], char_ends: list[int], through_index: bool = False) -> Encoded:
+    """:func:`tokenize_at`, right-padded into an :class:`Encoded` batch.  ``through_index``: each row ends at
+    its indexed token — what a causal model computes at that token does not depend on the tokens after it,
+    so a caller reading states there only (keys, block outputs) need not run them."""
     ids, index = tokenize_at(tokenizer, texts, char_ends)
+    if through_index:
+        ids = [row[: i + 1] for row, i in zip(ids, index)]
     width = max((len(row) for row in ids), default=0)
     input_ids = torch.full((len(ids), width), pad_id(tokenizer), dtype=torch.long)
     mask = torch.zeros((len(ids), width), dtype=torch.long)

@@ -15,8 +15,9 @@ import torch
 from .. import dist
 from ..facts import Fact
 from ..hf.adapters import Adapter, model_device
+from ..hf.compat import cache_inputs, fork_cache, new_cache, pad_id
 from ..hf.hooks import capture, run_until
-from ..hf.tokens import encode_at, fill
+from ..hf.tokens import fill, tokenize_at
 from ..ops import cov_accumulate_
 
 log = logging.getLogger(__name__)
@@ -43,32 +44,101 @@ def states_at(
     key_layers: Sequence[int] = (),
     block_layer: int | None = None,
     batch_size: int = 64,
+    prefixes: Sequence[str] | None = None,
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
     """Keys of ``key_layers`` (each (n, f)) and the output of block ``block_layer`` ((n, d)) at the
     token holding character ``ends[i]-1`` of ``texts[i]``.  float32 (float64 for a float64 model), on
-    the model's device."""
+    the model's device.
+
+    Each row is run only up to that token (a causal model's states there do not depend on what follows).
+    ``prefixes``: per row, a text the row starts with and shares with other rows (a context template's
+    words before the prompt): its keys and values are computed once per call and every row whose tokens
+    begin with the prefix's (checked, row by row: a tokenizer may merge across the boundary; the last
+    prefix token is never shared, as it can merge with what follows) runs only its own tokens after them.
+    Rows are run in forwards of up to ``batch_size`` rows of one prefix (rows sharing none together)."""
     device = model_device(model)
     deepest = max(list(key_layers) + ([block_layer] if block_layer is not None else []))
-    keys: dict[int, list[torch.Tensor]] = {layer: [] for layer in key_layers}
-    blocks: list[torch.Tensor] = []
-    for start in range(0, len(texts), batch_size):
-        enc = encode_at(tokenizer, list(texts[start : start + batch_size]), list(ends[start : start + batch_size])).to(
-            device
-        )
-        rows = torch.arange(enc.index.numel(), device=device)
-        with capture(
-            model,
-            adapter,
-            key_layers=key_layers,
-            block_layers=[block_layer] if block_layer is not None else [],
-            stop_after=deepest,
-        ) as store:
-            run_until(model, **enc.model_inputs)
-        for layer in key_layers:
-            keys[layer].append(_at_least_float32(store[("key", layer)][rows, enc.index]))
+    block_layers = [block_layer] if block_layer is not None else []
+    shared = _SharedPrefixes(model, adapter, tokenizer, deepest)
+    keys: dict[int, torch.Tensor] = {}
+    blocks: torch.Tensor | None = None
+
+    def put(store, rows, at, n):
+        nonlocal blocks
+        picked = {layer: store[("key", layer)][torch.arange(len(at), device=device), at] for layer in key_layers}
         if block_layer is not None:
-            blocks.append(_at_least_float32(store[("block", block_layer)][rows, enc.index]))
-    return ({layer: torch.cat(v) for layer, v in keys.items()}, torch.cat(blocks) if block_layer is not None else None)
+            picked["block"] = store[("block", block_layer)][torch.arange(len(at), device=device), at]
+        for name, value in picked.items():
+            value = _at_least_float32(value)
+            if name == "block":
+                if blocks is None:
+                    blocks = value.new_empty((n, value.shape[1]))
+                blocks[rows] = value
+            else:
+                if name not in keys:
+                    keys[name] = value.new_empty((n, value.shape[1]))
+                keys[name][rows] = value
+
+    n = len(texts)
+    ids, index = tokenize_at(tokenizer, list(texts), list(ends))
+    groups: dict[str | None, list[int]] = {}  # rows by the prefix they share (None: none), in order
+    for r in range(n):
+        prefix = prefixes[r] if prefixes is not None else None
+        groups.setdefault(prefix if shared.covers(prefix, ids[r], index[r]) else None, []).append(r)
+    for prefix, group in groups.items():
+        P = 0 if prefix is None else len(shared.ids(prefix))
+        for start in range(0, len(group), batch_size):
+            rows = group[start : start + batch_size]
+            own = [ids[r][P : index[r] + 1] for r in rows]  # the row's tokens after the shared ones, to the read one
+            width = max(len(t) for t in own)
+            input_ids = torch.full((len(own), width), pad_id(tokenizer), dtype=torch.long)
+            mask = torch.zeros((len(own), P + width), dtype=torch.long)
+            for i, tokens in enumerate(own):
+                input_ids[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+                mask[i, : P + len(tokens)] = 1
+            inputs = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
+            if prefix is not None:
+                inputs["position_ids"] = (P + torch.arange(width, device=device)).expand(len(own), -1)
+                rows_of_prefix = torch.zeros(len(own), dtype=torch.long, device=device)
+                inputs.update(cache_inputs(model, fork_cache(shared.cache(prefix), rows_of_prefix)))
+            with capture(model, adapter, key_layers=key_layers, block_layers=block_layers, stop_after=deepest) as store:
+                run_until(model, **inputs)
+            put(store, torch.tensor(rows, device=device), torch.tensor([index[r] - P for r in rows], device=device), n)
+    return keys, blocks
+
+
+class _SharedPrefixes:
+    """The token ids and the KV cache (blocks up to ``deepest``) of each prefix text, computed once."""
+
+    def __init__(self, model, adapter, tokenizer, deepest: int):
+        self.model, self.adapter, self.tokenizer, self.deepest = model, adapter, tokenizer, deepest
+        self._ids: dict[str, list[int]] = {}
+        self._caches: dict = {}
+
+    def ids(self, prefix: str) -> list[int]:
+        if prefix not in self._ids:  # the last token can merge with the text after it: never shared
+            self._ids[prefix] = list(self.tokenizer(prefix)["input_ids"])[:-1] if prefix else []
+        return self._ids[prefix]
+
+    def covers(self, prefix: str | None, row, index: int) -> bool:
+        """Whether ``row`` (token ids) begins with the prefix's shared tokens, before its read token."""
+        if prefix is None:
+            return False
+        shared = self.ids(prefix)
+        return 0 < len(shared) <= index and list(row[: len(shared)]) == shared
+
+    def cache(self, prefix: str):
+        if prefix not in self._caches:
+            device = model_device(self.model)
+            cache = new_cache()
+            with capture(self.model, self.adapter, stop_after=self.deepest):
+                run_until(
+                    self.model,
+                    input_ids=torch.tensor([self.ids(prefix)], device=device),
+                    **cache_inputs(self.model, cache),
+                )
+            self._caches[prefix] = cache
+        return self._caches[prefix]
 
 
 def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
@@ -99,7 +169,9 @@ def compute_keys(
     if templates[0] != "{}":
         raise ValueError("templates[0] must be the plain template '{}'")
     texts, ends = fact_sentences(facts, templates)
-    keys, blocks = states_at(model, adapter, tokenizer, texts, ends, layers, block_layer, batch_size)
+    contexts = [t[: t.index("{}")] for t in templates]  # a template's words before the prompt: shared by all facts
+    prefixes = [contexts[i % len(templates)] for i in range(len(texts))]
+    keys, blocks = states_at(model, adapter, tokenizer, texts, ends, layers, block_layer, batch_size, prefixes)
     keys = {layer: average_over_templates(k, len(templates)) for layer, k in keys.items()}
     if blocks is not None:
         blocks = blocks.reshape(len(facts), len(templates), -1)[:, 0]
@@ -136,7 +208,8 @@ def key_moments(
 
     With ``targets`` (m×d, the z* of ``facts``) the residuals r_j = scale·(z*_j − h_j), h_j the
     output of block ``z_layer`` at the plain prompt, are accumulated too (``cross``, ``resid_sq``).
-    Keys are computed ``batch_size`` facts at a time and folded into the Gram matrix by the
+    Keys are computed ``batch_size``·T facts at a time (one forward of their rows per template, each
+    after the template's shared words: :func:`states_at`) and folded into the Gram matrix by the
     ``cov_accumulate_`` op; the (m×f) keys are kept only when m < f/2 (then smaller than the
     Gram matrix; the LaW solver multiplies through them)."""
     if targets is not None and (z_layer is None or len(targets) != len(facts)):
@@ -151,9 +224,9 @@ def key_moments(
         mine = dist.shard(range(len(facts)))
         facts = [facts[j] for j in mine]
         targets = targets[mine] if targets is not None else None
-    for start in range(0, len(facts), batch_size):
-        chunk = facts[start : start + batch_size]
-        # one forward per chunk: every template sentence of a fact in the same batch
+    per_call = batch_size * len(templates)  # facts per call: one forward of batch_size·T rows per template
+    for start in range(0, len(facts), per_call):
+        chunk = facts[start : start + per_call]
         keys, block = compute_keys(
             model,
             adapter,
@@ -162,14 +235,14 @@ def key_moments(
             templates,
             [layer],
             z_layer if targets is not None else None,
-            len(chunk) * len(templates),
+            per_call,
         )
         k = keys[layer]
         cov_accumulate_(k.contiguous(), gram, count)
         if kept is not None:
             kept.append(k)
         if targets is not None:
-            resid = (targets[start : start + batch_size].to(device, torch.float64) - block.double()) * scale
+            resid = (targets[start : start + per_call].to(device, torch.float64) - block.double()) * scale
             part = k.double().T @ resid
             cross = part if cross is None else cross + part
             resid_sq += float((resid**2).sum())
@@ -191,9 +264,10 @@ def key_second_moments(model, adapter, tokenizer, facts, templates, layers, batc
     device = model_device(model)
     grams = {layer: torch.zeros(f[layer], f[layer], dtype=torch.float64, device=device) for layer in layers}
     counts = {layer: torch.zeros((), dtype=torch.int64, device=device) for layer in layers}
-    for start in range(0, len(facts), batch_size):
-        chunk = facts[start : start + batch_size]
-        keys, _ = compute_keys(model, adapter, tokenizer, chunk, templates, layers, None, len(chunk) * len(templates))
+    per_call = batch_size * len(templates)  # as in key_moments
+    for start in range(0, len(facts), per_call):
+        chunk = facts[start : start + per_call]
+        keys, _ = compute_keys(model, adapter, tokenizer, chunk, templates, layers, None, per_call)
         for layer in layers:
             cov_accumulate_(keys[layer].contiguous(), grams[layer], counts[layer])
     return [(layer, grams[layer] / int(counts[layer])) for layer in layers]

@@ -229,7 +229,8 @@ def test_keys_batched_equal_batches_of_four_full_forward(tiny):
         expected = 0.5 * k[:, 0] + 0.5 * k[:, 1:].mean(1)
         torch.testing.assert_close(keys[layer], expected, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(block, b.reshape(len(FACTS), len(TEMPLATES), -1)[:, 0], rtol=1e-5, atol=1e-6)
-    # key_moments runs one forward per chunk of facts, all of a fact's template sentences in it
+    # key_moments runs, per call of batch_size·T facts, one pass of each context template's shared words
+    # (one row) and one forward per template over its rows of every fact (the plain template's first)
     calls = []
     handle = adapter.down_proj_module(model, 0).register_forward_pre_hook(
         lambda module, args: calls.append(args[0].shape[0])
@@ -238,7 +239,26 @@ def test_keys_batched_equal_batches_of_four_full_forward(tiny):
         key_moments(model, adapter, tok, FACTS, TEMPLATES, 1, batch_size=2)
     finally:
         handle.remove()
-    assert calls == [2 * len(TEMPLATES), len(TEMPLATES)]
+    assert calls == [len(FACTS), 1, len(FACTS), 1, len(FACTS)]
+
+
+def test_keys_with_wrong_or_unshareable_prefixes_equal_full_forward(tiny):
+    """A prefix hint that is not how the rows begin (or whose tokens merge with the prompt's) is never
+    trusted: those rows run whole, with the same states as a full forward."""
+    from law_fast.washing.keys import _SharedPrefixes, states_at
+
+    model, tok = tiny
+    adapter = get_adapter(model)
+    texts, ends = fact_sentences(FACTS, TEMPLATES)
+    hints = ["Nothing like this at all. ", "I think that you. ", "Therefore we st"] * len(FACTS)
+    shared = _SharedPrefixes(model, adapter, tok, 2)
+    ids = [list(tok(t)["input_ids"]) for t in texts]
+    covered = [shared.covers(h, row, len(row) - 1) for h, row in zip(hints, ids)]
+    assert covered[1::3] == [True] * len(FACTS) and covered[0::3] == [False] * len(FACTS)
+    keys, block = states_at(model, adapter, tok, texts, ends, [1], 2, batch_size=4, prefixes=hints)
+    k, b = _full_forward_states(model, adapter, tok, texts, ends, 1, 2)
+    torch.testing.assert_close(keys[1], k, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(block, b, rtol=1e-5, atol=1e-6)
 
 
 def test_key_moments_stream_equals_full_keys(tiny):
@@ -252,8 +272,10 @@ def test_key_moments_stream_equals_full_keys(tiny):
     R = (targets.double() - block.double()) * 0.5
     # batch_size=2 facts: the moments are folded in over two chunks
     mom = key_moments(model, adapter, tok, FACTS, TEMPLATES, 1, batch_size=2, targets=targets, z_layer=2, scale=0.5)
-    torch.testing.assert_close(mom.gram, K.T @ K, rtol=1e-6, atol=1e-8)
-    torch.testing.assert_close(mom.cross, K.T @ R, rtol=1e-6, atol=1e-8)
+    # float32 keys and block outputs of 2-fact batches vs one batch of all (other padding widths: other
+    # float32 roundings, ~1e-7 of an O(1) entry), summed in float64
+    torch.testing.assert_close(mom.gram, K.T @ K, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(mom.cross, K.T @ R, rtol=1e-6, atol=1e-7)
     assert mom.resid_sq == pytest.approx(float((R**2).sum()), rel=1e-9) and mom.count == len(FACTS)
     plain = key_moments(model, adapter, tok, FACTS, TEMPLATES, 1)
     torch.testing.assert_close(plain.gram, mom.gram)
