@@ -57,32 +57,22 @@ def states_at(
     prefix token is never shared, as it can merge with what follows) runs only its own tokens after them.
     Rows are run in forwards of up to ``batch_size`` rows of one prefix (rows sharing none together)."""
     device = model_device(model)
-    deepest = max(list(key_layers) + ([block_layer] if block_layer is not None else []))
     block_layers = [block_layer] if block_layer is not None else []
+    deepest = max([*key_layers, *block_layers])
     shared = _SharedPrefixes(model, adapter, tokenizer, deepest)
-    keys: dict[int, torch.Tensor] = {}
-    blocks: torch.Tensor | None = None
+    out: dict = {}  # ("key", layer) / ("block", layer) → (n, ·) states at the read tokens, filled group by group
 
-    def put(store, rows, at, n):
-        nonlocal blocks
-        picked = {layer: store[("key", layer)][torch.arange(len(at), device=device), at] for layer in key_layers}
-        if block_layer is not None:
-            picked["block"] = store[("block", block_layer)][torch.arange(len(at), device=device), at]
-        for name, value in picked.items():
-            value = _at_least_float32(value)
-            if name == "block":
-                if blocks is None:
-                    blocks = value.new_empty((n, value.shape[1]))
-                blocks[rows] = value
-            else:
-                if name not in keys:
-                    keys[name] = value.new_empty((n, value.shape[1]))
-                keys[name][rows] = value
+    def put(store, rows, at):
+        picked = torch.arange(len(at), device=device)
+        for name in [("key", layer) for layer in key_layers] + [("block", layer) for layer in block_layers]:
+            value = _at_least_float32(store[name][picked, at])
+            if name not in out:
+                out[name] = value.new_empty((len(texts), value.shape[1]))
+            out[name][rows] = value
 
-    n = len(texts)
     ids, index = tokenize_at(tokenizer, list(texts), list(ends))
     groups: dict[str | None, list[int]] = {}  # rows by the prefix they share (None: none), in order
-    for r in range(n):
+    for r in range(len(texts)):
         prefix = prefixes[r] if prefixes is not None else None
         groups.setdefault(prefix if shared.covers(prefix, ids[r], index[r]) else None, []).append(r)
     for prefix, group in groups.items():
@@ -103,8 +93,8 @@ def states_at(
                 inputs.update(cache_inputs(model, fork_cache(shared.cache(prefix), rows_of_prefix)))
             with capture(model, adapter, key_layers=key_layers, block_layers=block_layers, stop_after=deepest) as store:
                 run_until(model, **inputs)
-            put(store, torch.tensor(rows, device=device), torch.tensor([index[r] - P for r in rows], device=device), n)
-    return keys, blocks
+            put(store, torch.tensor(rows, device=device), torch.tensor([index[r] - P for r in rows], device=device))
+    return {layer: out[("key", layer)] for layer in key_layers}, out[("block", block_layer)] if block_layers else None
 
 
 class _SharedPrefixes:
