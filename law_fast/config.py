@@ -490,7 +490,7 @@ def rule_layers(n_layers: int) -> tuple[int, ...]:
 
 # The z* and λ settings of a model without a tuned preset.  SmolLM2's (20 z* steps, δ clamped at 0.75‖v‖, a
 # disruption budget of 6.25e-5 per fact) do not transfer: on the trained 4-block GPT-2 z* end far from EOS and
-# the budget lets the update fit 3–10 % of them, so nothing is washed (bench_preset_rule.py).  "fit" asks the
+# the budget lets the update fit 7–12 % of them, so nothing is washed (bench_preset_rule.py).  "fit" asks the
 # update to realise half of every target whatever the model (relative to what the edit must do, not to a
 # budget measured on one model); z* run until the loss threshold (≤ 100 steps) with δ up to 2‖v‖.
 RULE_TARGETS = dict(lambda_rule="fit", fit_target=0.5, v_num_grad_steps=100, clamp_norm_factor=2.0)

@@ -88,19 +88,21 @@ def tokenize_at(tokenizer, texts: Sequence[str], char_ends: Sequence[int]) -> tu
     return rows, index
 
 
-def encode_at(tokenizer, texts: list[str], char_ends: list[int], through_index: bool = False) -> Encoded:
-    """:func:`tokenize_at`, right-padded into an :class:`Encoded` batch.  ``through_index``: each row ends at
-    its indexed token — what a causal model computes at that token does not depend on the tokens after it,
-    so a caller reading states there only (keys, block outputs) need not run them."""
-    ids, index = tokenize_at(tokenizer, texts, char_ends)
-    if through_index:
-        ids = [row[: i + 1] for row, i in zip(ids, index)]
-    width = max((len(row) for row in ids), default=0)
-    input_ids = torch.full((len(ids), width), pad_id(tokenizer), dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, tokens in enumerate(ids):
+def right_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (B, T) int64: token rows right-padded with ``pad``."""
+    width = max((len(row) for row in rows), default=0)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, tokens in enumerate(rows):
         input_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
         mask[row, : len(tokens)] = 1
+    return input_ids, mask
+
+
+def encode_at(tokenizer, texts: list[str], char_ends: list[int]) -> Encoded:
+    """:func:`tokenize_at`, right-padded into an :class:`Encoded` batch."""
+    ids, index = tokenize_at(tokenizer, texts, char_ends)
+    input_ids, mask = right_pad(ids, pad_id(tokenizer))
     return Encoded(input_ids, mask, torch.tensor(index, dtype=torch.long), mask.sum(1))
 
 

@@ -17,7 +17,7 @@ from ..facts import Fact
 from ..hf.adapters import Adapter, model_device
 from ..hf.compat import cache_inputs, fork_cache, new_cache, pad_id
 from ..hf.hooks import capture, run_until
-from ..hf.tokens import fill, tokenize_at
+from ..hf.tokens import fill, right_pad, tokenize_at
 from ..ops import cov_accumulate_
 
 log = logging.getLogger(__name__)
@@ -80,15 +80,11 @@ def states_at(
         for start in range(0, len(group), batch_size):
             rows = group[start : start + batch_size]
             own = [ids[r][P : index[r] + 1] for r in rows]  # the row's tokens after the shared ones, to the read one
-            width = max(len(t) for t in own)
-            input_ids = torch.full((len(own), width), pad_id(tokenizer), dtype=torch.long)
-            mask = torch.zeros((len(own), P + width), dtype=torch.long)
-            for i, tokens in enumerate(own):
-                input_ids[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-                mask[i, : P + len(tokens)] = 1
+            input_ids, mask = right_pad(own, pad_id(tokenizer))
+            mask = torch.cat([torch.ones((len(own), P), dtype=torch.long), mask], 1)  # the shared tokens: real
             inputs = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
             if prefix is not None:
-                inputs["position_ids"] = (P + torch.arange(width, device=device)).expand(len(own), -1)
+                inputs["position_ids"] = (P + torch.arange(input_ids.shape[1], device=device)).expand(len(own), -1)
                 rows_of_prefix = torch.zeros(len(own), dtype=torch.long, device=device)
                 inputs.update(cache_inputs(model, fork_cache(shared.cache(prefix), rows_of_prefix)))
             with capture(model, adapter, key_layers=key_layers, block_layers=block_layers, stop_after=deepest) as store:
