@@ -117,9 +117,7 @@ def native_extensions() -> tuple[list, dict]:
 ext_modules, cmdclass = native_extensions()
 
 setup(
-    # the top-level kernels/ directory is shipped as law_fast.kernels
-    packages=find_packages(include=["law_fast", "law_fast.*"]) + ["law_fast.kernels"],
-    package_dir={"law_fast.kernels": "kernels"},
+    packages=find_packages(include=["law_fast", "law_fast.*"]),
     package_data={"law_fast": ["data/*.jsonl", "data/*.txt"]},
     include_package_data=True,
     ext_modules=ext_modules,

@@ -10,7 +10,7 @@ override the default per device:
     law_adam_step_     law_adam_step_ref          C++ (law_fast._C)    Triton, else CUDA C++ (law_fast._C)
 
 ``law_quadratic`` and ``law_adam_step_`` are one LaW iteration in Gram form (law_fast/law.py,
-docs/law_solver.md); their contracts are in kernels/law_step.py.
+docs/law_solver.md); their contracts are in law_fast/kernels/law_step.py.
 
 Triton is preferred on CUDA because its ``tl.dot`` uses tensor cores for bf16/fp16 inputs.
 Environment switches, read once at import:
@@ -134,7 +134,7 @@ def law_adam_step_(
 
     s = √(β/ρ) when step ≥ 1 and ρ = uCu/tr(C) > β, else 1; U ← s·U; then (adam_update)
     torch.optim.Adam's update with gradient −2·s·GU.  ``adam_update=False`` only rescales (the
-    final iterate).  Formulas: kernels/law_step.py.
+    final iterate).  Formulas: law_fast/kernels/law_step.py.
     """
     torch.ops.law_fast.law_adam_step_.default(U, GU, exp_avg, exp_avg_sq, state, uCu, adam_update)
 
@@ -187,7 +187,7 @@ def backend_report() -> dict:
     """What was built and which implementation serves each op on each device type (JSON-able).
 
     Implementation ids: "torch" (pure-torch default), "cpp" (C++ CPU kernel in law_fast._C),
-    "cuda" (CUDA C++ kernel in law_fast._C), "triton" (kernels/ Triton kernel).
+    "cuda" (CUDA C++ kernel in law_fast._C), "triton" (law_fast/kernels/ Triton kernel).
     """
     kernels = _cov_accumulate_kernels
     return {

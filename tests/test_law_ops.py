@@ -1,9 +1,9 @@
 """law_fast.ops.law_quadratic and law_fast.ops.law_adam_step_: every implementation against float64.
 
 Implementations:
-    ref     kernels/law_step.py::law_*_ref (pure torch, the default kernels)
+    ref     law_fast/kernels/law_step.py::law_*_ref (pure torch, the default kernels)
     cpp     the C++ CPU kernels in law_fast._C, reached through the dispatcher
-    triton  kernels/law_step.py::law_*_triton under TRITON_INTERPRET=1; the flag must be set
+    triton  law_fast/kernels/law_step.py::law_*_triton under TRITON_INTERPRET=1; the flag must be set
             before triton is imported, so these cases run in a child pytest process
             (test_triton_interpreter_suite) and are collected only there.
 (The CUDA C++ kernels are compile-checked by .ci/compile_cuda.sh; no GPU here.)

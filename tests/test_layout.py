@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "law_fast"
-KERNELS = Path(__file__).resolve().parents[1] / "kernels"
 
 # the layers of docs/architecture.md: a module may import modules of its own layer or below, never above
 LAYERS = {
@@ -37,7 +36,7 @@ LAYERS = {
 
 def _module_files() -> dict[str, Path]:
     files = {}
-    for root, prefix in ((PACKAGE, "law_fast"), (KERNELS, "law_fast.kernels")):
+    for root, prefix in ((PACKAGE, "law_fast"),):
         for path in root.rglob("*.py"):
             parts = list(path.relative_to(root).with_suffix("").parts)
             if parts[-1] == "__init__":
@@ -200,3 +199,35 @@ def test_public_api_names():
 
     assert callable(lf.wash)
     assert lf.WashConfig.create(layers=(1,)).layers == (1,)
+
+
+def test_no_top_level_package_shadows_an_installed_one():
+    """Run from the checkout, the repository root is first on sys.path (``python -m pytest``).
+
+    A top-level ``kernels/`` package once shadowed the PyPI ``kernels`` that transformers ≥ 5.25
+    imports, and every model load failed (docs/architecture.md).  Nothing importable at the root
+    other than ``law_fast`` and ``setup`` may share a name with a module installed elsewhere.
+    """
+    import importlib.machinery
+    import sys
+
+    root = PACKAGE.parent
+    names = {p.name for p in root.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    names |= {p.stem for p in root.glob("*.py")}
+    elsewhere = [p for p in sys.path if p and Path(p).resolve() != root]
+    clashes = {
+        name: spec.origin
+        for name in sorted(names - {"law_fast", "setup"})
+        if (spec := importlib.machinery.PathFinder.find_spec(name, elsewhere)) is not None
+    }
+    assert not clashes, f"modules at {root} shadow installed ones: {clashes}"
+    assert names <= {"law_fast", "setup"}, f"unexpected importable names at the repository root: {sorted(names)}"
+
+
+def test_transformers_models_import_from_the_repository_root():
+    import subprocess
+    import sys
+
+    code = "import transformers.models.llama.modeling_llama, law_fast.kernels.law_step"
+    done = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

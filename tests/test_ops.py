@@ -1,9 +1,9 @@
 """law_fast.ops: every implementation of each op against a float64 reference.
 
 cov_accumulate_ implementations:
-    ref     kernels/cov_accumulate.py::cov_accumulate_ref (pure torch, the default kernel)
+    ref     law_fast/kernels/cov_accumulate.py::cov_accumulate_ref (pure torch, the default kernel)
     cpp     the C++ CPU kernel in law_fast._C, reached through the dispatcher
-    triton  kernels/cov_accumulate.py::cov_accumulate_triton under TRITON_INTERPRET=1; the flag
+    triton  law_fast/kernels/cov_accumulate.py::cov_accumulate_triton under TRITON_INTERPRET=1; the flag
             must be set before triton is imported, so these cases run in a child pytest process
             (test_triton_interpreter_suite) and are collected only there.
 
