@@ -34,8 +34,8 @@ DATA = REPO_ROOT.parent / "shared" / "data"
 TOKENIZER = DATA / "tokenizers" / "gpt2"
 
 
-def one_run(m: int, args) -> dict:
-    """The wash of m facts in this process (called in a subprocess by main)."""
+def one_run(m: int, args) -> tuple[dict, dict]:
+    """The wash of m facts in this process (called in a subprocess by main): its row and its deltas."""
     import law_fast as lf
     from law_fast import dist
     from law_fast.testing import gpt2_tokenizer, make_scale_model, synthetic_facts
@@ -74,7 +74,7 @@ def one_run(m: int, args) -> dict:
         "stages_memory_mb": dict(result.report.memory_mb),  # resident and peak MB at each stage's end
         "peak_rss_mb": peak_mb,
         "delta_norms": {str(k): float(v.norm()) for k, v in result.deltas.items()},
-    }
+    }, result.deltas
 
 
 def main(argv=None) -> int:
@@ -94,14 +94,19 @@ def main(argv=None) -> int:
     parser.add_argument("--name", default="scale_cpu")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # the subprocess's m
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--deltas-out", default=None, help=argparse.SUPPRESS)  # bench_resume: the deltas
     args = parser.parse_args(argv)
     if args.workdir is None:
         from law_fast.hf.loading import cache_dir
 
         args.workdir = str(cache_dir() / "bench_scale")
     if args.one is not None:
-        row = one_run(args.one, args)
+        row, deltas = one_run(args.one, args)
         if int(os.environ.get("RANK", "0")) == 0:
+            if args.deltas_out:
+                import torch
+
+                torch.save(deltas, args.deltas_out)
             write_json(Path(args.out), row)
         return 0
     rows = []
