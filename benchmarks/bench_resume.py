@@ -36,7 +36,7 @@ SCALE = Path(__file__).resolve().parent / "bench_scale.py"
 
 
 def _command(args, m: int, processes: int, workdir: Path, row: Path, deltas: Path) -> list[str]:
-    tail = ["--m", str(m), "--layers", args.layers, "--stats-docs", str(args.stats_docs), "--vocab", str(args.vocab)]
+    tail = ["--layers", args.layers, "--stats-docs", str(args.stats_docs), "--vocab", str(args.vocab)]
     tail += ["--law-iters", str(args.law_iters), "--seed", str(args.seed), "--processes", str(processes)]
     tail += ["--one", str(m), "--out", str(row), "--workdir", str(workdir), "--deltas-out", str(deltas)]
     if processes == 1:

@@ -77,6 +77,20 @@ def one_run(m: int, args) -> tuple[dict, dict]:
     }, result.deltas
 
 
+def _without_m(argv: list[str]) -> list[str]:
+    """The arguments less ``--m`` and its value: the subprocess gets ``--one``, and torchrun's parser
+    would take ``--m`` for an abbreviation of its own options (``--module``, ``--master-addr``, ...)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--m":
+            skip = True
+        elif not a.startswith("--m="):
+            out.append(a)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--m", default="1000,10000", help="numbers of facts, comma-separated")
@@ -117,7 +131,7 @@ def main(argv=None) -> int:
         path = Path(args.workdir) / f"row-m{m}-p{args.processes}-{digest}.json"
         row = read_json(path)
         if row is None:
-            passed = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--m=")]
+            passed = _without_m(argv if argv is not None else sys.argv[1:])
             cmd = [sys.executable, __file__, *passed, "--one", str(m), "--out", str(path), "--workdir", args.workdir]
             if args.processes > 1:
                 cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
