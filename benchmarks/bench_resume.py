@@ -7,7 +7,9 @@ Three runs of the same wash, each in a fresh work directory:
   interrupted  one process, killed (SIGKILL) three times — during z* (once --kill-chunks chunks are on
                disk), during the MEMIT initialisation of layer --kill-layer (once the layer before it
                is on disk) and during that layer's LaW key pass and solve (likewise) — then run to the end
-  processes-2  torchrun --standalone --nproc-per-node 2 (gloo), uninterrupted
+  processes-2  torchrun --standalone --nproc-per-node 2 (gloo), uninterrupted: 1 thread per process
+  reference-1-thread  one process with OMP_NUM_THREADS=1, uninterrupted (what processes-2 is compared to
+               besides the reference: float32 sums in another order change a wash as much as sharding can)
 
     python benchmarks/bench_resume.py --m 10000
 
@@ -68,9 +70,9 @@ def _kill_when(cmd: list[str], ready, workdir: Path, timeout_s: float) -> dict:
     raise SystemExit(f"{' '.join(cmd)} ended (rc {process.returncode}) before its kill point")
 
 
-def _run(cmd: list[str]) -> float:
+def _run(cmd: list[str], env: dict) -> float:
     started = time.perf_counter()
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, env={**os.environ, **env})
     return time.perf_counter() - started
 
 
@@ -78,8 +80,14 @@ def _compare(deltas: dict, reference: dict) -> dict:
     out = {}
     for layer, ref in reference.items():
         scale = float(ref.abs().max())
-        diff = float((deltas[layer].double() - ref.double()).abs().max())
-        out[str(layer)] = {"max_abs_diff": diff, "max_rel_diff": diff / scale, "bitwise_equal": bool(diff == 0.0)}
+        error = deltas[layer].double() - ref.double()
+        diff = float(error.abs().max())
+        out[str(layer)] = {
+            "max_abs_diff": diff,
+            "max_rel_diff": diff / scale,
+            "frobenius_rel_diff": float(error.norm() / ref.double().norm()),
+            "bitwise_equal": bool(diff == 0.0),
+        }
     return out
 
 
@@ -109,7 +117,8 @@ def main(argv=None) -> int:
     setting |= {"kill_chunks": args.kill_chunks, "kill_layer": args.kill_layer}
     root = Path(args.workdir) / sha({**setting, "code": code_key("law_fast")})[:16]
     runs = {}
-    for name, processes in (("reference", 1), ("interrupted", 1), ("processes-2", 2)):
+    # torchrun gives each process 1 thread: "reference-1-thread" tells the sharding from the thread count
+    for name, processes in (("reference", 1), ("interrupted", 1), ("processes-2", 2), ("reference-1-thread", 1)):
         done = read_json(root / f"{name}.json")
         if done is None:
             work = root / name
@@ -131,15 +140,21 @@ def main(argv=None) -> int:
                     wall += kill["killed_after_s"]
                     done["kills"].append({"during": where, **kill})
                     print(f"{name}: killed during {where} after {kill['killed_after_s']:.0f} s: {kill}", flush=True)
-            wall += _run(cmd)
+            wall += _run(cmd, {"OMP_NUM_THREADS": "1"} if name == "reference-1-thread" else {})
             done |= {"wall_s_all_attempts": wall, "last_attempt": read_json(row)}
             write_json(root / f"{name}.json", done)
         runs[name] = done
     reference = torch.load(root / "reference-deltas.pt")
-    for name in ("interrupted", "processes-2"):
+    one_thread = torch.load(root / "reference-1-thread-deltas.pt")
+    runs["processes-2"]["vs_reference_1_thread"] = _compare(torch.load(root / "processes-2-deltas.pt"), one_thread)
+    for name in ("interrupted", "processes-2", "reference-1-thread"):
         runs[name]["vs_reference"] = _compare(torch.load(root / f"{name}-deltas.pt"), reference)
-        worst = max(v["max_rel_diff"] for v in runs[name]["vs_reference"].values())
-        print(f"{name}: wall {runs[name]['wall_s_all_attempts']:.0f} s, largest relative difference {worst:.2e}")
+        worst = max(v["frobenius_rel_diff"] for v in runs[name]["vs_reference"].values())
+        print(
+            f"{name}: wall {runs[name]['wall_s_all_attempts']:.0f} s, largest relative (Frobenius) difference {worst:.2e}"
+        )
+    worst = max(v["frobenius_rel_diff"] for v in runs["processes-2"]["vs_reference_1_thread"].values())
+    print(f"processes-2 vs reference-1-thread: largest relative (Frobenius) difference {worst:.2e}")
     print(f"reference: wall {runs['reference']['wall_s_all_attempts']:.0f} s")
     out = write_result(args.name, {"benchmark": "resume", "settings": vars(args), "runs": runs})
     print(f"wrote {out}")
