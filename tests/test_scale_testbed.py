@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from law_fast.testing import OBJECTS, RELATIONS, gpt2_tokenizer, make_scale_model, synthetic_facts
 
@@ -63,8 +64,20 @@ def test_bench_scale_one_run(tmp_path):
         final_check=True,
         vocab=512,
     )
-    row = bench_scale.one_run(12, args)
+    row, deltas = bench_scale.one_run(12, args)
     assert row["m"] == 12 and row["processes"] == 1 and row["peak_rss_mb"] > 0
     assert {"covariance", "targets", "memit init"} <= set(row["stages_s"]) and len(row["delta_norms"]) == 2
-    again = bench_scale.one_run(12, args)  # resumed from the workdir: the same deltas
+    assert sorted(deltas) == [1, 2] and all(float(d.norm()) == row["delta_norms"][str(k)] for k, d in deltas.items())
+    again, again_deltas = bench_scale.one_run(12, args)  # resumed from the workdir: the same deltas
     assert again["delta_norms"] == row["delta_norms"]
+    assert all(torch.equal(again_deltas[k], deltas[k]) for k in deltas)
+
+
+def test_bench_scale_subprocess_arguments_drop_m():
+    # torchrun would read --m as an abbreviation of its own --module / --master-addr
+    assert bench_scale._without_m(["--m", "10,20", "--processes", "2", "--m=5", "--name", "x"]) == [
+        "--processes",
+        "2",
+        "--name",
+        "x",
+    ]
