@@ -2,7 +2,7 @@
 ``torchrun --nproc-per-node 2`` (gloo) gives the same deltas as one process — at m facts on the scale
 testbed of ``bench_scale.py`` (the same model, facts, layers and settings; its ``one_run`` does the wash).
 
-Three runs of the same wash, each in a fresh work directory:
+Four runs of the same wash, each in a fresh work directory:
   reference    one process, uninterrupted
   interrupted  one process, killed (SIGKILL) three times — during z* (once --kill-chunks chunks are on
                disk), during the MEMIT initialisation of layer --kill-layer (once the layer before it
@@ -15,9 +15,10 @@ Three runs of the same wash, each in a fresh work directory:
 
 Writes benchmarks/results/<name>.json (default resume_cpu): per run the wall seconds (and stage seconds of
 the last attempt), where each kill landed (z* chunks / stage files on disk), and per layer the largest
-|ΔW − ΔW_reference| relative to max |ΔW_reference|.  Targets: interrupted = reference bit for bit (same
-process, same settings); 2 processes within 1e-5 relative (float32: the all-reduced sums are added in
-another order).  A finished run is cached (keyed by its settings and law_fast's code) and not rerun.
+|ΔW − ΔW_reference| (absolute, relative to max |ΔW_reference|) and ‖ΔW − ΔW_reference‖ / ‖ΔW_reference‖;
+processes-2 is compared with reference-1-thread too.  Targets: interrupted = reference bit for bit (same
+process, same settings); processes-2 within 1e-5 relative of reference-1-thread (float32: the all-reduced
+sums are added in another order).  A finished run is cached (keyed by its settings and law_fast's code) and not rerun.
 """
 
 from __future__ import annotations
@@ -32,19 +33,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_scale  # noqa: E402
 from common import code_key, read_json, sha, write_json, write_result  # noqa: E402
-
-SCALE = Path(__file__).resolve().parent / "bench_scale.py"
 
 
 def _command(args, m: int, processes: int, workdir: Path, row: Path, deltas: Path) -> list[str]:
     tail = ["--layers", args.layers, "--stats-docs", str(args.stats_docs), "--vocab", str(args.vocab)]
     tail += ["--law-iters", str(args.law_iters), "--seed", str(args.seed), "--processes", str(processes)]
     tail += ["--one", str(m), "--out", str(row), "--workdir", str(workdir), "--deltas-out", str(deltas)]
-    if processes == 1:
-        return [sys.executable, str(SCALE), *tail]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
-    return [*launcher, str(SCALE), *tail]
+    return bench_scale.one_run_command(processes, tail)
 
 
 def _stage_files(workdir: Path) -> dict:

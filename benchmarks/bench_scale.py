@@ -77,6 +77,15 @@ def one_run(m: int, args) -> tuple[dict, dict]:
     }, result.deltas
 
 
+def one_run_command(processes: int, arguments: list[str]) -> list[str]:
+    """The command that runs this script's ``--one`` wash: in this interpreter, or under torchrun (gloo)
+    with ``processes`` processes (bench_scale's rows, bench_resume's runs)."""
+    if processes == 1:
+        return [sys.executable, __file__, *arguments]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
+    return [*launcher, __file__, *arguments]
+
+
 def _without_m(argv: list[str]) -> list[str]:
     """The arguments less ``--m`` and its value: the subprocess gets ``--one``, and torchrun's parser
     would take ``--m`` for an abbreviation of its own options (``--module``, ``--master-addr``, ...)."""
@@ -132,11 +141,9 @@ def main(argv=None) -> int:
         row = read_json(path)
         if row is None:
             passed = _without_m(argv if argv is not None else sys.argv[1:])
-            cmd = [sys.executable, __file__, *passed, "--one", str(m), "--out", str(path), "--workdir", args.workdir]
-            if args.processes > 1:
-                cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
-                cmd += [str(args.processes), __file__, *passed, "--one", str(m), "--out", str(path)]
-                cmd += ["--workdir", args.workdir]
+            cmd = one_run_command(
+                args.processes, [*passed, "--one", str(m), "--out", str(path), "--workdir", args.workdir]
+            )
             print(f"m = {m}: {' '.join(cmd[2:6])} ...", flush=True)
             subprocess.run(cmd, check=True)
             row = read_json(path)
