@@ -124,3 +124,43 @@ def test_wash_result_audit_compares_with_the_original(tiny_tokenizer):
     report = result.audit(PARIS, probes=("phrasings", "lens"))
     assert report.original is not None and set(report.original) == {"phrasings", "lens"}
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # the washed model is untouched
+
+
+@pytest.mark.parametrize("family", lf.testing.FAMILIES)
+def test_lens_decodes_each_blocks_output_on_every_architecture(tiny_tokenizer, family):
+    """The lens rank per layer = the answer's rank in the final norm and head applied to the block's output as
+    transformers returns it (``output_hidden_states``, one unpadded prompt at a time); at the last block, the
+    rank in the model's own logits. Facts of different lengths share a padded batch."""
+    from law_fast.eval.audit import _answer_ranks
+    from law_fast.hf.adapters import get_adapter
+    from law_fast.testing import make_tiny_model
+
+    model = make_tiny_model(family, len(tiny_tokenizer), n_layers=3).double().eval()
+    facts = PARIS + DEMOS
+    (ranks,) = _answer_ranks(model, tiny_tokenizer, facts, [[f.answer for f in facts]], batch_size=3)
+    adapter = get_adapter(model)
+    norm, head = model.get_submodule(adapter.final_norm), adapter.lm_head(model)
+    for fact, got in zip(facts, ranks):
+        enc = tiny_tokenizer(fact.prompt.strip(), return_tensors="pt")
+        with torch.no_grad():
+            out = model(**enc, output_hidden_states=True)
+            logits = [head(norm(h[0, -1])) for h in out.hidden_states[1:-1]] + [out.logits[0, -1]]
+        answer = tiny_tokenizer(" " + fact.answer, add_special_tokens=False)["input_ids"][0]
+        assert got.tolist() == [1 + int((z > z[answer]).sum()) for z in logits], (family, fact.case_id)
+
+
+@pytest.mark.parametrize("family", lf.testing.FAMILIES)
+def test_every_probe_runs_on_every_architecture(tiny_tokenizer, family):
+    """All six probes on a tiny random model of each family, the original alongside: one result per fact and
+    probe, rates in [0, 1], and the relearning probe leaves the audited model's weights as they were."""
+    from law_fast.testing import make_tiny_model
+
+    model = make_tiny_model(family, len(tiny_tokenizer), n_layers=3).eval()
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    report = audit(model, tiny_tokenizer, PARIS, original=model, demos=DEMOS, relearn_steps=2, samples=2)
+    assert list(report.probes) == list(lf.eval.audit.PROBES) and set(report.original) == set(report.probes)
+    for name, block in report.probes.items():
+        assert block["n"] == 3 and len(block["per_fact"]) == 3 and 0 <= block["found"] <= 1, name
+        assert block["found"] == report.original[name]["found"], name  # the same model, the same settings
+    assert report.probes["relearn"]["steps"] == 2
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
