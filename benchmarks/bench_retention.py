@@ -17,6 +17,8 @@ for the original and for the points named by --reasoning-points.
 Variants (``VARIANTS``) and their one knob ``s``:
   default        law_fast's default (WashConfig.preset: config.RETENTION_DEFAULT, MEMIT to EOS keeping 1,000
                  names mined from the corpus, ν = 1), disruption budget ×s — the same computation as memit-ent1
+  default-z100   the default with z* run up to Z_STEPS (100) steps, each fact until the loss threshold
+                 (the preset stops at 20: at m = 64 8 facts end above a loss of 3), disruption budget ×s
   memit          MEMIT to EOS, disruption budget ×s (budget per fact 6.25e-5·s, cap 0.02·s)
   law            LaW (law_fast's default before the frontier was measured), the same budget ×s
   paper          LaW with the authors' settings (WashConfig.preset(paper=True)), norm bounds ×s
@@ -69,6 +71,7 @@ BUDGET = (6.25e-5, 0.02)  # law_fast's default disruption budget per fact and it
 ENTITIES = 1000  # name mentions mined from the statistics corpus by the *-entities variants
 REFUSAL = " I don't know."  # the *-refusal variants' target text
 ALPHA_THRESHOLD = 1e-2  # the *-alpha variants' null-space threshold at s = 1 (SmolLM2's C: 400-740 of 1536 below it)
+Z_STEPS = 100  # default-z100: z* steps (each fact stops at the loss threshold; the SmolLM2 preset runs 20)
 FIRST_LAYER = 4  # the first edited block of SmolLM2's preset (4..8); the *-layers variants edit s blocks from it
 
 
@@ -77,6 +80,8 @@ def knob_overrides(variant: str, s: float, retain_file: str) -> dict:
     budget = dict(disruption_per_fact=BUDGET[0] * s, disruption_budget=BUDGET[1] * s)
     if variant == "default":
         return budget
+    if variant == "default-z100":
+        return dict(v_num_grad_steps=Z_STEPS, **budget)
     if variant in ("memit", "law"):
         return dict(method=variant, **budget)
     if variant in ("memit-unlikely", "law-unlikely"):
@@ -110,6 +115,7 @@ def knob_overrides(variant: str, s: float, retain_file: str) -> dict:
 
 VARIANTS = (
     "default",
+    "default-z100",
     "memit",
     "law",
     "paper",
@@ -146,10 +152,10 @@ LEFT = {  # (JSON key, EvalReport.flat() key)
 
 def variant_overrides(variant: str, s: float, retain_file: str) -> dict:
     """What ``WashConfig.preset`` gets for ``variant`` at ``s``: the knob's overrides, on the plain method
-    (config.RETAIN_OFF) for every variant but ``default``, which keeps the preset's retention."""
+    (config.RETAIN_OFF) for every variant but ``default`` and ``default-z100``, which keep the preset's retention."""
     from law_fast.config import RETAIN_OFF
 
-    return {**({} if variant == "default" else RETAIN_OFF), **knob_overrides(variant, s, retain_file)}
+    return {**({} if variant.startswith("default") else RETAIN_OFF), **knob_overrides(variant, s, retain_file)}
 
 
 def job_dir(workdir: Path, washed) -> Path:
@@ -401,6 +407,7 @@ def parse_knobs(text: str, variants) -> dict[str, list[float]]:
 def knob_doc(variant: str) -> str:
     return {
         "default": "WashConfig.preset (memit + retain_entities=1000, ν = 1), disruption budget ×s",
+        "default-z100": f"the default with z* up to {Z_STEPS} steps (to the loss threshold), disruption budget ×s",
         "memit": "disruption budget ×s",
         "law": "disruption budget ×s",
         "paper": "norm bounds ×s (s/3..3s/4 of ‖W‖)",

@@ -67,3 +67,6 @@ def test_default_variant_is_the_preset_and_the_others_are_plain():
     for variant in ("memit", "law", "paper", "memit-unlikely", "memit-layers"):
         assert not config(variant).retain.active, variant
     assert config("law").method == "law" and config("memit").method == "memit"
+    z100 = config("default-z100", 2.0)  # the default, z* run longer: nothing else differs
+    assert z100.targets.v_num_grad_steps == bench.Z_STEPS and config("default").targets.v_num_grad_steps == 20
+    assert z100.replace(v_num_grad_steps=20) == config("default", 2.0)
