@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from ..config import AUDIT_PROBES
 from ..facts import Fact, answer_in
@@ -369,7 +370,7 @@ def _probe_relearn(model, tokenizer, facts, partners, config, demos) -> dict:
     return block
 
 
-def _run_probes(model, tokenizer, facts, config, demos) -> dict:
+def _run_probes(model, tokenizer, facts, config, demos, desc: str | None) -> dict:
     partners = _partners(facts)
     runners = {
         "phrasings": lambda: _probe_phrasings(model, tokenizer, facts, partners, config),
@@ -381,9 +382,15 @@ def _run_probes(model, tokenizer, facts, config, demos) -> dict:
     }
     was_training = model.training
     model.train(False)
+    bar = tqdm(config.probes, desc=desc, disable=desc is None, unit="probe")
     try:
-        return {name: runners[name]() for name in config.probes}
+        out = {}
+        for name in bar:
+            bar.set_postfix_str(name)
+            out[name] = runners[name]()
+        return out
     finally:
+        bar.close()
         model.train(was_training)
 
 
@@ -394,12 +401,14 @@ def audit(
     original=None,
     demos: Sequence[Fact] = (),
     config: AuditConfig | None = None,
+    progress: bool = True,
     **overrides,
 ) -> AuditReport:
     """Audit ``model`` (a washed one) on ``facts`` with every probe of ``config`` (or its fields as
     keywords, e.g. ``probes=("phrasings", "lens")``); ``original``: the model before the wash, audited
     the same way for comparison; ``demos``: facts that were *not* washed (the controls), for the context
-    and relearning probes and as extra distractors — none of them may be an audited fact."""
+    and relearning probes and as extra distractors — none of them may be an audited fact; ``progress``: a bar
+    per audited model, advancing probe by probe (stderr)."""
     from ..info import versions
 
     config = dataclasses.replace(config or AuditConfig(), **overrides)
@@ -416,8 +425,11 @@ def audit(
     clash = [d.case_id for d in demos if (d.subject, d.template) in audited]
     if clash:
         raise ValueError(f"demos must not hold audited facts (same subject and prompt): case ids {clash[:5]}")
-    probes = _run_probes(model, tokenizer, facts, config, demos)
-    before = _run_probes(original, tokenizer, facts, config, demos) if original is not None else None
+    desc = f"audit of {len(facts)} facts" if progress else None
+    probes = _run_probes(model, tokenizer, facts, config, demos, desc)
+    before = None
+    if original is not None:
+        before = _run_probes(original, tokenizer, facts, config, demos, desc and desc + ", original")
     receipts = {
         str(f.case_id): [name for name, block in probes.items() if block["per_fact"][i]["found"]]
         for i, f in enumerate(facts)

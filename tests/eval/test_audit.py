@@ -164,3 +164,12 @@ def test_every_probe_runs_on_every_architecture(tiny_tokenizer, family):
         assert block["found"] == report.original[name]["found"], name  # the same model, the same settings
     assert report.probes["relearn"]["steps"] == 2
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_progress_bar_names_each_probe_and_is_silent_when_off(tiny_tokenizer, capsys):
+    model = _saying(tiny_tokenizer, " Paris")
+    audit(model, tiny_tokenizer, PARIS, original=model, probes=("phrasings", "lens"))
+    err = capsys.readouterr().err
+    assert "audit of 3 facts:" in err and "audit of 3 facts, original:" in err and "lens" in err and "2/2" in err
+    audit(model, tiny_tokenizer, PARIS, probes=("phrasings", "lens"), progress=False)
+    assert "audit" not in capsys.readouterr().err
