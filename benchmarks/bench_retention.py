@@ -17,8 +17,8 @@ for the original and for the points named by --reasoning-points.
 Variants (``VARIANTS``) and their one knob ``s``:
   default        law_fast's default (WashConfig.preset: config.RETENTION_DEFAULT, MEMIT to EOS keeping 1,000
                  names mined from the corpus, ν = 1), disruption budget ×s — the same computation as memit-ent1
-  default-z100   the default with z* run up to Z_STEPS (100) steps, each fact until the loss threshold
-                 (the preset stops at 20: at m = 64 8 facts end above a loss of 3), disruption budget ×s
+  VARIANT-zN     VARIANT with z* run up to N steps, each fact until the loss threshold (default-z100,
+                 memit-z100: the SmolLM2 preset stops at 20, where at m = 64 8 facts end above a loss of 3)
   memit          MEMIT to EOS, disruption budget ×s (budget per fact 6.25e-5·s, cap 0.02·s)
   law            LaW (law_fast's default before the frontier was measured), the same budget ×s
   paper          LaW with the authors' settings (WashConfig.preset(paper=True)), norm bounds ×s
@@ -58,6 +58,7 @@ import argparse
 import json
 import logging
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -71,17 +72,18 @@ BUDGET = (6.25e-5, 0.02)  # law_fast's default disruption budget per fact and it
 ENTITIES = 1000  # name mentions mined from the statistics corpus by the *-entities variants
 REFUSAL = " I don't know."  # the *-refusal variants' target text
 ALPHA_THRESHOLD = 1e-2  # the *-alpha variants' null-space threshold at s = 1 (SmolLM2's C: 400-740 of 1536 below it)
-Z_STEPS = 100  # default-z100: z* steps (each fact stops at the loss threshold; the SmolLM2 preset runs 20)
+Z_STEPS = re.compile(r"(.+)-z(\d+)")  # VARIANT-zN: VARIANT with z* up to N steps (each fact to the loss threshold)
 FIRST_LAYER = 4  # the first edited block of SmolLM2's preset (4..8); the *-layers variants edit s blocks from it
 
 
 def knob_overrides(variant: str, s: float, retain_file: str) -> dict:
     """The WashConfig overrides of ``variant`` at knob value ``s`` (see the module docstring)."""
     budget = dict(disruption_per_fact=BUDGET[0] * s, disruption_budget=BUDGET[1] * s)
+    if variant in VARIANTS and Z_STEPS.fullmatch(variant):
+        base, steps = Z_STEPS.fullmatch(variant).groups()
+        return dict(knob_overrides(base, s, retain_file), v_num_grad_steps=int(steps))
     if variant == "default":
         return budget
-    if variant == "default-z100":
-        return dict(v_num_grad_steps=Z_STEPS, **budget)
     if variant in ("memit", "law"):
         return dict(method=variant, **budget)
     if variant in ("memit-unlikely", "law-unlikely"):
@@ -117,6 +119,7 @@ VARIANTS = (
     "default",
     "default-z100",
     "memit",
+    "memit-z100",
     "law",
     "paper",
     "memit-retain",
@@ -152,7 +155,7 @@ LEFT = {  # (JSON key, EvalReport.flat() key)
 
 def variant_overrides(variant: str, s: float, retain_file: str) -> dict:
     """What ``WashConfig.preset`` gets for ``variant`` at ``s``: the knob's overrides, on the plain method
-    (config.RETAIN_OFF) for every variant but ``default`` and ``default-z100``, which keep the preset's retention."""
+    (config.RETAIN_OFF) for every variant but ``default`` and ``default-zN``, which keep the preset's retention."""
     from law_fast.config import RETAIN_OFF
 
     return {**({} if variant.startswith("default") else RETAIN_OFF), **knob_overrides(variant, s, retain_file)}
@@ -405,9 +408,11 @@ def parse_knobs(text: str, variants) -> dict[str, list[float]]:
 
 
 def knob_doc(variant: str) -> str:
+    if Z_STEPS.fullmatch(variant):
+        base, steps = Z_STEPS.fullmatch(variant).groups()
+        return f"{knob_doc(base)}; z* up to {steps} steps (each fact to the loss threshold)"
     return {
         "default": "WashConfig.preset (memit + retain_entities=1000, ν = 1), disruption budget ×s",
-        "default-z100": f"the default with z* up to {Z_STEPS} steps (to the loss threshold), disruption budget ×s",
         "memit": "disruption budget ×s",
         "law": "disruption budget ×s",
         "paper": "norm bounds ×s (s/3..3s/4 of ‖W‖)",

@@ -47,6 +47,8 @@ def test_knob_overrides_name_their_field_and_reject_unknown_variants():
     assert bench.knob_overrides("memit-unlikely", 1.0, "r.jsonl")["target"] == "unlikely"
     with pytest.raises(SystemExit, match="unknown variant"):
         bench.knob_overrides("nope", 1.0, "r.jsonl")
+    with pytest.raises(SystemExit, match="unknown variant"):  # only the listed -zN variants
+        bench.knob_overrides("law-z7", 1.0, "r.jsonl")
     for variant in bench.VARIANTS:  # every variant's overrides make a valid config
         WashConfig.create(**{"layers": (1, 2), **bench.knob_overrides(variant, 1.0, "r.jsonl")})
     assert bench.knob_overrides("memit-alpha", 2.0, "r.jsonl")["null_space_threshold"] == pytest.approx(0.02)
@@ -67,6 +69,8 @@ def test_default_variant_is_the_preset_and_the_others_are_plain():
     for variant in ("memit", "law", "paper", "memit-unlikely", "memit-layers"):
         assert not config(variant).retain.active, variant
     assert config("law").method == "law" and config("memit").method == "memit"
-    z100 = config("default-z100", 2.0)  # the default, z* run longer: nothing else differs
-    assert z100.targets.v_num_grad_steps == bench.Z_STEPS and config("default").targets.v_num_grad_steps == 20
-    assert z100.replace(v_num_grad_steps=20) == config("default", 2.0)
+    for base in ("default", "memit"):  # VARIANT-z100: VARIANT with z* run longer, nothing else differs
+        z100 = config(f"{base}-z100", 2.0)
+        assert z100.targets.v_num_grad_steps == 100 and config(base).targets.v_num_grad_steps == 20
+        assert z100.replace(v_num_grad_steps=20) == config(base, 2.0)
+        assert "z* up to 100 steps" in bench.knob_doc(f"{base}-z100")
