@@ -51,6 +51,7 @@ from ..facts import Fact
 from ..hf.adapters import get_adapter, model_device
 from ..hf.compat import at_least_fp32, pad_id
 from ..hf.hooks import eval_mode, saved_attributes
+from ..hf.tokens import answer_ids
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def build_examples(tokenizer, facts: Sequence[Fact], kind: str, target_ids: Sequ
         if kind == "target":
             tail = list(target_ids)
         else:
-            tail = list(tokenizer(" " + fact.answer, add_special_tokens=False)["input_ids"])
+            tail = answer_ids(tokenizer, fact.prompt, fact.answer)
         if not prompt or not tail:
             raise ValueError(f"fact {fact.case_id!r}: the prompt or the answer tokenises to nothing")
         if kind == "sequence":

@@ -47,7 +47,7 @@ from ..facts import Fact, answer_in
 from ..hf.adapters import get_adapter, model_device
 from ..hf.generate import greedy_continuations, sample_continuations
 from ..hf.hooks import capture, run_until
-from ..hf.tokens import encode_at
+from ..hf.tokens import answer_ids, encode_at
 from .lm import loglikelihoods
 
 log = logging.getLogger(__name__)
@@ -301,10 +301,7 @@ def _answer_ranks(
         logits = head(norm(hidden)).float()  # (b, L, V)
         for out, answers in zip(ranks, answer_sets):
             ids = torch.tensor(
-                [
-                    tokenizer(" " + a.strip(), add_special_tokens=False)["input_ids"][0]
-                    for a in answers[start : start + batch_size]
-                ],
+                [answer_ids(tokenizer, f.prompt, a)[0] for f, a in zip(chunk, answers[start : start + batch_size])],
                 device=logits.device,
             )
             target = logits.gather(-1, ids[:, None, None].expand(-1, len(layers), 1))
@@ -337,7 +334,7 @@ def _relearned(model, tokenizer, demos: Sequence[Fact], config) -> torch.nn.Modu
     rows, labels = [], []
     for d in demos[: config.relearn_facts]:
         prompt = tokenizer(d.prompt.strip())["input_ids"]
-        answer = tokenizer(" " + d.answer.strip(), add_special_tokens=False)["input_ids"]
+        answer = answer_ids(tokenizer, d.prompt, d.answer)
         rows.append(prompt + answer)
         labels.append([-100] * len(prompt) + answer)
     width = max(len(r) for r in rows)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..hf.adapters import model_device
 from ..hf.compat import cache_inputs, last_logits_only, log_probs, max_length, output_cache, pad_id
+from ..hf.tokens import encode, encode_pair
 
 log = logging.getLogger(__name__)
 
@@ -41,36 +42,6 @@ class Score:
     greedy: bool
     n_tokens: int
     first_logprob: float
-
-
-def _encode(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text)["input_ids"])
-
-
-def _prefix_id(tokenizer) -> int:
-    for value in (tokenizer.bos_token_id, tokenizer.eos_token_id):
-        if value is not None:
-            return int(value)
-    raise ValueError("the tokenizer defines neither a BOS nor an EOS token; an empty context cannot be scored")
-
-
-def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """Token ids (context, continuation) as the harness's ``HFLM._encode_pair``.
-
-    Trailing whitespace of ``context`` is moved to the front of ``continuation``; the joined
-    text is tokenised once and split after ``len(tokenize(context))`` tokens, so BPE merges
-    across the boundary are those of the joined text. An empty context becomes the BOS (else
-    EOS) token, as the harness's ``prefix_token_id``.
-    """
-    if context == "":
-        return [_prefix_id(tokenizer)], _encode(tokenizer, continuation)
-    n_spaces = len(context) - len(context.rstrip())
-    if n_spaces:
-        continuation = context[-n_spaces:] + continuation
-        context = context[:-n_spaces]
-    whole = _encode(tokenizer, context + continuation)
-    context_ids = _encode(tokenizer, context)
-    return context_ids, whole[len(context_ids) :]
 
 
 def _left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,7 +196,7 @@ def generate_until(
         stops.append(eos)
     device = model_device(model)
     pad = pad_id(tokenizer)
-    encoded = [_encode(tokenizer, p)[-limit:] for p in prompts]
+    encoded = [encode(tokenizer, p)[-limit:] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     out: list[str] = [""] * len(prompts)
     greedy = dict(do_sample=False, temperature=None, top_p=None, top_k=None)

@@ -34,6 +34,48 @@ def fill(template: str, subject: str, suffix: str = "") -> tuple[str, int]:
     return head + subject + tail + suffix, len(head) + len(subject)
 
 
+def encode(tokenizer, text: str) -> list[int]:
+    """The token ids of ``text`` with the tokenizer's default special tokens."""
+    return list(tokenizer(text)["input_ids"])
+
+
+def prefix_id(tokenizer) -> int:
+    for value in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if value is not None:
+            return int(value)
+    raise ValueError("the tokenizer defines neither a BOS nor an EOS token; an empty context cannot be scored")
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids (context, continuation) as the harness's ``HFLM._encode_pair``.
+
+    Trailing whitespace of ``context`` is moved to the front of ``continuation``; the joined
+    text is tokenised once and split after ``len(tokenize(context))`` tokens, so BPE merges
+    across the boundary are those of the joined text. An empty context becomes the BOS (else
+    EOS) token, as the harness's ``prefix_token_id``.
+    """
+    if context == "":
+        return [prefix_id(tokenizer)], encode(tokenizer, continuation)
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = encode(tokenizer, context + continuation)
+    context_ids = encode(tokenizer, context)
+    return context_ids, whole[len(context_ids) :]
+
+
+def answer_ids(tokenizer, prompt: str, answer: str) -> list[int]:
+    """The token ids of ``answer`` as it follows ``prompt`` after a space: the prompt + " " + answer
+    tokenised as one text and split after the prompt's tokens (:func:`encode_pair`).  Tokenised alone,
+    " answer" is not that with tokenizers that mark a word's leading space by a prefix (Llama-2's and
+    Mistral's "▁": a lone "▁" token, then "▁answer"); for GPT-2's byte-level BPE the two agree."""
+    _, ids = encode_pair(tokenizer, prompt.strip(), " " + answer.strip())
+    if not answer.strip() or not ids:
+        raise ValueError(f"the answer {answer!r} tokenises to nothing after the prompt {prompt!r}")
+    return ids
+
+
 @dataclass
 class Encoded:
     """A right-padded batch and, per row, the index of the token holding a marked character."""

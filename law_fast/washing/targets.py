@@ -28,7 +28,7 @@ from ..facts import Fact
 from ..hf.adapters import Adapter, model_device, model_fingerprint
 from ..hf.compat import cache_inputs, fork_cache, log_probs, new_cache, pad_id
 from ..hf.hooks import block_output_tensor, capture, frozen, run_until, skipped_blocks
-from ..hf.tokens import fill, tokenize_at
+from ..hf.tokens import answer_ids, fill, tokenize_at
 from ..integrity import read_verified, write_atomic
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,11 @@ PER_FACT = (UNLIKELY, ANSWER)  # the targets without shared ids
 
 
 def answer_token_ids(tokenizer, fact: Fact) -> list[int]:
-    """The fact's answer as it follows the prompt (with its leading space), without special tokens."""
-    ids = tokenizer(" " + fact.answer.strip(), add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise ValueError(f"fact {fact.case_id}: the answer {fact.answer!r} tokenises to nothing")
-    return [int(i) for i in ids]
+    """The fact's answer as it follows its prompt (with its leading space; ``hf.tokens.answer_ids``)."""
+    try:
+        return [int(i) for i in answer_ids(tokenizer, fact.prompt, fact.answer)]
+    except ValueError as e:
+        raise ValueError(f"fact {fact.case_id}: {e}") from None
 
 
 def answer_token_id(tokenizer, fact: Fact) -> int:

@@ -200,3 +200,44 @@ def test_half_precision_edits_are_kept_in_a_float32_island(tiny, tmp_path):
         module.weight.copy_(before)
         assert module.weight.dtype == torch.bfloat16 and not module._forward_hooks and not module._forward_pre_hooks
         assert torch.equal(model(**enc).logits, logits)
+
+
+def _prefix_space_tokenizer():
+    """A Llama-2-style tokenizer: the text gets a leading "▁" and every space becomes "▁" (no pre-tokenizer),
+    BOS added — " French" tokenised alone is a lone "▁" then "▁French"."""
+    from tokenizers import SentencePieceBPETokenizer, normalizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    sp = SentencePieceBPETokenizer()
+    text = ["The language of France is French", "The mother tongue of Danielle Darrieux is French"] * 20
+    sp.train_from_iterator(text, vocab_size=120, min_frequency=1, special_tokens=["<s>"], show_progress=False)
+    backend = sp._tokenizer
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    backend.pre_tokenizer = None
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>")
+
+
+def test_answer_ids_are_the_answer_as_it_follows_the_prompt(tiny_tokenizer):
+    """The answer's ids are those of prompt + " " + answer after the prompt's: with a prefix-space tokenizer
+    (Llama-2, Mistral) " French" alone starts with a lone "▁", which a z* target, a baseline's labels or the
+    audit's ranks would otherwise push; with byte-level BPE the two agree."""
+    from law_fast.baselines.training import build_examples
+    from law_fast.facts import Fact
+    from law_fast.hf.tokens import answer_ids
+    from law_fast.washing.targets import answer_token_id, answer_token_ids
+
+    fact = Fact(subject="France", template="The language of {} is", answer="French", case_id=0)
+    tok = _prefix_space_tokenizer()
+    alone = tok.convert_ids_to_tokens(tok(" French", add_special_tokens=False)["input_ids"])
+    assert alone[0] == "▁" and len(alone) > 1  # the trap exists in this tokenizer
+    ids = answer_ids(tok, fact.prompt, fact.answer)
+    assert tok.convert_ids_to_tokens(ids) == ["▁French"]
+    assert answer_token_ids(tok, fact) == ids and answer_token_id(tok, fact) == ids[0]
+    (example,) = build_examples(tok, [fact], "answer")
+    assert list(example.input_ids) == tok("The language of France is French")["input_ids"]
+    assert [i for i, on in zip(example.input_ids, example.labelled) if on] == ids
+    plain = tiny_tokenizer(" French", add_special_tokens=False)["input_ids"]  # byte-level BPE: the same ids
+    assert answer_ids(tiny_tokenizer, fact.prompt, " French ") == plain
+    with pytest.raises(ValueError, match="tokenises to nothing"):
+        answer_ids(tiny_tokenizer, fact.prompt, "   ")
