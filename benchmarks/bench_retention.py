@@ -19,6 +19,8 @@ Variants (``VARIANTS``) and their one knob ``s``:
                  names mined from the corpus, ν = 1), disruption budget ×s — the same computation as memit-ent1
   VARIANT-zN     VARIANT with z* run up to N steps, each fact until the loss threshold (default-z100,
                  memit-z100: the SmolLM2 preset stops at 20, where at m = 64 8 facts end above a loss of 3)
+  VARIANT-xNbB   VARIANT with up to N more z* steps for the facts whose loss is still above B after the
+                 20 (v_extra_steps, v_extra_loss): the others keep their 20-step z* (default-x80b1, -x80b3)
   memit          MEMIT to EOS, disruption budget ×s (budget per fact 6.25e-5·s, cap 0.02·s)
   law            LaW (law_fast's default before the frontier was measured), the same budget ×s
   paper          LaW with the authors' settings (WashConfig.preset(paper=True)), norm bounds ×s
@@ -73,6 +75,7 @@ ENTITIES = 1000  # name mentions mined from the statistics corpus by the *-entit
 REFUSAL = " I don't know."  # the *-refusal variants' target text
 ALPHA_THRESHOLD = 1e-2  # the *-alpha variants' null-space threshold at s = 1 (SmolLM2's C: 400-740 of 1536 below it)
 Z_STEPS = re.compile(r"(.+)-z(\d+)")  # VARIANT-zN: VARIANT with z* up to N steps (each fact to the loss threshold)
+EXTRA_STEPS = re.compile(r"(.+)-x(\d+)b([\d.]+)")  # VARIANT-xNbB: z* up to N more steps for the facts above loss B
 FIRST_LAYER = 4  # the first edited block of SmolLM2's preset (4..8); the *-layers variants edit s blocks from it
 
 
@@ -82,6 +85,9 @@ def knob_overrides(variant: str, s: float, retain_file: str) -> dict:
     if variant in VARIANTS and Z_STEPS.fullmatch(variant):
         base, steps = Z_STEPS.fullmatch(variant).groups()
         return dict(knob_overrides(base, s, retain_file), v_num_grad_steps=int(steps))
+    if variant in VARIANTS and EXTRA_STEPS.fullmatch(variant):
+        base, steps, bound = EXTRA_STEPS.fullmatch(variant).groups()
+        return dict(knob_overrides(base, s, retain_file), v_extra_steps=int(steps), v_extra_loss=float(bound))
     if variant == "default":
         return budget
     if variant in ("memit", "law"):
@@ -120,6 +126,8 @@ VARIANTS = (
     "default-z100",
     "memit",
     "memit-z100",
+    "default-x80b1",
+    "default-x80b3",
     "law",
     "paper",
     "memit-retain",
@@ -411,6 +419,9 @@ def knob_doc(variant: str) -> str:
     if Z_STEPS.fullmatch(variant):
         base, steps = Z_STEPS.fullmatch(variant).groups()
         return f"{knob_doc(base)}; z* up to {steps} steps (each fact to the loss threshold)"
+    if EXTRA_STEPS.fullmatch(variant):
+        base, steps, bound = EXTRA_STEPS.fullmatch(variant).groups()
+        return f"{knob_doc(base)}; z* up to {steps} more steps for the facts whose loss is still above {bound}"
     return {
         "default": "WashConfig.preset (memit + retain_entities=1000, ν = 1), disruption budget ×s",
         "memit": "disruption budget ×s",

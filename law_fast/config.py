@@ -121,6 +121,8 @@ RULES: dict[str, tuple] = {
     "clamp_norm_factor": _POSITIVE,
     "kl_factor": _NON_NEGATIVE,
     "loss_threshold": _NON_NEGATIVE,
+    "v_extra_steps": _NON_NEGATIVE,
+    "v_extra_loss": _NON_NEGATIVE,
     "target_batch_tokens": _AT_LEAST_1,
     # stats
     "corpus": _NON_EMPTY,
@@ -282,9 +284,24 @@ class TargetConfig(_Section):
     clamp_norm_factor: float = 0.75
     kl_factor: float = 0.0625
     loss_threshold: float = 0.05
+    # a fact whose loss is still above ``v_extra_loss`` after ``v_num_grad_steps`` steps goes on, up to
+    # ``v_extra_steps`` more, until it is below (the others stop where they are: their z* do not change)
+    v_extra_steps: int = 0
+    v_extra_loss: float = 1.0
     target_batch_tokens: int = (
         16384  # aligned prompt tokens per z* chunk (bounds memory; facts sorted by prefix length)
     )
+
+    @property
+    def max_steps(self) -> int:
+        """The most loss evaluations a fact's z* gets (``v_num_grad_steps`` + ``v_extra_steps``)."""
+        return self.v_num_grad_steps + self.v_extra_steps
+
+    def stops(self, loss, it: int):
+        """Which facts stop after the loss evaluation ``it`` (0-based): below ``loss_threshold``, or, from
+        the last of the ``v_num_grad_steps`` on, below ``v_extra_loss`` (works on floats and tensors)."""
+        done = loss < self.loss_threshold
+        return done | (loss < self.v_extra_loss) if it >= self.v_num_grad_steps - 1 else done
 
 
 @dataclass(frozen=True)

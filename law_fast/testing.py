@@ -178,7 +178,7 @@ def plain_compute_z(model, adapter, tok, fact, templates, config, z_layer, targe
     handle = adapter.block(model, z_layer).register_forward_hook(hook)
     try:
         with frozen(model):
-            for it in range(config.v_num_grad_steps):
+            for it in range(config.max_steps):
                 opt.zero_grad()
                 logits = model(**enc.model_inputs).logits
                 logp_all = torch.log_softmax(logits, -1)
@@ -200,7 +200,7 @@ def plain_compute_z(model, adapter, tok, fact, templates, config, z_layer, targe
                 )
                 wd = config.v_weight_decay * delta.norm() / state["z_init"].norm() ** 2
                 loss = nll + config.kl_factor * kl + wd
-                if loss.item() < config.loss_threshold or it == config.v_num_grad_steps - 1:
+                if config.stops(loss.item(), it) or it == config.max_steps - 1:
                     break
                 loss.backward()
                 opt.step()

@@ -74,3 +74,10 @@ def test_default_variant_is_the_preset_and_the_others_are_plain():
         assert z100.targets.v_num_grad_steps == 100 and config(base).targets.v_num_grad_steps == 20
         assert z100.replace(v_num_grad_steps=20) == config(base, 2.0)
         assert "z* up to 100 steps" in bench.knob_doc(f"{base}-z100")
+    for bound in (1, 3):  # default-x80bB: the default with extra z* steps for the facts above loss B
+        extra = config(f"default-x80b{bound}", 2.0)
+        assert (extra.targets.v_extra_steps, extra.targets.v_extra_loss) == (80, bound)
+        assert extra.replace(v_extra_steps=0, v_extra_loss=1.0) == config("default", 2.0)
+        assert f"80 more steps for the facts whose loss is still above {bound}" in bench.knob_doc(
+            f"default-x80b{bound}"
+        )

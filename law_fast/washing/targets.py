@@ -221,7 +221,7 @@ def compute_targets(
         for row, (tokens, i) in enumerate(zip(ids, index))
     ]
     bar = tqdm(
-        total=len(facts) * config.v_num_grad_steps,
+        total=len(facts) * config.max_steps,
         desc="targets z* (fact-steps)",
         disable=not progress or not dist.is_main(),
     )
@@ -251,7 +251,7 @@ def compute_targets(
     for chunk in dist.shard(chunks):  # under torchrun each process does every world-th chunk; gathered below
         if store is not None and all(keys[j] in done for j in chunk):
             put(chunk, store.rows(done, [keys[j] for j in chunk]))
-            bar.update(len(chunk) * config.v_num_grad_steps)
+            bar.update(len(chunk) * config.max_steps)
             continue
         rows = [r for j in chunk for r in range(j * per_fact, (j + 1) * per_fact)]
         part = _targets_chunk(
@@ -382,7 +382,8 @@ def _targets_chunk(
             buckets.append((rows, runner))
         log_p_init = None
         delta.requires_grad_(True)
-        for it in range(config.v_num_grad_steps):
+        last = config.max_steps - 1
+        for it in range(config.max_steps):
             live = active.nonzero().squeeze(1)
             nll, log_p = _losses(model, adapter, buckets, delta, active, T, labels, lengths, unlikely)
             if it == 0:
@@ -391,12 +392,12 @@ def _targets_chunk(
             wd = config.v_weight_decay * delta[live].norm(dim=1) / z_init[live].norm(dim=1) ** 2
             loss = nll + config.kl_factor * kl + wd
             final_loss[live] = loss.detach()
-            done = loss.detach() < config.loss_threshold
+            done = config.stops(loss.detach(), it)
             active[live[done]] = False
-            bar.update(len(live) + int(done.sum()) * (config.v_num_grad_steps - it - 1))
+            bar.update(len(live) + int(done.sum()) * (last - it))
             bar.set_postfix(live=int(active.sum()), loss=f"{float(loss.detach().mean()):.3f}")
-            if it == config.v_num_grad_steps - 1 or not active.any():
-                bar.update(int(active.sum()) * (config.v_num_grad_steps - it - 1))
+            if it == last or not active.any():
+                bar.update(int(active.sum()) * (last - it))
                 break
             (grad,) = torch.autograd.grad(loss[~done].sum(), delta)
             step_count += 1

@@ -43,6 +43,36 @@ def test_batched_targets_equal_per_fact_loop(tiny, target):
     assert bool((norms <= cfg.clamp_norm_factor * batched.z_init.norm(dim=1) * (1 + 1e-5)).all())
 
 
+def test_extra_steps_only_for_the_facts_still_far_and_equal_per_fact_loop(tiny):
+    """v_extra_steps: after v_num_grad_steps, only the facts whose loss is still above v_extra_loss go on
+    (until below it); the others keep the z* they had without extra steps, bit for bit; batched = plain loop."""
+    model, tok = tiny
+    model = model.double()
+    adapter = get_adapter(model)
+    ids = target_token_ids(tok, adapter.eos_token_id(model, tok), "eos")
+    base = TargetConfig(v_num_grad_steps=3, v_lr=0.05, loss_threshold=0.0)
+    short = compute_targets(model, adapter, tok, FACTS, TEMPLATES, base, 2, ids, progress=False)
+    # the bound between the facts' losses after the base steps: some stop there, the others go on
+    losses = sorted(short.loss.tolist())
+    bound = (losses[0] + losses[-1]) / 2
+    assert losses[0] < bound < losses[-1], losses
+    cfg = base.replace(v_extra_steps=12, v_extra_loss=bound)
+    assert cfg.max_steps == 15
+    longer = compute_targets(model, adapter, tok, FACTS, TEMPLATES, cfg, 2, ids, progress=False)
+    for j, fact in enumerate(FACTS):
+        if short.loss[j] < bound:  # stopped at the base steps: exactly the z* without extra steps
+            assert int(longer.steps[j]) == int(short.steps[j]) == base.v_num_grad_steps - 1
+            assert torch.equal(longer.z_star[j], short.z_star[j]), fact
+        else:  # went on, and ended below the bound or at the last allowed step
+            assert int(longer.steps[j]) > int(short.steps[j]), fact
+            assert float(longer.loss[j]) < bound or int(longer.steps[j]) == cfg.max_steps - 1, fact
+            assert float(longer.loss[j]) < float(short.loss[j]), fact
+        plain = plain_compute_z(model, adapter, tok, fact, TEMPLATES, cfg, 2, ids)
+        assert float((longer.z_star[j] - plain).norm() / plain.norm()) < 1e-6, fact
+    with pytest.raises(ValueError, match="v_extra_steps"):
+        TargetConfig(v_extra_steps=-1)
+
+
 def test_unlikely_target_equals_per_fact_loop_and_lowers_the_answer(tiny):
     """target "unlikely": each fact's own answer token is pushed down (−log(1 − p)); batched = plain loop."""
     from law_fast.washing.targets import answer_token_id
