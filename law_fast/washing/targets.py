@@ -166,6 +166,21 @@ def _rows(facts: Sequence[Fact], templates: Sequence[str], suffixes: Sequence[st
     return texts, ends
 
 
+def rewriting_rows(tokenizer, facts: Sequence[Fact], templates: Sequence[str], labels: Sequence[Sequence[int]]):
+    """(token rows, the subject's last token per row), fact-major: T rewriting rows — the prompt in each
+    context template, then the fact's target ids but the last (teacher-forced) — then the KL row.  The
+    target ids are appended as ids: decoded to text and tokenised with the prompt again (the reference's
+    way) they lose their leading space with SentencePiece-style tokenizers ("…is" + "Par"); with byte-level
+    BPE (GPT-2) the two give the same rows."""
+    texts, ends = _rows(facts, templates, [""] * len(facts))
+    ids, index = tokenize_at(tokenizer, texts, ends)
+    per_fact = len(templates) + 1
+    for row, tokens in enumerate(ids):
+        if row % per_fact < len(templates):
+            tokens.extend(labels[row // per_fact][:-1])
+    return ids, index
+
+
 def compute_targets(
     model,
     adapter: Adapter,
@@ -188,32 +203,24 @@ def compute_targets(
         raise ValueError("compute_targets needs at least one fact")
     if not templates or templates[0] != "{}":
         raise ValueError("templates[0] must be the plain template '{}' (z_init is read at the plain prompt)")
-
-    def suffix(ids):  # the target's tokens before its last, appended to the rewriting prompts
-        return tokenizer.decode(ids[:-1]) if len(ids) > 1 else ""
-
     if config.target in (UNLIKELY, ANSWER):
         if config.target == UNLIKELY:  # each fact's answer token, predicted at the prompt's last token
             labels = [[answer_token_id(tokenizer, f)] for f in facts]
         else:  # each fact's answer text, teacher-forced after the prompt
             labels = [answer_token_ids(tokenizer, f) for f in facts]
-        suffixes = [suffix(ids) for ids in labels]
     else:
         if target_ids is None:
             raise ValueError(f"target {config.target!r} needs target_ids (target_token_ids)")
-        target_ids = list(target_ids)
-        labels, suffixes = [target_ids] * len(facts), [suffix(target_ids)] * len(facts)  # one of each, shared
+        labels = [list(target_ids)] * len(facts)  # one list, shared
     per_fact = len(templates) + 1
-    texts, ends = _rows(facts, templates, suffixes)
-    ids, index = tokenize_at(tokenizer, texts, ends)
+    ids, index = rewriting_rows(tokenizer, facts, templates, labels)
     for row, (tokens, i) in enumerate(zip(ids, index)):
         if row % per_fact < len(templates) and len(tokens) - i < len(labels[row // per_fact]):
             fact = facts[row // per_fact]
             raise ValueError(
                 f"fact {fact.case_id} ({fact.subject!r}): the subject must end before the last prompt token "
-                f"of {texts[row]!r}"
+                f"of {tokenizer.decode(list(tokens))!r}"
             )
-    del texts  # (T+1)·m strings: only the token ids are needed from here on
     # the KL row is read at the subject token only, and causal attention makes that position
     # independent of the tokens after it: its suffix is the subject token alone
     ids = [

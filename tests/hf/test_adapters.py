@@ -241,3 +241,26 @@ def test_answer_ids_are_the_answer_as_it_follows_the_prompt(tiny_tokenizer):
     assert answer_ids(tiny_tokenizer, fact.prompt, " French ") == plain
     with pytest.raises(ValueError, match="tokenises to nothing"):
         answer_ids(tiny_tokenizer, fact.prompt, "   ")
+
+
+def test_rewriting_rows_append_the_target_ids_after_the_prompt():
+    """z*'s rewriting rows are the prompt's ids then the target's ids but the last, as ids: with a prefix-space
+    tokenizer the answer's text decoded and tokenised again with the prompt would lose its space ("isFrench")."""
+    from law_fast.facts import Fact
+    from law_fast.hf.tokens import answer_ids
+    from law_fast.washing.targets import rewriting_rows
+
+    tok = _prefix_space_tokenizer()
+    fact = Fact(subject="Danielle Darrieux", template="The mother tongue of {} is", answer="French French", case_id=0)
+    labels = answer_ids(tok, fact.prompt, fact.answer)
+    assert len(labels) == 2
+    assert tok(fact.prompt + tok.decode(labels[:1]))["input_ids"] != tok(fact.prompt)["input_ids"] + labels[:1]
+    templates = ["{}", "Then {}"]
+    rows, index = rewriting_rows(tok, [fact], templates, [labels])
+    assert len(rows) == len(templates) + 1
+    for row, context in zip(rows, templates):
+        prompt = tok(context.format(fact.prompt))["input_ids"]
+        assert list(row) == prompt + labels[:1]
+        assert tok.decode(list(row), skip_special_tokens=True).endswith("is French")
+    assert list(rows[-1]) == tok(f"{fact.subject} is a")["input_ids"]  # the KL row: no target
+    assert tok.convert_ids_to_tokens([rows[0][index[0]]])[0].endswith("ux")  # the subject's last token
