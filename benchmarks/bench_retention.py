@@ -17,8 +17,8 @@ for the original and for the points named by --reasoning-points.
 Variants (``VARIANTS``) and their one knob ``s``:
   default        law_fast's default (WashConfig.preset: config.RETENTION_DEFAULT, MEMIT to EOS keeping 1,000
                  names mined from the corpus, ν = 1), disruption budget ×s — the same computation as memit-ent1
-  VARIANT-zN     VARIANT with z* run up to N steps, each fact until the loss threshold (default-z100,
-                 memit-z100: the SmolLM2 preset stops at 20, where at m = 64 8 facts end above a loss of 3)
+  VARIANT-zN     VARIANT with z* run up to N steps, each fact until the loss threshold, no extra steps
+                 (default-z100, memit-z100: 20 steps leave 8 of the m = 64 facts above a loss of 3)
   VARIANT-xNbB   VARIANT with up to N more z* steps for the facts whose loss is still above B after the
                  20 (v_extra_steps, v_extra_loss): the others keep their 20-step z* (default-x80b1, -x80b3)
   memit          MEMIT to EOS, disruption budget ×s (budget per fact 6.25e-5·s, cap 0.02·s)
@@ -84,7 +84,7 @@ def knob_overrides(variant: str, s: float, retain_file: str) -> dict:
     budget = dict(disruption_per_fact=BUDGET[0] * s, disruption_budget=BUDGET[1] * s)
     if variant in VARIANTS and Z_STEPS.fullmatch(variant):
         base, steps = Z_STEPS.fullmatch(variant).groups()
-        return dict(knob_overrides(base, s, retain_file), v_num_grad_steps=int(steps))
+        return dict(knob_overrides(base, s, retain_file), v_num_grad_steps=int(steps), v_extra_steps=0)
     if variant in VARIANTS and EXTRA_STEPS.fullmatch(variant):
         base, steps, bound = EXTRA_STEPS.fullmatch(variant).groups()
         return dict(knob_overrides(base, s, retain_file), v_extra_steps=int(steps), v_extra_loss=float(bound))
@@ -163,10 +163,12 @@ LEFT = {  # (JSON key, EvalReport.flat() key)
 
 def variant_overrides(variant: str, s: float, retain_file: str) -> dict:
     """What ``WashConfig.preset`` gets for ``variant`` at ``s``: the knob's overrides, on the plain method
-    (config.RETAIN_OFF) for every variant but ``default`` and ``default-zN``, which keep the preset's retention."""
+    (config.RETAIN_OFF, z* of 20 steps and no more) for every variant but ``default`` and ``default-*``, which
+    keep the preset's retention and z* settings."""
     from law_fast.config import RETAIN_OFF
 
-    return {**({} if variant.startswith("default") else RETAIN_OFF), **knob_overrides(variant, s, retain_file)}
+    plain = {**RETAIN_OFF, "v_extra_steps": 0}
+    return {**({} if variant.startswith("default") else plain), **knob_overrides(variant, s, retain_file)}
 
 
 def job_dir(workdir: Path, washed) -> Path:

@@ -674,6 +674,7 @@ class WashConfig:
                 prune_requests=True,
                 keep_original_requests=True,
                 method="law",
+                v_extra_steps=0,  # the reference's z* budget (v_num_grad_steps), no extra steps
                 **RETAIN_OFF,
             )
             base = cls.preset(model)

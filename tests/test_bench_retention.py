@@ -65,6 +65,7 @@ def test_default_variant_is_the_preset_and_the_others_are_plain():
         return WashConfig.preset(smollm2, paper=variant == "paper", **bench.variant_overrides(variant, s, "r.jsonl"))
 
     assert config("default", 0.5) == config("memit-ent1", 0.5) and config("default").retain.retain_entities == 1000
+    assert config("memit").targets.v_extra_steps == 0 and config("paper").targets.v_extra_steps == 0
     assert config("default", 2.0).memit.disruption_budget == pytest.approx(0.04)
     for variant in ("memit", "law", "paper", "memit-unlikely", "memit-layers"):
         assert not config(variant).retain.active, variant
@@ -72,12 +73,13 @@ def test_default_variant_is_the_preset_and_the_others_are_plain():
     for base in ("default", "memit"):  # VARIANT-z100: VARIANT with z* run longer, nothing else differs
         z100 = config(f"{base}-z100", 2.0)
         assert z100.targets.v_num_grad_steps == 100 and config(base).targets.v_num_grad_steps == 20
-        assert z100.replace(v_num_grad_steps=20) == config(base, 2.0)
+        assert z100.targets.v_extra_steps == 0
+        assert z100.replace(v_num_grad_steps=20, v_extra_steps=config(base).targets.v_extra_steps) == config(base, 2.0)
         assert "z* up to 100 steps" in bench.knob_doc(f"{base}-z100")
     for bound in (1, 3):  # default-x80bB: the default with extra z* steps for the facts above loss B
         extra = config(f"default-x80b{bound}", 2.0)
         assert (extra.targets.v_extra_steps, extra.targets.v_extra_loss) == (80, bound)
-        assert extra.replace(v_extra_steps=0, v_extra_loss=1.0) == config("default", 2.0)
+        assert extra.replace(v_extra_steps=0, v_extra_loss=1.0) == config("memit-ent1", 2.0)
         assert f"80 more steps for the facts whose loss is still above {bound}" in bench.knob_doc(
             f"default-x80b{bound}"
         )

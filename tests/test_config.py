@@ -164,6 +164,8 @@ def test_preset_rule_for_models_without_a_tuned_preset():
         20,
         0.75,
     )
+    assert config.targets.v_extra_steps == 0
+    assert WashConfig.preset(LlamaConfig(num_hidden_layers=30, hidden_size=576), paper=True).targets.v_extra_steps == 0
     with torch.no_grad():
         for layer in (1, 2):
             w = lf.get_adapter(model).weight(model, layer)
