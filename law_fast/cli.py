@@ -570,7 +570,8 @@ def main(argv=None) -> int:
 
     try:
         code = args.func(args)
-        dist.leave()  # under torchrun: wait for every process, then close the group before the interpreter exits
+        if dist.leave():  # under torchrun: wait for every process, close the group and end without finalisation
+            dist.exit_now(code)
         return code
     except Exception as error:  # every failure is one line (exit 2); --debug shows where it came from
         if args.debug:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -55,13 +56,30 @@ def init_from_env(device: str | torch.device | None = None) -> bool:
     return active()
 
 
-def leave() -> None:
-    """Leave the process group (a barrier first, so no process exits while another still talks to it; gloo's
-    threads left running at interpreter exit abort it: "terminate called without an active exception").
-    A no-op when no group was joined."""
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+def leave() -> bool:
+    """Leave the process group: a barrier first, so no process exits while another still talks to it.
+    Returns whether a group was left (False when none was joined).  A process that left must end with
+    :func:`exit_now` rather than a normal interpreter exit (see there)."""
+    if not dist.is_initialized():
+        return False
+    dist.barrier()
+    dist.destroy_process_group()
+    return True
+
+
+def exit_now(code: int) -> None:
+    """End a process that has left its group at once, without the interpreter's finalisation: gloo's
+    worker threads can still be dropping the last collectives' works after the barrier, and a work
+    that holds a tensor with a Python object (``all_gather_object``'s) takes the GIL to free it — during
+    finalisation that ends the thread and aborts the process ("terminate called without an active
+    exception", SIGABRT; seen in ~1 of 6 two-process washes: a core dump shows
+    ``~AsyncBarrierWork`` → ``~AsyncAllgatherWork`` → ``THPVariable_clear`` → ``take_gil`` →
+    ``pthread_exit``).  Every output is written and closed by then; stdout, stderr and the logs are
+    flushed here."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def local_device(device: str | None) -> str | None:
