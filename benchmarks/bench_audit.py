@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     import law_fast as lf
-    from law_fast.config import RETAIN_OFF
+    from law_fast.config import PLAIN
     from law_fast.eval.audit import AuditConfig, AuditReport, audit, audit_table
     from law_fast.hf.adapters import model_fingerprint
     from law_fast.hf.loading import cache_dir
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
             if method == "default":
                 config = lf.WashConfig.preset(model, mom2_n_samples=args.stats_samples)
             elif method in ("law", "memit"):
-                config = lf.WashConfig.preset(model, method=method, mom2_n_samples=args.stats_samples, **RETAIN_OFF)
+                config = lf.WashConfig.preset(model, method=method, mom2_n_samples=args.stats_samples, **PLAIN)
             else:
                 config = lf.WashConfig.baseline_preset(method, model)
             if args.quick:

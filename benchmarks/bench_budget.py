@@ -55,7 +55,7 @@ def main(argv=None) -> int:
 
     import law_fast as lf
     import law_fast.washing.closed_form as closed_form
-    from law_fast.config import RETAIN_OFF
+    from law_fast.config import PLAIN
     from law_fast.washing.elimination import known_facts
 
     model, tok = lf.load_model()
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
         washed = pool[:n]
         for rule in rules:
             config = lf.WashConfig.preset(
-                model, method="law", mom2_n_samples=args.stats_samples, **RETAIN_OFF, **parse_rule(rule)
+                model, method="law", mom2_n_samples=args.stats_samples, **PLAIN, **parse_rule(rule)
             )
             start = time.perf_counter()
             result = lf.wash(model, tok, washed, config, corpus=str(args.corpus), progress=False)

@@ -38,7 +38,7 @@ from bench_methods import select_facts  # noqa: E402
 from common import REPO_ROOT, write_result  # noqa: E402
 
 from law_fast import WashConfig, load_model, wash  # noqa: E402
-from law_fast.config import RETAIN_OFF  # noqa: E402
+from law_fast.config import PLAIN  # noqa: E402
 from law_fast.corpus import default_corpus  # noqa: E402
 from law_fast.hf.adapters import get_adapter, model_device  # noqa: E402
 from law_fast.testing import plain_compute_z, plain_lambda, plain_law, plain_memit_delta  # noqa: E402
@@ -135,7 +135,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model, tok = load_model()
-    config = WashConfig.preset(model, method="law", **RETAIN_OFF)
+    config = WashConfig.preset(model, method="law", **PLAIN)
     adapter = get_adapter(model)
     facts, controls, scanned = select_facts(model, tok, args.source, args.facts, args.controls)
     print(f"{len(facts)} facts + {len(controls)} controls (known, among the first {scanned} records)", flush=True)

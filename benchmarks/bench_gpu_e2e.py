@@ -73,7 +73,7 @@ def one_shape(name: str, spec, args, tok) -> dict:
     import torch
 
     import law_fast as lf
-    from law_fast.config import RETAIN_OFF
+    from law_fast.config import PLAIN
     from law_fast.testing import synthetic_facts
 
     device = torch.device(args.device)
@@ -81,7 +81,7 @@ def one_shape(name: str, spec, args, tok) -> dict:
     model = build(*spec, len(tok), device, dtype)
     n_params = sum(p.numel() for p in model.parameters())
     facts = synthetic_facts(args.m, seed=0)
-    config = lf.WashConfig.preset(model, method="law", **RETAIN_OFF).replace(
+    config = lf.WashConfig.preset(model, method="law", **PLAIN).replace(
         only_known=False, prune_requests=False, mom2_n_samples=args.stats_docs
     )
     if args.quick:

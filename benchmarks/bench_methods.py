@@ -1,7 +1,7 @@
 """Benchmark: every washing method on the same known CounterFact facts, one comparison table.
 
 Methods: ``default`` (``WashConfig.preset(model)`` as it is: config.RETENTION_DEFAULT, MEMIT keeping
-1,000 names mined from the corpus), plain ``law`` and ``memit`` (the closed-form pipeline, no names kept)
+1,000 names mined from the corpus), plain ``law`` and ``memit`` (the closed-form pipeline, config.PLAIN: no names kept, z* of 20 steps)
 and the fine-tuning baselines ``ft``, ``me-ft``, ``ft-ul``, ``seul``, ``woh`` (law_fast.baselines), each
 with its default settings for the model (``WashConfig.preset`` / ``WashConfig.baseline_preset``).  Model: SmolLM2-135M-Instruct
 (the embedded default), on CPU unless ``--device`` says otherwise.
@@ -78,7 +78,7 @@ def select_facts(model, tok, path: Path, n: int, n_controls: int, scan_batch: in
 
 
 def method_config(method: str, model, args):
-    from law_fast.config import BASELINE_METHODS, RETAIN_OFF, WashConfig
+    from law_fast.config import BASELINE_METHODS, PLAIN, WashConfig
 
     if method in BASELINE_METHODS:
         overrides = (
@@ -90,7 +90,7 @@ def method_config(method: str, model, args):
         overrides.update(v_num_grad_steps=5, total_iters=20)
     if method == "default":
         return WashConfig.preset(model, **overrides)
-    return WashConfig.preset(model, method=method, **RETAIN_OFF, **overrides)
+    return WashConfig.preset(model, method=method, **PLAIN, **overrides)
 
 
 def main(argv=None) -> int:

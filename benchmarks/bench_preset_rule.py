@@ -226,7 +226,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.people, args.steps, args.m, args.controls, args.items = 20, 30, [4], 8, 20
     import law_fast as lf
-    from law_fast.config import RETAIN_OFF
+    from law_fast.config import PLAIN
     from law_fast.hf.loading import cache_dir
     from law_fast.washing.elimination import known_facts
 
@@ -252,7 +252,7 @@ def main(argv=None) -> int:
     default = lf.WashConfig.preset(model)
     configs = {
         "rule": default,
-        **({"rule-law": lf.WashConfig.preset(model, method="law", **RETAIN_OFF)} if default.method != "law" else {}),
+        **({"rule-law": lf.WashConfig.preset(model, method="law", **PLAIN)} if default.method != "law" else {}),
         # the rule before this benchmark's second run: blocks 1–2 and SmolLM2's z* settings and λ budget
         "rule-before": default.replace(
             layers=(1, 2), lambda_rule="disruption", v_num_grad_steps=20, clamp_norm_factor=0.75

@@ -163,12 +163,11 @@ LEFT = {  # (JSON key, EvalReport.flat() key)
 
 def variant_overrides(variant: str, s: float, retain_file: str) -> dict:
     """What ``WashConfig.preset`` gets for ``variant`` at ``s``: the knob's overrides, on the plain method
-    (config.RETAIN_OFF, z* of 20 steps and no more) for every variant but ``default`` and ``default-*``, which
+    (config.PLAIN: nothing kept, z* of 20 steps and no more) for every variant but ``default`` and ``default-*``, which
     keep the preset's retention and z* settings."""
-    from law_fast.config import RETAIN_OFF
+    from law_fast.config import PLAIN
 
-    plain = {**RETAIN_OFF, "v_extra_steps": 0}
-    return {**({} if variant.startswith("default") else plain), **knob_overrides(variant, s, retain_file)}
+    return {**({} if variant.startswith("default") else PLAIN), **knob_overrides(variant, s, retain_file)}
 
 
 def job_dir(workdir: Path, washed) -> Path:

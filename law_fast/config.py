@@ -487,8 +487,10 @@ SMOLLM2_SOLVER = dict(learning_rate=4e-6, lr_after_hitting_boundary=4e-8, total_
 # statistics corpus kept (ν = 1); along its budget it keeps more of the facts not washed than MEMIT and LaW
 # at equal washing (m = 64, 256, 1,024 on SmolLM2; the exceptions are in docs/retention.md).
 RETENTION_DEFAULT = dict(method="memit", retain_entities=1000, retain_weight=1.0)
-# The plain closed-form method: no knowledge-to-keep term (what RetainConfig's defaults are).
+# No knowledge-to-keep term (what RetainConfig's defaults are).
 RETAIN_OFF = dict(retain_entities=0, retain_weight=0.0)
+# The plain closed-form method, as MEMIT and LaW are published: nothing kept, z* of v_num_grad_steps and no more.
+PLAIN = dict(**RETAIN_OFF, v_extra_steps=0)
 
 
 def rule_layers(n_layers: int) -> tuple[int, ...]:
@@ -674,8 +676,7 @@ class WashConfig:
                 prune_requests=True,
                 keep_original_requests=True,
                 method="law",
-                v_extra_steps=0,  # the reference's z* budget (v_num_grad_steps), no extra steps
-                **RETAIN_OFF,
+                **PLAIN,  # nothing kept, the reference's z* budget (v_num_grad_steps)
             )
             base = cls.preset(model)
             if _reference_model_name(getattr(model, "config", model)) == "gpt-j-6B":

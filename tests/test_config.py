@@ -179,7 +179,7 @@ def test_presets_wash_with_the_retention_default_and_paper_and_baselines_without
     reference models keep LaW; paper=True is LaW as published and the fine-tuning baselines keep nothing."""
     from transformers import GPT2Config, LlamaConfig
 
-    from law_fast.config import RETAIN_OFF, RETENTION_DEFAULT
+    from law_fast.config import PLAIN, RETAIN_OFF, RETENTION_DEFAULT
 
     smollm2 = LlamaConfig(num_hidden_layers=30, hidden_size=576)
     small = GPT2Config(n_layer=4)
@@ -190,6 +190,9 @@ def test_presets_wash_with_the_retention_default_and_paper_and_baselines_without
         law = WashConfig.preset(config, method="law")  # LaW's refinement on top, the names still kept
         assert law.method == "law" and law.retain.retain_entities == RETENTION_DEFAULT["retain_entities"]
         assert not WashConfig.preset(config, **RETAIN_OFF).retain.active
+        plain = WashConfig.preset(config, **PLAIN)  # PLAIN: no names and no extra z* steps
+        assert not plain.retain.active and plain.targets.v_extra_steps == 0
+        assert plain.targets == WashConfig.preset(config).targets.replace(v_extra_steps=0)
         # retention the caller configures replaces the names (no ValueError for a weight without a source)
         assert not WashConfig.preset(config, retain_entities=0).retain.active
         alpha = WashConfig.preset(config, null_space_threshold=0.01, regulariser="identity")
