@@ -16,7 +16,9 @@ for the original and for the points named by --reasoning-points.
 
 Variants (``VARIANTS``) and their one knob ``s``:
   default        law_fast's default (WashConfig.preset: config.RETENTION_DEFAULT, MEMIT to EOS keeping 1,000
-                 names mined from the corpus, ν = 1), disruption budget ×s — the same computation as memit-ent1
+                 names mined from the corpus, ν = 1; config.SMOLLM2_TARGETS, z* of 20 steps and up to 80 more
+                 for the facts still above a loss of 3), disruption budget ×s — the same computation as
+                 default-x80b3 (before 2026-12-07 the preset had no extra steps: memit-ent1)
   VARIANT-zN     VARIANT with z* run up to N steps, each fact until the loss threshold, no extra steps
                  (default-z100, memit-z100: 20 steps leave 8 of the m = 64 facts above a loss of 3)
   VARIANT-xNbB   VARIANT with up to N more z* steps for the facts whose loss is still above B after the
@@ -424,7 +426,8 @@ def knob_doc(variant: str) -> str:
         base, steps, bound = EXTRA_STEPS.fullmatch(variant).groups()
         return f"{knob_doc(base)}; z* up to {steps} more steps for the facts whose loss is still above {bound}"
     return {
-        "default": "WashConfig.preset (memit + retain_entities=1000, ν = 1), disruption budget ×s",
+        "default": "WashConfig.preset (memit + retain_entities=1000, ν = 1, z* extra steps above loss 3), "
+        "disruption budget ×s",
         "memit": "disruption budget ×s",
         "law": "disruption budget ×s",
         "paper": "norm bounds ×s (s/3..3s/4 of ‖W‖)",

@@ -55,7 +55,7 @@ def test_knob_overrides_name_their_field_and_reject_unknown_variants():
 
 
 def test_default_variant_is_the_preset_and_the_others_are_plain():
-    """``default`` is WashConfig.preset as it is — the same computation as memit-ent1 (so its points are
+    """``default`` is WashConfig.preset as it is — the same computation as default-x80b3 (so its points are
     shared) —; every other variant starts from the plain method and adds only what it names."""
     from transformers import LlamaConfig
 
@@ -64,7 +64,9 @@ def test_default_variant_is_the_preset_and_the_others_are_plain():
     def config(variant, s=1.0):
         return WashConfig.preset(smollm2, paper=variant == "paper", **bench.variant_overrides(variant, s, "r.jsonl"))
 
-    assert config("default", 0.5) == config("memit-ent1", 0.5) and config("default").retain.retain_entities == 1000
+    assert config("default", 0.5) == config("default-x80b3", 0.5) and config("default").retain.retain_entities == 1000
+    # ... which is memit-ent1 (MEMIT keeping the mined names) with z* extra steps for the facts above loss 3
+    assert config("default", 0.5).replace(v_extra_steps=0) == config("memit-ent1", 0.5)
     assert config("memit").targets.v_extra_steps == 0 and config("paper").targets.v_extra_steps == 0
     assert config("default", 2.0).memit.disruption_budget == pytest.approx(0.04)
     for variant in ("memit", "law", "paper", "memit-unlikely", "memit-layers"):
@@ -79,7 +81,7 @@ def test_default_variant_is_the_preset_and_the_others_are_plain():
     for bound in (1, 3):  # default-x80bB: the default with extra z* steps for the facts above loss B
         extra = config(f"default-x80b{bound}", 2.0)
         assert (extra.targets.v_extra_steps, extra.targets.v_extra_loss) == (80, bound)
-        assert extra.replace(v_extra_steps=0, v_extra_loss=1.0) == config("memit-ent1", 2.0)
+        assert extra.replace(v_extra_steps=0, v_extra_loss=3.0) == config("memit-ent1", 2.0)
         assert f"80 more steps for the facts whose loss is still above {bound}" in bench.knob_doc(
             f"default-x80b{bound}"
         )

@@ -164,7 +164,9 @@ def test_preset_rule_for_models_without_a_tuned_preset():
         20,
         0.75,
     )
-    assert config.targets.v_extra_steps == 0
+    assert config.targets.v_extra_steps == 0  # the rule runs z* to the loss threshold (100 steps) instead
+    # SmolLM2: 20 z* steps, then up to 80 more for the facts still above a loss of 3 (SMOLLM2_TARGETS)
+    assert (smollm2.targets.v_extra_steps, smollm2.targets.v_extra_loss) == (80, 3.0)
     assert WashConfig.preset(LlamaConfig(num_hidden_layers=30, hidden_size=576), paper=True).targets.v_extra_steps == 0
     with torch.no_grad():
         for layer in (1, 2):
