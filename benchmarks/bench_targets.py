@@ -12,6 +12,8 @@ on the same facts:
                   per-fact Adam/early stop, but every step runs the whole prompts through every block
     batched       ``compute_targets(...)`` (the library default): the prefix's keys/values and the
                   block-z output are computed once; each step runs blocks z+1..L on the suffix only
+    batched_no_extra  (when the preset has z* extra steps, as SmolLM2's) ``batched`` with
+                  ``v_extra_steps=0``: what the extra steps for the facts still above ``v_extra_loss`` cost
 
 Each candidate runs once (the per-fact loop on ``--plain-facts`` facts, its time scaled to all
 facts and reported as such); z* of the batched candidates are compared with the per-fact loop on
@@ -20,6 +22,7 @@ prompt) times the steps each fact took.
 
     python benchmarks/bench_targets.py                 # 64 facts (per-fact loop on 16, scaled)
     python benchmarks/bench_targets.py --facts 8 --plain-facts 4 --name targets_quick
+    python benchmarks/bench_targets.py --facts 256 --plain-facts 4 --name targets_smollm2_extra_steps
 
 Writes benchmarks/results/<name>.json (default targets_cpu).
 """
@@ -65,11 +68,15 @@ def main() -> None:
     per_fact_tokens = torch.tensor(row_tokens).reshape(len(facts), -1).sum(1)
 
     results, z = {}, {}
-    candidates = [("batched", {})] + ([("batched_full", {"prefix_cache": False})] if args.with_full else [])
-    for name, kwargs in candidates:
+    candidates = [("batched", config.targets, {})]
+    if config.targets.v_extra_steps:  # first, so that a warm-up would count against it
+        candidates.insert(0, ("batched_no_extra", config.targets.replace(v_extra_steps=0), {}))
+    if args.with_full:
+        candidates.append(("batched_full", config.targets, {"prefix_cache": False}))
+    for name, targets, kwargs in candidates:
         start = time.perf_counter()
         out = compute_targets(
-            model, adapter, tok, facts, templates, config.targets, z_layer, target_ids, progress=False, **kwargs
+            model, adapter, tok, facts, templates, targets, z_layer, target_ids, progress=False, **kwargs
         )
         seconds = time.perf_counter() - start
         evaluated = out.steps + 1  # forward passes per fact (the last one decides early stop)
@@ -77,10 +84,13 @@ def main() -> None:
             "seconds": seconds,
             "facts": len(facts),
             "mean_steps": float(out.steps.float().mean()),
+            "facts_extended": int((out.steps >= targets.v_num_grad_steps).sum()),
             "tokens_per_s": float((per_fact_tokens * evaluated).sum()) / seconds,
         }
-        z[name] = out.z_star
-        passes = evaluated  # identical trajectories: the per-fact loop runs as many passes per fact
+        if name != "batched_no_extra":  # the others follow the per-fact loop's trajectories
+            z[name] = out.z_star
+        if name == "batched":
+            passes = evaluated  # identical trajectories: the per-fact loop runs as many passes per fact
         print(f"{name}: {seconds:.1f} s", flush=True)
 
     n_plain = min(args.plain_facts, len(facts))
@@ -106,6 +116,10 @@ def main() -> None:
         diff = (z[name][:n_plain].double() - plain.double()).norm(dim=1) / plain.double().norm(dim=1)
         results[name]["max_rel_diff_vs_per_fact"] = float(diff.max())
         results[name]["speedup_vs_per_fact"] = results["per_fact"]["seconds"] / results[name]["seconds"]
+    if "batched_no_extra" in results:
+        results["batched"]["cost_of_extra_steps"] = (
+            results["batched"]["seconds"] / results["batched_no_extra"]["seconds"] - 1
+        )
     if "batched_full" in results:
         results["batched"]["speedup_vs_batched_full"] = (
             results["batched_full"]["seconds"] / results["batched"]["seconds"]
@@ -115,6 +129,8 @@ def main() -> None:
         "model": "SmolLM2-135M-Instruct",
         "z_layer": z_layer,
         "steps": config.targets.v_num_grad_steps,
+        "extra_steps": config.targets.v_extra_steps,
+        "extra_loss": config.targets.v_extra_loss,
         "templates": len(templates),
         "threads": torch.get_num_threads(),
         "results": results,
