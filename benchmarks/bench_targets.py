@@ -22,7 +22,7 @@ prompt) times the steps each fact took.
 
     python benchmarks/bench_targets.py                 # 64 facts (per-fact loop on 16, scaled)
     python benchmarks/bench_targets.py --facts 8 --plain-facts 4 --name targets_quick
-    python benchmarks/bench_targets.py --facts 256 --plain-facts 4 --name targets_smollm2_extra_steps
+    python benchmarks/bench_targets.py --facts 128 --plain-facts 4 --name targets_smollm2_extra_steps
 
 Writes benchmarks/results/<name>.json (default targets_cpu).
 """
