@@ -23,6 +23,9 @@ Variants (``VARIANTS``) and their one knob ``s``:
                  (default-z100, memit-z100: 20 steps leave 8 of the m = 64 facts above a loss of 3)
   VARIANT-xNbB   VARIANT with up to N more z* steps for the facts whose loss is still above B after the
                  20 (v_extra_steps, v_extra_loss): the others keep their 20-step z* (default-x80b1, -x80b3)
+  VARIANT-nuV    VARIANT keeping the mined names at ν = V (retain_weight; default-nu2, -nu4)
+  VARIANT-speos  VARIANT with LaW as published's target, " " + EOS (default-speos)
+  VARIANT-law    VARIANT solved by LaW (its refinement of the MEMIT init; default-law)
   memit          MEMIT to EOS, disruption budget ×s (budget per fact 6.25e-5·s, cap 0.02·s)
   law            LaW (law_fast's default before the frontier was measured), the same budget ×s
   paper          LaW with the authors' settings (WashConfig.preset(paper=True)), norm bounds ×s
@@ -78,6 +81,15 @@ REFUSAL = " I don't know."  # the *-refusal variants' target text
 ALPHA_THRESHOLD = 1e-2  # the *-alpha variants' null-space threshold at s = 1 (SmolLM2's C: 400-740 of 1536 below it)
 Z_STEPS = re.compile(r"(.+)-z(\d+)")  # VARIANT-zN: VARIANT with z* up to N steps (each fact to the loss threshold)
 EXTRA_STEPS = re.compile(r"(.+)-x(\d+)b([\d.]+)")  # VARIANT-xNbB: z* up to N more steps for the facts above loss B
+MODIFIED = re.compile(r"(.+)-(nu[\d.]+|speos|law)")  # VARIANT with one field changed (MODIFIERS)
+MODIFIERS = {  # suffix -> (WashConfig overrides, what knob_doc says)
+    "nu": (
+        lambda v: dict(retain_entities=ENTITIES, retain_weight=float(v)),
+        f"{ENTITIES} mined names, retain_weight ν = {{}}",
+    ),
+    "speos": (lambda _: dict(target="space+eos"), "target ' ' + EOS (LaW as published)"),
+    "law": (lambda _: dict(method="law"), "method law (LaW's refinement of the MEMIT init)"),
+}
 FIRST_LAYER = 4  # the first edited block of SmolLM2's preset (4..8); the *-layers variants edit s blocks from it
 
 
@@ -90,6 +102,9 @@ def knob_overrides(variant: str, s: float, retain_file: str) -> dict:
     if variant in VARIANTS and EXTRA_STEPS.fullmatch(variant):
         base, steps, bound = EXTRA_STEPS.fullmatch(variant).groups()
         return dict(knob_overrides(base, s, retain_file), v_extra_steps=int(steps), v_extra_loss=float(bound))
+    if variant in VARIANTS and MODIFIED.fullmatch(variant):
+        base, modifier = MODIFIED.fullmatch(variant).groups()
+        return dict(knob_overrides(base, s, retain_file), **_modifier(modifier)[0])
     if variant == "default":
         return budget
     if variant in ("memit", "law"):
@@ -130,6 +145,10 @@ VARIANTS = (
     "memit-z100",
     "default-x80b1",
     "default-x80b3",
+    "default-nu2",
+    "default-nu4",
+    "default-speos",
+    "default-law",
     "law",
     "paper",
     "memit-retain",
@@ -161,6 +180,14 @@ LEFT = {  # (JSON key, EvalReport.flat() key)
     "controls_paraphrase_kept": "controls.paraphrase.acc",
     "perplexity": "fluency.perplexity",
 }
+
+
+def _modifier(suffix: str) -> tuple[dict, str]:
+    """(WashConfig overrides, description) of a MODIFIED variant's suffix (e.g. ``nu2``)."""
+    name = re.sub(r"[\d.]+$", "", suffix)
+    overrides, doc = MODIFIERS[name]
+    value = suffix[len(name) :]
+    return overrides(value), doc.format(value)
 
 
 def variant_overrides(variant: str, s: float, retain_file: str) -> dict:
@@ -425,6 +452,9 @@ def knob_doc(variant: str) -> str:
     if EXTRA_STEPS.fullmatch(variant):
         base, steps, bound = EXTRA_STEPS.fullmatch(variant).groups()
         return f"{knob_doc(base)}; z* up to {steps} more steps for the facts whose loss is still above {bound}"
+    if MODIFIED.fullmatch(variant):
+        base, modifier = MODIFIED.fullmatch(variant).groups()
+        return f"{knob_doc(base)}; {_modifier(modifier)[1]}"
     return {
         "default": "WashConfig.preset (memit + retain_entities=1000, ν = 1, z* extra steps above loss 3), "
         "disruption budget ×s",

@@ -85,3 +85,8 @@ def test_default_variant_is_the_preset_and_the_others_are_plain():
         assert f"80 more steps for the facts whose loss is still above {bound}" in bench.knob_doc(
             f"default-x80b{bound}"
         )
+    # VARIANT-nuV / -speos / -law: the default with one field changed, nothing else
+    assert config("default-nu2", 0.5) == config("default", 0.5).replace(retain_weight=2.0)
+    assert config("default-speos", 0.5) == config("default", 0.5).replace(target="space+eos")
+    assert config("default-law", 0.5) == config("default", 0.5).replace(method="law")
+    assert "retain_weight ν = 4" in bench.knob_doc("default-nu4")
