@@ -15,16 +15,19 @@ Reasoning (lambada_openai, arc_easy, hellaswag, --reasoning-limit items each, wi
 for the original and for the points named by --reasoning-points.
 
 Variants (``VARIANTS``) and their one knob ``s``:
-  default        law_fast's default (WashConfig.preset: config.RETENTION_DEFAULT, MEMIT to EOS keeping 1,000
-                 names mined from the corpus, ν = 1; config.SMOLLM2_TARGETS, z* of 20 steps and up to 80 more
-                 for the facts still above a loss of 3), disruption budget ×s — the same computation as
-                 default-x80b3 (before 2026-12-07 the preset had no extra steps: memit-ent1)
+  default        law_fast's default (WashConfig.preset: config.RETENTION_DEFAULT, MEMIT keeping 1,000 names mined
+                 from the corpus, ν = 1; config.SMOLLM2_TARGETS, target "auto" — " " + EOS up to m = 256, EOS
+                 alone above —, z* of 20 steps and up to 80 more for the facts still above a loss of 3),
+                 disruption budget ×s — the same computation as default-speos at m <= 256 and default-eos above
+                 (the preset's target was EOS alone at every m until the second preset change of 2026-12-07:
+                 default-eos, = default-x80b3 then; before the first it had no extra steps either: memit-ent1)
   VARIANT-zN     VARIANT with z* run up to N steps, each fact until the loss threshold, no extra steps
                  (default-z100, memit-z100: 20 steps leave 8 of the m = 64 facts above a loss of 3)
   VARIANT-xNbB   VARIANT with up to N more z* steps for the facts whose loss is still above B after the
                  20 (v_extra_steps, v_extra_loss): the others keep their 20-step z* (default-x80b1, -x80b3)
   VARIANT-nuV    VARIANT keeping the mined names at ν = V (retain_weight; default-nu2, -nu4)
-  VARIANT-speos  VARIANT with LaW as published's target, " " + EOS (default-speos)
+  VARIANT-speos  VARIANT with LaW as published's target, " " + EOS, at every m (default-speos)
+  VARIANT-eos    VARIANT with EOS alone as the target at every m (default-eos)
   VARIANT-law    VARIANT solved by LaW (its refinement of the MEMIT init; default-law)
   memit          MEMIT to EOS, disruption budget ×s (budget per fact 6.25e-5·s, cap 0.02·s)
   law            LaW (law_fast's default before the frontier was measured), the same budget ×s
@@ -81,15 +84,17 @@ REFUSAL = " I don't know."  # the *-refusal variants' target text
 ALPHA_THRESHOLD = 1e-2  # the *-alpha variants' null-space threshold at s = 1 (SmolLM2's C: 400-740 of 1536 below it)
 Z_STEPS = re.compile(r"(.+)-z(\d+)")  # VARIANT-zN: VARIANT with z* up to N steps (each fact to the loss threshold)
 EXTRA_STEPS = re.compile(r"(.+)-x(\d+)b([\d.]+)")  # VARIANT-xNbB: z* up to N more steps for the facts above loss B
-MODIFIED = re.compile(r"(.+)-(nu[\d.]+|speos|law)")  # VARIANT with one field changed (MODIFIERS)
 MODIFIERS = {  # suffix -> (WashConfig overrides, what knob_doc says)
     "nu": (
         lambda v: dict(retain_entities=ENTITIES, retain_weight=float(v)),
         f"{ENTITIES} mined names, retain_weight ν = {{}}",
     ),
     "speos": (lambda _: dict(target="space+eos"), "target ' ' + EOS (LaW as published)"),
+    "eos": (lambda _: dict(target="eos"), "target EOS alone"),
     "law": (lambda _: dict(method="law"), "method law (LaW's refinement of the MEMIT init)"),
 }
+# VARIANT-NAMEvalue: VARIANT with one field changed (MODIFIERS[NAME]); groups (VARIANT, NAME, value)
+MODIFIED = re.compile(rf"(.+)-({'|'.join(MODIFIERS)})([\d.]*)")
 FIRST_LAYER = 4  # the first edited block of SmolLM2's preset (4..8); the *-layers variants edit s blocks from it
 
 
@@ -103,8 +108,8 @@ def knob_overrides(variant: str, s: float, retain_file: str) -> dict:
         base, steps, bound = EXTRA_STEPS.fullmatch(variant).groups()
         return dict(knob_overrides(base, s, retain_file), v_extra_steps=int(steps), v_extra_loss=float(bound))
     if variant in VARIANTS and MODIFIED.fullmatch(variant):
-        base, modifier = MODIFIED.fullmatch(variant).groups()
-        return dict(knob_overrides(base, s, retain_file), **_modifier(modifier)[0])
+        base, name, value = MODIFIED.fullmatch(variant).groups()
+        return dict(knob_overrides(base, s, retain_file), **_modifier(name, value)[0])
     if variant == "default":
         return budget
     if variant in ("memit", "law"):
@@ -148,6 +153,7 @@ VARIANTS = (
     "default-nu2",
     "default-nu4",
     "default-speos",
+    "default-eos",
     "default-law",
     "law",
     "paper",
@@ -182,11 +188,9 @@ LEFT = {  # (JSON key, EvalReport.flat() key)
 }
 
 
-def _modifier(suffix: str) -> tuple[dict, str]:
-    """(WashConfig overrides, description) of a MODIFIED variant's suffix (e.g. ``nu2``)."""
-    name = re.sub(r"[\d.]+$", "", suffix)
+def _modifier(name: str, value: str) -> tuple[dict, str]:
+    """(WashConfig overrides, description) of MODIFIERS[name] at ``value`` (e.g. ``nu``, ``2``)."""
     overrides, doc = MODIFIERS[name]
-    value = suffix[len(name) :]
     return overrides(value), doc.format(value)
 
 
@@ -453,11 +457,11 @@ def knob_doc(variant: str) -> str:
         base, steps, bound = EXTRA_STEPS.fullmatch(variant).groups()
         return f"{knob_doc(base)}; z* up to {steps} more steps for the facts whose loss is still above {bound}"
     if MODIFIED.fullmatch(variant):
-        base, modifier = MODIFIED.fullmatch(variant).groups()
-        return f"{knob_doc(base)}; {_modifier(modifier)[1]}"
+        base, name, value = MODIFIED.fullmatch(variant).groups()
+        return f"{knob_doc(base)}; {_modifier(name, value)[1]}"
     return {
-        "default": "WashConfig.preset (memit + retain_entities=1000, ν = 1, z* extra steps above loss 3), "
-        "disruption budget ×s",
+        "default": "WashConfig.preset (memit + retain_entities=1000, ν = 1, target auto: ' ' + EOS up to m = 256, "
+        "EOS above, z* extra steps above loss 3), disruption budget ×s",
         "memit": "disruption budget ×s",
         "law": "disruption budget ×s",
         "paper": "norm bounds ×s (s/3..3s/4 of ‖W‖)",

@@ -18,6 +18,7 @@ from ..facts import Fact
 from ..hf.adapters import get_adapter
 from .closed_form import run_closed_form
 from .result import WashResult
+from .targets import resolve_target
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ def wash(
     """
     get_adapter(model)  # an unsupported architecture fails here, with what to do about it
     config = WashConfig.for_method(model, config, method)
+    config = config.replace(target=resolve_target(config.target, len(facts)))  # "auto": by the number of facts
     extra = {name: value for name, value in (("workdir", workdir), ("stats", stats)) if value is not None}
     if dist.active() and METHODS[config.method] is not run_closed_form:
         raise ValueError(
