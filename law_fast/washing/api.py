@@ -58,6 +58,8 @@ def wash(
     chunk and reused by any later wash of the same model and settings (``TargetStore``).  ``stats``
     (law, memit): {layer: LayerStats} to use instead of computing the statistics from the corpus
     (e.g. a client's covariance files, :func:`law_fast.compat.read_client_stats`); checked first.
+    ``config.target == "auto"`` is resolved here by ``len(facts)`` (:func:`~law_fast.washing.targets.resolve_target`);
+    the result's config holds the target used.
     """
     get_adapter(model)  # an unsupported architecture fails here, with what to do about it
     config = WashConfig.for_method(model, config, method)
