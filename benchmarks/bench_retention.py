@@ -15,19 +15,16 @@ Reasoning (lambada_openai, arc_easy, hellaswag, --reasoning-limit items each, wi
 for the original and for the points named by --reasoning-points.
 
 Variants (``VARIANTS``) and their one knob ``s``:
-  default        law_fast's default (WashConfig.preset: config.RETENTION_DEFAULT, MEMIT keeping 1,000 names mined
-                 from the corpus, ν = 1; config.SMOLLM2_TARGETS, target "auto" — " " + EOS up to m = 256, EOS
-                 alone above —, z* of 20 steps and up to 80 more for the facts still above a loss of 3),
-                 disruption budget ×s — the same computation as default-speos at m <= 256 and default-eos above
-                 (the preset's target was EOS alone at every m until the second preset change of 2026-12-07:
-                 default-eos, = default-x80b3 then; before the first it had no extra steps either: memit-ent1)
+  default        law_fast's default (WashConfig.preset: config.RETENTION_DEFAULT, MEMIT to EOS keeping 1,000
+                 names mined from the corpus, ν = 1; config.SMOLLM2_TARGETS, z* of 20 steps and up to 80 more
+                 for the facts still above a loss of 3), disruption budget ×s — the same computation as
+                 default-x80b3 (before 2026-12-07 the preset had no extra steps: memit-ent1)
   VARIANT-zN     VARIANT with z* run up to N steps, each fact until the loss threshold, no extra steps
                  (default-z100, memit-z100: 20 steps leave 8 of the m = 64 facts above a loss of 3)
   VARIANT-xNbB   VARIANT with up to N more z* steps for the facts whose loss is still above B after the
                  20 (v_extra_steps, v_extra_loss): the others keep their 20-step z* (default-x80b1, -x80b3)
   VARIANT-nuV    VARIANT keeping the mined names at ν = V (retain_weight; default-nu2, -nu4)
-  VARIANT-speos  VARIANT with LaW as published's target, " " + EOS, at every m (default-speos)
-  VARIANT-eos    VARIANT with EOS alone as the target at every m (default-eos)
+  VARIANT-speos  VARIANT with LaW as published's target, " " + EOS (default-speos)
   VARIANT-law    VARIANT solved by LaW (its refinement of the MEMIT init; default-law)
   memit          MEMIT to EOS, disruption budget ×s (budget per fact 6.25e-5·s, cap 0.02·s)
   law            LaW (law_fast's default before the frontier was measured), the same budget ×s
@@ -90,7 +87,6 @@ MODIFIERS = {  # suffix -> (WashConfig overrides, what knob_doc says)
         f"{ENTITIES} mined names, retain_weight ν = {{}}",
     ),
     "speos": (lambda _: dict(target="space+eos"), "target ' ' + EOS (LaW as published)"),
-    "eos": (lambda _: dict(target="eos"), "target EOS alone"),
     "law": (lambda _: dict(method="law"), "method law (LaW's refinement of the MEMIT init)"),
 }
 # VARIANT-NAMEvalue: VARIANT with one field changed (MODIFIERS[NAME]); groups (VARIANT, NAME, value)
@@ -153,7 +149,6 @@ VARIANTS = (
     "default-nu2",
     "default-nu4",
     "default-speos",
-    "default-eos",
     "default-law",
     "law",
     "paper",
@@ -460,8 +455,8 @@ def knob_doc(variant: str) -> str:
         base, name, value = MODIFIED.fullmatch(variant).groups()
         return f"{knob_doc(base)}; {_modifier(name, value)[1]}"
     return {
-        "default": "WashConfig.preset (memit + retain_entities=1000, ν = 1, target auto: ' ' + EOS up to m = 256, "
-        "EOS above, z* extra steps above loss 3), disruption budget ×s",
+        "default": "WashConfig.preset (memit + retain_entities=1000, ν = 1, z* extra steps above loss 3), "
+        "disruption budget ×s",
         "memit": "disruption budget ×s",
         "law": "disruption budget ×s",
         "paper": "norm bounds ×s (s/3..3s/4 of ‖W‖)",

@@ -274,8 +274,7 @@ class TargetConfig(_Section):
 
     # "eos": the EOS token alone; "space+eos": " " + EOS as the reference; "unlikely": push each fact's own
     # answer token down (−log(1 − p) instead of −log p of a target); "answer": raise each fact's own answer
-    # text (editing: the facts carry their new objects, law_fast.compat); "auto": " " + EOS for a wash of at most
-    # 256 facts, EOS alone above (washing.targets.resolve_target, the SmolLM2 preset); else literal text to emit
+    # text (editing: the facts carry their new objects, law_fast.compat); else literal text to emit
     target: str = "eos"
     template_length: int = 10
     v_num_grad_steps: int = 20
@@ -491,15 +490,12 @@ RETENTION_DEFAULT = dict(method="memit", retain_entities=1000, retain_weight=1.0
 # SmolLM2's z*: after the 20 steps, the targets that have not converged (loss still above 3: EOS at p < 5 %,
 # 8 of 64 facts at m = 64) go on for up to 80 more steps until below it; the others keep their 20-step z*
 # (bench_retention's default-x80b3: at m = 64 it washes the fact that resisted every budget, at m = 256 and
-# 1,024 it keeps as many controls as 20 steps; docs/retention.md).  Its target is "auto": the reference's
-# " " + EOS for washes of up to 256 facts (bench_retention's default-speos: 2.7-4.7 points more controls kept at
-# m = 64, every point of MEMIT and of LaW as published dominated at m = 64 and 256), EOS alone above
-# (default-eos: " " + EOS keeps 3-4 points fewer controls at m = 1,024 and misses MEMIT's curve there).
-SMOLLM2_TARGETS = dict(v_extra_steps=80, v_extra_loss=3.0, target="auto")
+# 1,024 it keeps as many controls as 20 steps; docs/retention.md).
+SMOLLM2_TARGETS = dict(v_extra_steps=80, v_extra_loss=3.0)
 # No knowledge-to-keep term (what RetainConfig's defaults are).
 RETAIN_OFF = dict(retain_entities=0, retain_weight=0.0)
-# The plain closed-form method, as MEMIT is published: nothing kept, z* of v_num_grad_steps and no more, to EOS.
-PLAIN = dict(**RETAIN_OFF, v_extra_steps=0, target="eos")
+# The plain closed-form method, as MEMIT and LaW are published: nothing kept, z* of v_num_grad_steps and no more.
+PLAIN = dict(**RETAIN_OFF, v_extra_steps=0)
 
 
 def rule_layers(n_layers: int) -> tuple[int, ...]:
@@ -673,7 +669,6 @@ class WashConfig:
         """
         if paper:
             paper_fields = dict(
-                PLAIN,  # nothing kept, the reference's z* budget (v_num_grad_steps); its target below
                 lambda_rule="reference",
                 target="space+eos",
                 mom2_update_weight=20_000.0,
@@ -686,6 +681,7 @@ class WashConfig:
                 prune_requests=True,
                 keep_original_requests=True,
                 method="law",
+                **PLAIN,  # nothing kept, the reference's z* budget (v_num_grad_steps)
             )
             base = cls.preset(model)
             if _reference_model_name(getattr(model, "config", model)) == "gpt-j-6B":

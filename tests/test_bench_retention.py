@@ -10,7 +10,6 @@ import pytest
 
 from law_fast.config import WashConfig
 from law_fast.facts import Fact
-from law_fast.washing.targets import resolve_target
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 bench = pytest.importorskip("bench_retention")
@@ -66,13 +65,8 @@ def test_default_variant_is_the_preset_and_the_others_are_plain():
         return WashConfig.preset(smollm2, paper=variant == "paper", **bench.variant_overrides(variant, s, "r.jsonl"))
 
     assert config("default", 0.5) == config("default-x80b3", 0.5) and config("default").retain.retain_entities == 1000
-    # ... whose target is "auto": what wash() computes is default-speos up to m = 256 and default-eos above
-    assert config("default").target == "auto"
-    for m, same in ((64, "default-speos"), (256, "default-speos"), (257, "default-eos"), (1024, "default-eos")):
-        assert config("default", 0.5).replace(target=resolve_target("auto", m)) == config(same, 0.5), m
-    assert config("default-eos", 0.5) == config("default", 0.5).replace(target="eos")
-    # ... and default-eos is memit-ent1 (MEMIT to EOS keeping the mined names) with z* extra steps above loss 3
-    assert config("default-eos", 0.5).replace(v_extra_steps=0) == config("memit-ent1", 0.5)
+    # ... which is memit-ent1 (MEMIT keeping the mined names) with z* extra steps for the facts above loss 3
+    assert config("default", 0.5).replace(v_extra_steps=0) == config("memit-ent1", 0.5)
     assert config("memit").targets.v_extra_steps == 0 and config("paper").targets.v_extra_steps == 0
     assert config("default", 2.0).memit.disruption_budget == pytest.approx(0.04)
     for variant in ("memit", "law", "paper", "memit-unlikely", "memit-layers"):
@@ -87,11 +81,12 @@ def test_default_variant_is_the_preset_and_the_others_are_plain():
     for bound in (1, 3):  # default-x80bB: the default with extra z* steps for the facts above loss B
         extra = config(f"default-x80b{bound}", 2.0)
         assert (extra.targets.v_extra_steps, extra.targets.v_extra_loss) == (80, bound)
-        assert extra.replace(v_extra_steps=0, v_extra_loss=3.0, target="eos") == config("memit-ent1", 2.0)
+        assert extra.replace(v_extra_steps=0, v_extra_loss=3.0) == config("memit-ent1", 2.0)
         assert f"80 more steps for the facts whose loss is still above {bound}" in bench.knob_doc(
             f"default-x80b{bound}"
         )
-    # VARIANT-nuV / -speos / -eos / -law: the default with one field changed, nothing else
+    # VARIANT-nuV / -speos / -law: the default with one field changed, nothing else
     assert config("default-nu2", 0.5) == config("default", 0.5).replace(retain_weight=2.0)
+    assert config("default-speos", 0.5) == config("default", 0.5).replace(target="space+eos")
     assert config("default-law", 0.5) == config("default", 0.5).replace(method="law")
     assert "retain_weight ν = 4" in bench.knob_doc("default-nu4")

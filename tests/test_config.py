@@ -167,7 +167,6 @@ def test_preset_rule_for_models_without_a_tuned_preset():
     assert config.targets.v_extra_steps == 0  # the rule runs z* to the loss threshold (100 steps) instead
     # SmolLM2: 20 z* steps, then up to 80 more for the facts still above a loss of 3 (SMOLLM2_TARGETS)
     assert (smollm2.targets.v_extra_steps, smollm2.targets.v_extra_loss) == (80, 3.0)
-    assert smollm2.target == "auto" and config.target == "eos"  # " " + EOS up to 256 facts, on SmolLM2 only
     assert WashConfig.preset(LlamaConfig(num_hidden_layers=30, hidden_size=576), paper=True).targets.v_extra_steps == 0
     with torch.no_grad():
         for layer in (1, 2):
@@ -195,7 +194,7 @@ def test_presets_wash_with_the_retention_default_and_paper_and_baselines_without
         assert not WashConfig.preset(config, **RETAIN_OFF).retain.active
         plain = WashConfig.preset(config, **PLAIN)  # PLAIN: no names and no extra z* steps
         assert not plain.retain.active and plain.targets.v_extra_steps == 0
-        assert plain.targets == WashConfig.preset(config).targets.replace(v_extra_steps=0, target="eos")
+        assert plain.targets == WashConfig.preset(config).targets.replace(v_extra_steps=0)
         # retention the caller configures replaces the names (no ValueError for a weight without a source)
         assert not WashConfig.preset(config, retain_entities=0).retain.active
         alpha = WashConfig.preset(config, null_space_threshold=0.01, regulariser="identity")

@@ -18,7 +18,6 @@ from ..facts import Fact
 from ..hf.adapters import get_adapter
 from .closed_form import run_closed_form
 from .result import WashResult
-from .targets import resolve_target
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +57,9 @@ def wash(
     chunk and reused by any later wash of the same model and settings (``TargetStore``).  ``stats``
     (law, memit): {layer: LayerStats} to use instead of computing the statistics from the corpus
     (e.g. a client's covariance files, :func:`law_fast.compat.read_client_stats`); checked first.
-    ``config.target == "auto"`` is resolved here by ``len(facts)`` (:func:`~law_fast.washing.targets.resolve_target`);
-    the result's config holds the target used.
     """
     get_adapter(model)  # an unsupported architecture fails here, with what to do about it
     config = WashConfig.for_method(model, config, method)
-    config = config.replace(target=resolve_target(config.target, len(facts)))  # "auto": by the number of facts
     extra = {name: value for name, value in (("workdir", workdir), ("stats", stats)) if value is not None}
     if dist.active() and METHODS[config.method] is not run_closed_form:
         raise ValueError(

@@ -37,18 +37,6 @@ KL_TEMPLATE = "{} is a"
 UNLIKELY = "unlikely"  # TargetConfig.target: lower p(answer's first token) instead of raising a target's
 ANSWER = "answer"  # TargetConfig.target: raise each fact's own answer text (editing: the answer is the new object)
 PER_FACT = (UNLIKELY, ANSWER)  # the targets without shared ids
-AUTO = "auto"  # TargetConfig.target: " " + EOS for a wash of at most AUTO_SPACE_EOS_MAX facts, EOS alone above
-AUTO_SPACE_EOS_MAX = 256  # the largest m where " " + EOS was measured to keep more than EOS (docs/retention.md)
-
-
-def resolve_target(target: str, n_facts: int) -> str:
-    """The target a wash of ``n_facts`` facts uses: ``"auto"`` → ``"space+eos"`` up to
-    :data:`AUTO_SPACE_EOS_MAX` facts and ``"eos"`` above (on SmolLM2 " " + EOS kept 3-5 points more controls
-    at m = 64 and EOS 3-4 points more at m = 1,024, at equal washing; docs/retention.md); any other target
-    unchanged.  ``wash()`` resolves it before anything is computed or cached."""
-    if target != AUTO:
-        return target
-    return "space+eos" if n_facts <= AUTO_SPACE_EOS_MAX else "eos"
 
 
 def answer_token_ids(tokenizer, fact: Fact) -> list[int]:
@@ -76,11 +64,6 @@ def target_token_ids(tokenizer, eos_id: int, target: str) -> list[int]:
     and ``"answer"`` have no shared ids (each fact's own answer is pushed down, or up): None."""
     if target in PER_FACT:
         return None
-    if target == AUTO:
-        raise ValueError(
-            "target 'auto' depends on the number of facts washed: resolve it first with "
-            "law_fast.washing.targets.resolve_target(target, len(facts)) (wash() does)"
-        )
     if target == "eos":
         return [eos_id]
     text = " " + tokenizer.decode([eos_id]) if target == "space+eos" else target

@@ -256,28 +256,3 @@ def test_a_fact_longer_than_the_context_is_refused_before_any_work(tiny_tokenize
         lf.wash(model.eval(), tiny_tokenizer, [FACTS[0], long_fact], _cfg(), corpus=CORPUS, progress=False)
     with pytest.raises(ValueError, match="evaluation prompt"):
         lf.evaluate(model, tiny_tokenizer, facts=[long_fact], progress=False)
-
-
-def test_target_auto_is_space_eos_up_to_256_facts_and_eos_above(tiny):
-    """target="auto" (the SmolLM2 preset's): wash() resolves it by the number of facts before anything is
-    computed — the same wash as " " + EOS for a small m, recorded so in the result's config."""
-    from law_fast.washing.targets import AUTO_SPACE_EOS_MAX, resolve_target, target_token_ids
-
-    assert [resolve_target("auto", m) for m in (1, AUTO_SPACE_EOS_MAX, AUTO_SPACE_EOS_MAX + 1)] == [
-        "space+eos",
-        "space+eos",
-        "eos",
-    ]
-    assert resolve_target("unlikely", 10_000) == "unlikely"
-    model, tok = tiny
-    with pytest.raises(ValueError, match="resolve_target"):
-        target_token_ids(tok, 0, "auto")
-    weights = {}
-    for target in ("auto", "space+eos"):
-        before = {k: v.clone() for k, v in model.state_dict().items()}
-        result = lf.wash(model, tok, FACTS, _cfg(method="memit", target=target), corpus=CORPUS, progress=False)
-        assert result.config.target == "space+eos"
-        weights[target] = {k: v.clone() for k, v in model.state_dict().items()}
-        result.revert()
-        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    assert all(torch.equal(weights["auto"][k], weights["space+eos"][k]) for k in weights["auto"])
