@@ -26,6 +26,7 @@ Variants (``VARIANTS``) and their one knob ``s``:
   VARIANT-nuV    VARIANT keeping the mined names at ν = V (retain_weight; default-nu2, -nu4)
   VARIANT-speos  VARIANT with LaW as published's target, " " + EOS (default-speos)
   VARIANT-law    VARIANT solved by LaW (its refinement of the MEMIT init; default-law)
+  VARIANT-namesN VARIANT keeping N mined names instead of 1,000 (retain_entities; default-names2000)
   memit          MEMIT to EOS, disruption budget ×s (budget per fact 6.25e-5·s, cap 0.02·s)
   law            LaW (law_fast's default before the frontier was measured), the same budget ×s
   paper          LaW with the authors' settings (WashConfig.preset(paper=True)), norm bounds ×s
@@ -88,6 +89,7 @@ MODIFIERS = {  # suffix -> (WashConfig overrides, what knob_doc says)
     ),
     "speos": (lambda _: dict(target="space+eos"), "target ' ' + EOS (LaW as published)"),
     "law": (lambda _: dict(method="law"), "method law (LaW's refinement of the MEMIT init)"),
+    "names": (lambda v: dict(retain_entities=int(v), retain_weight=1.0), "{} mined names (retain_entities), ν = 1"),
 }
 # VARIANT-NAMEvalue: VARIANT with one field changed (MODIFIERS[NAME]); groups (VARIANT, NAME, value)
 MODIFIED = re.compile(rf"(.+)-({'|'.join(MODIFIERS)})([\d.]*)")
@@ -150,6 +152,7 @@ VARIANTS = (
     "default-nu4",
     "default-speos",
     "default-law",
+    "default-names2000",
     "law",
     "paper",
     "memit-retain",
