@@ -90,6 +90,10 @@ MODIFIERS = {  # suffix -> (WashConfig overrides, what knob_doc says)
     "speos": (lambda _: dict(target="space+eos"), "target ' ' + EOS (LaW as published)"),
     "law": (lambda _: dict(method="law"), "method law (LaW's refinement of the MEMIT init)"),
     "names": (lambda v: dict(retain_entities=int(v), retain_weight=1.0), "{} mined names (retain_entities), ν = 1"),
+    "neigh": (  # the two sources count equally in C_p, so ν = 2 keeps the names' weight of the default
+        lambda v: dict(retain_entities=ENTITIES, retain_neighbourhood=True, retain_weight=float(v)),
+        f"{ENTITIES} mined names and the washed facts' neighbourhood prompts (retain_neighbourhood), ν = {{}}",
+    ),
 }
 # VARIANT-NAMEvalue: VARIANT with one field changed (MODIFIERS[NAME]); groups (VARIANT, NAME, value)
 MODIFIED = re.compile(rf"(.+)-({'|'.join(MODIFIERS)})([\d.]*)")
@@ -153,6 +157,8 @@ VARIANTS = (
     "default-speos",
     "default-law",
     "default-names2000",
+    "default-neigh1",
+    "default-neigh2",
     "law",
     "paper",
     "memit-retain",

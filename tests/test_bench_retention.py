@@ -91,5 +91,7 @@ def test_default_variant_is_the_preset_and_the_others_are_plain():
     assert config("default-law", 0.5) == config("default", 0.5).replace(method="law")
     assert config("default-names2000", 0.5) == config("default", 0.5).replace(retain_entities=2000)
     assert "2000 mined names" in bench.knob_doc("default-names2000")
+    assert config("default-neigh2", 0.5) == config("default", 0.5).replace(retain_neighbourhood=True, retain_weight=2.0)
+    assert "neighbourhood prompts" in bench.knob_doc("default-neigh2")
     assert config("memit-ent1").retain.retain_entities == 1000  # not read as VARIANT-NAMEvalue
     assert "retain_weight ν = 4" in bench.knob_doc("default-nu4")
