@@ -7,7 +7,8 @@ are the audit's ``demos`` (few-shot context, relearning, distractors) and the ot
 controls — what a method must not wash.  Per (method, m): the wash, then the audit of the washed facts
 and of the controls on the washed model; the original model is audited once per m.
 
-Methods (--methods): default (``WashConfig.preset``: MEMIT keeping names mined from the corpus), plain law
+Methods (--methods): default (``WashConfig.preset``: MEMIT keeping names mined from the corpus and the
+washed facts' neighbourhood prompts), plain law
 and memit (no names kept), and the fine-tuning baselines ft-ul, seul, woh (their presets).  Every point is cached (keyed by the law_fast source tree, the method's config, the
 sets, the audit settings): a stopped run continues.
 

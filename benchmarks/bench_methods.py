@@ -1,7 +1,7 @@
 """Benchmark: every washing method on the same known CounterFact facts, one comparison table.
 
 Methods: ``default`` (``WashConfig.preset(model)`` as it is: config.RETENTION_DEFAULT, MEMIT keeping
-1,000 names mined from the corpus, and on SmolLM2 config.SMOLLM2_TARGETS, z* extra steps above loss 3), plain ``law`` and ``memit`` (the closed-form pipeline, config.PLAIN: no names kept, z* of 20 steps)
+1,000 names mined from the corpus and the washed facts' neighbourhood prompts, and on SmolLM2 config.SMOLLM2_TARGETS, z* extra steps above loss 3), plain ``law`` and ``memit`` (the closed-form pipeline, config.PLAIN: no names kept, z* of 20 steps)
 and the fine-tuning baselines ``ft``, ``me-ft``, ``ft-ul``, ``seul``, ``woh`` (law_fast.baselines), each
 with its default settings for the model (``WashConfig.preset`` / ``WashConfig.baseline_preset``).  Model: SmolLM2-135M-Instruct
 (the embedded default), on CPU unless ``--device`` says otherwise.

@@ -16,9 +16,11 @@ for the original and for the points named by --reasoning-points.
 
 Variants (``VARIANTS``) and their one knob ``s``:
   default        law_fast's default (WashConfig.preset: config.RETENTION_DEFAULT, MEMIT to EOS keeping 1,000
-                 names mined from the corpus, ν = 1; config.SMOLLM2_TARGETS, z* of 20 steps and up to 80 more
-                 for the facts still above a loss of 3), disruption budget ×s — the same computation as
-                 default-x80b3 (before 2026-12-07 the preset had no extra steps: memit-ent1)
+                 names mined from the corpus and the washed facts' neighbourhood prompts, ν = 1 each;
+                 config.SMOLLM2_TARGETS, z* of 20 steps and up to 80 more for the facts still above a loss
+                 of 3), disruption budget ×s — the same computation as default-x80b3 and default-neigh1
+                 (before 2026-12-07 the preset had no extra steps: memit-ent1; up to 374d977 no
+                 neighbourhood prompts: default-x80b3 at those revisions)
   VARIANT-zN     VARIANT with z* run up to N steps, each fact until the loss threshold, no extra steps
                  (default-z100, memit-z100: 20 steps leave 8 of the m = 64 facts above a loss of 3)
   VARIANT-xNbB   VARIANT with up to N more z* steps for the facts whose loss is still above B after the
@@ -27,6 +29,9 @@ Variants (``VARIANTS``) and their one knob ``s``:
   VARIANT-speos  VARIANT with LaW as published's target, " " + EOS (default-speos)
   VARIANT-law    VARIANT solved by LaW (its refinement of the MEMIT init; default-law)
   VARIANT-namesN VARIANT keeping N mined names instead of 1,000 (retain_entities; default-names2000)
+  VARIANT-neighV VARIANT keeping the names and the washed facts' neighbourhood prompts (retain_neighbourhood)
+                 at ν = V per source (default-neigh1, -neigh2; at 8ca73f0 the sources were averaged, so
+                 default-neigh2 there is the preset after 374d977)
   memit          MEMIT to EOS, disruption budget ×s (budget per fact 6.25e-5·s, cap 0.02·s)
   law            LaW (law_fast's default before the frontier was measured), the same budget ×s
   paper          LaW with the authors' settings (WashConfig.preset(paper=True)), norm bounds ×s
@@ -90,7 +95,7 @@ MODIFIERS = {  # suffix -> (WashConfig overrides, what knob_doc says)
     "speos": (lambda _: dict(target="space+eos"), "target ' ' + EOS (LaW as published)"),
     "law": (lambda _: dict(method="law"), "method law (LaW's refinement of the MEMIT init)"),
     "names": (lambda v: dict(retain_entities=int(v), retain_weight=1.0), "{} mined names (retain_entities), ν = 1"),
-    "neigh": (  # the two sources count equally in C_p, so ν = 2 keeps the names' weight of the default
+    "neigh": (  # ν per source (law_fast sums the sources' C_p since the preset took them; averaged at 8ca73f0)
         lambda v: dict(retain_entities=ENTITIES, retain_neighbourhood=True, retain_weight=float(v)),
         f"{ENTITIES} mined names and the washed facts' neighbourhood prompts (retain_neighbourhood), ν = {{}}",
     ),
@@ -464,7 +469,8 @@ def knob_doc(variant: str) -> str:
         base, name, value = MODIFIED.fullmatch(variant).groups()
         return f"{knob_doc(base)}; {_modifier(name, value)[1]}"
     return {
-        "default": "WashConfig.preset (memit + retain_entities=1000, ν = 1, z* extra steps above loss 3), "
+        "default": "WashConfig.preset (memit + retain_entities=1000 and retain_neighbourhood, ν = 1, "
+        "z* extra steps above loss 3), "
         "disruption budget ×s",
         "memit": "disruption budget ×s",
         "law": "disruption budget ×s",

@@ -372,12 +372,12 @@ class LawConfig(_Section):
 class RetainConfig(_Section):
     """Knowledge to keep (issue 13; off in the dataclass, on in the SmolLM2 preset and the rule: ``RETENTION_DEFAULT``).
 
-    The retained keys' second moment C_p (unit trace) enters the MEMIT initialisation and the LaW
-    constraint as C + ``retain_weight``·tr(C)·C_p: disruption is then measured on the corpus *and*
-    on the retained keys.  Sources: ``retain_facts`` (a fact file of knowledge to keep: keys at the
+    The retained keys' second moment C_p (one unit-trace term per source) enters the MEMIT initialisation
+    and the LaW constraint as C + ``retain_weight``·tr(C)·C_p: disruption is then measured on the corpus
+    *and* on the retained keys.  Sources: ``retain_facts`` (a fact file of knowledge to keep: keys at the
     subject's last token, averaged over the context templates, as the washed keys),
     ``retain_neighbourhood`` (the inputs of the layer at every token of the washed facts'
-    neighbourhood prompts) and/or ``retain_entities`` (that many mentions of names mined from the
+    neighbourhood prompts, where the facts have them) and/or ``retain_entities`` (that many mentions of names mined from the
     statistics corpus: keys at the name's last token in its own sentence — subjects in general).  ``null_space_energy`` (AlphaEdit's idea, arXiv 2410.02355) restricts Δ to the
     directions outside the top eigen-directions of C_p that hold this fraction of its trace, so that
     ΔK_p ≈ 0.  ``retain_weight`` 0 and ``null_space_energy`` None are the plain method.
@@ -483,17 +483,18 @@ SMOLLM2_DOWN_RMS = 0.185  # RMS of SmolLM2-135M's down-projections, blocks 4..8 
 # SmolLM2's LaW solver: 250 steps at 4× the lr move Δ as far as 1000 steps at lr 1e-6 (Adam steps ≈ lr), 4× cheaper
 SMOLLM2_SOLVER = dict(learning_rate=4e-6, lr_after_hitting_boundary=4e-8, total_iters=250, law_dtype="float32")
 # The default of SmolLM2 and of models without a tuned preset, chosen from the washing/retention frontier
-# (benchmarks/bench_retention.py, docs/retention.md): MEMIT to EOS with 1,000 name mentions mined from the
-# statistics corpus kept (ν = 1); along its budget it keeps more of the facts not washed than MEMIT and LaW
-# at equal washing (m = 64, 256, 1,024 on SmolLM2; the exceptions are in docs/retention.md).
-RETENTION_DEFAULT = dict(method="memit", retain_entities=1000, retain_weight=1.0)
+# (benchmarks/bench_retention.py, docs/retention.md): MEMIT to EOS keeping 1,000 name mentions mined from the
+# statistics corpus and the washed facts' own neighbourhood prompts (each source at ν = 1; facts without
+# neighbourhood prompts keep the names alone); along its budget it keeps more of the facts not washed than
+# MEMIT and LaW at equal washing (m = 64, 256, 1,024 on SmolLM2; docs/retention.md).
+RETENTION_DEFAULT = dict(method="memit", retain_entities=1000, retain_neighbourhood=True, retain_weight=1.0)
 # SmolLM2's z*: after the 20 steps, the targets that have not converged (loss still above 3: EOS at p < 5 %,
 # 8 of 64 facts at m = 64) go on for up to 80 more steps until below it; the others keep their 20-step z*
 # (bench_retention's default-x80b3: at m = 64 it washes the fact that resisted every budget, at m = 256 and
 # 1,024 it keeps as many controls as 20 steps; docs/retention.md).
 SMOLLM2_TARGETS = dict(v_extra_steps=80, v_extra_loss=3.0)
 # No knowledge-to-keep term (what RetainConfig's defaults are).
-RETAIN_OFF = dict(retain_entities=0, retain_weight=0.0)
+RETAIN_OFF = dict(retain_entities=0, retain_neighbourhood=False, retain_weight=0.0)
 # The plain closed-form method, as MEMIT and LaW are published: nothing kept, z* of v_num_grad_steps and no more.
 PLAIN = dict(**RETAIN_OFF, v_extra_steps=0)
 
@@ -659,9 +660,10 @@ class WashConfig:
         SmolLM2-135M gets settings tuned here (README).  Other models get the rule
         (:func:`rule_layers`, :func:`rule_solver`; docs/retention.md, benchmarks/bench_preset_rule.py).
         Both wash with ``RETENTION_DEFAULT`` — MEMIT to EOS keeping 1,000 names mined from the statistics
-        corpus, the best frontier measured (docs/retention.md); ``method="law"`` adds LaW's refinement.
-        Overriding any retention field (``RetainConfig``) or ``regulariser`` replaces the names by what is
-        named (``**RETAIN_OFF``: none); a fine-tuning baseline keeps none.
+        corpus and the washed facts' neighbourhood prompts (where the facts have them), the best frontier
+        measured (docs/retention.md); ``method="law"`` adds LaW's refinement.  Overriding any retention
+        field (``RetainConfig``) or ``regulariser`` replaces these by what is named (``**RETAIN_OFF``:
+        none); a fine-tuning baseline keeps none.
 
         ``paper=True``: LaW as published, on this model's layers: the reference λ search (norm bounds
         ⅓–¾·‖W‖, decay 0.75), the " " + EOS target, β = 1.1·ρ(Δ₀), Adam lr 1e-7 for 1000 steps with no

@@ -65,8 +65,10 @@ def test_default_variant_is_the_preset_and_the_others_are_plain():
         return WashConfig.preset(smollm2, paper=variant == "paper", **bench.variant_overrides(variant, s, "r.jsonl"))
 
     assert config("default", 0.5) == config("default-x80b3", 0.5) and config("default").retain.retain_entities == 1000
-    # ... which is memit-ent1 (MEMIT keeping the mined names) with z* extra steps for the facts above loss 3
-    assert config("default", 0.5).replace(v_extra_steps=0) == config("memit-ent1", 0.5)
+    # ... which is memit-ent1 (MEMIT keeping the mined names) keeping the washed facts' neighbourhood prompts too,
+    # with z* extra steps for the facts above loss 3
+    assert config("default", 0.5).replace(v_extra_steps=0, retain_neighbourhood=False) == config("memit-ent1", 0.5)
+    assert config("default", 0.5) == config("default-neigh1", 0.5)
     assert config("memit").targets.v_extra_steps == 0 and config("paper").targets.v_extra_steps == 0
     assert config("default", 2.0).memit.disruption_budget == pytest.approx(0.04)
     for variant in ("memit", "law", "paper", "memit-unlikely", "memit-layers"):
@@ -81,17 +83,21 @@ def test_default_variant_is_the_preset_and_the_others_are_plain():
     for bound in (1, 3):  # default-x80bB: the default with extra z* steps for the facts above loss B
         extra = config(f"default-x80b{bound}", 2.0)
         assert (extra.targets.v_extra_steps, extra.targets.v_extra_loss) == (80, bound)
-        assert extra.replace(v_extra_steps=0, v_extra_loss=3.0) == config("memit-ent1", 2.0)
+        assert extra.replace(v_extra_steps=0, v_extra_loss=3.0) == config("default-neigh1", 2.0).replace(
+            v_extra_steps=0
+        )
         assert f"80 more steps for the facts whose loss is still above {bound}" in bench.knob_doc(
             f"default-x80b{bound}"
         )
     # VARIANT-nuV / -speos / -law: the default with one field changed, nothing else
-    assert config("default-nu2", 0.5) == config("default", 0.5).replace(retain_weight=2.0)
+    assert config("default-nu2", 0.5) == config("default", 0.5).replace(retain_weight=2.0, retain_neighbourhood=False)
     assert config("default-speos", 0.5) == config("default", 0.5).replace(target="space+eos")
     assert config("default-law", 0.5) == config("default", 0.5).replace(method="law")
-    assert config("default-names2000", 0.5) == config("default", 0.5).replace(retain_entities=2000)
+    assert config("default-names2000", 0.5) == config("default", 0.5).replace(
+        retain_entities=2000, retain_neighbourhood=False
+    )
     assert "2000 mined names" in bench.knob_doc("default-names2000")
-    assert config("default-neigh2", 0.5) == config("default", 0.5).replace(retain_neighbourhood=True, retain_weight=2.0)
+    assert config("default-neigh2", 0.5) == config("default", 0.5).replace(retain_weight=2.0)
     assert "neighbourhood prompts" in bench.knob_doc("default-neigh2")
     assert config("memit-ent1").retain.retain_entities == 1000  # not read as VARIANT-NAMEvalue
     assert "retain_weight ν = 4" in bench.knob_doc("default-nu4")

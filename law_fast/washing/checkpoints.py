@@ -32,7 +32,10 @@ from ..integrity import read_verified, write_atomic
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 1  # the work directory's layout (job.json)
+# what a stage's saved result means: 2 since the retained sources' C_p are summed (averaged before), so a
+# stage saved for a config with several sources is not reused
+STAGES_VERSION = 2
 
 
 def _sha(value) -> str:
@@ -93,6 +96,7 @@ class StageStore:
         self.key = {
             "kind": "stages",
             "version": VERSION,
+            "stages_version": STAGES_VERSION,
             "fingerprint": fingerprint,
             "facts": facts_digest(facts),
             "config": config_dict,

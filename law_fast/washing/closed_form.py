@@ -156,17 +156,18 @@ def _wash_layers(
     if retain.uses_sources:
         with timer("retained keys"):
             texts = names.texts if names is not None else ()
-            retained = retained_moments(
+            found = retained_moments(
                 model, adapter, tokenizer, requests, templates, layers, retain, config.key_batch_size, texts
             )
-            # None: retain_entities alone found no name in the corpus (warned): the plain method
+            # None: the automatic sources found nothing (warned): the plain method
+            retained, sources = found if found is not None else (None, [])
             if retained is not None and retain.retain_weight > 0:
                 if retain.retain_budget == "corpus":
                     corpus_covs = covs
                 covs = {layer: effective_cov(covs[layer], retained[layer], retain.retain_weight) for layer in layers}
             if retained is not None and retain.null_space_energy is not None:
                 bases = {layer: null_space_basis(retained[layer], retain.null_space_energy) for layer in layers}
-            report.retain = {**retain.to_dict(), "applied": retained is not None}
+            report.retain = {**retain.to_dict(), "applied": retained is not None, "sources": sources}
     with timer("targets"):
         target_ids = target_token_ids(tokenizer, adapter.eos_token_id(model, tokenizer), config.target)
         targets = compute_targets(

@@ -1,8 +1,9 @@
 """Knowledge to keep: the second moment C_p of retained keys, added to the covariance the closed-form
 methods measure disruption with (``WashConfig.retain``; issue 13, under measurement).
 
-C_eff = C + ν·tr(C)·C_p with C_p of unit trace, in both the MEMIT initialisation (Δ = RᵀK(λC_eff +
-KᵀK)⁻¹: MEMIT/EMMET's preservation term) and the LaW constraint tr(ΔC_effΔᵀ)/tr(C_eff) ≤ β.
+C_eff = C + ν·tr(C)·C_p, C_p the sum of one unit-trace second moment per source, in both the MEMIT
+initialisation (Δ = RᵀK(λC_eff + KᵀK)⁻¹: MEMIT/EMMET's preservation term) and the LaW constraint
+tr(ΔC_effΔᵀ)/tr(C_eff) ≤ β.
 """
 
 from __future__ import annotations
@@ -63,38 +64,45 @@ def retained_moments(
     config: RetainConfig,
     key_batch_size: int,
     corpus_texts: Sequence[str] = (),
-) -> dict[int, torch.Tensor] | None:
-    """{layer: C_p (f×f float64, unit trace)} from the sources ``config`` names, on the model as it is
-    (call before any edit); None when retention is off, or when its only source, ``retain_entities``,
-    finds no name in the corpus (a warning: the wash is then the plain method, as the report says).
-    Each source counts equally.  ``corpus_texts``: the statistics corpus, where ``retain_entities``
-    mines its names."""
+) -> tuple[dict[int, torch.Tensor], list[str]] | None:
+    """({layer: C_p (f×f float64)}, the sources used) from the sources ``config`` names, on the model as
+    it is (call before any edit); C_p is the sum of one unit-trace second moment per source, so that
+    ``retain_weight`` ν weighs each source alike.  ``corpus_texts``: the statistics corpus, where
+    ``retain_entities`` mines its names.
+
+    The automatic sources — names mined from the corpus, the washed facts' neighbourhood prompts —
+    may find nothing (a corpus without capitalised names; facts without neighbourhood prompts): such
+    a source is left out, with a log line, unless the wash also asks for ``retain_facts`` or a null
+    space, which are built from what was asked (then it is an error).  None (a warning) when no source
+    is left: the wash is then the plain method, as the report says."""
     if not config.uses_sources:
         return None
+    automatic_only = config.retain_facts is None and config.null_space_energy is None
     parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    used = []
+
+    def nothing_found(source: str, why: str, level=logging.WARNING) -> None:
+        if not automatic_only:
+            raise ValueError(f"{source}: {why}")
+        log.log(level, "%s: %s; washing without it", source, why)
+
     if config.retain_entities:
         subjects = sorted({f.subject for f in requests})
         mentions = entity_mentions(corpus_texts, config.retain_entities, seed=config.retain_seed, exclude=subjects)
-        # the names alone, as a weight: without them the wash is the plain method; else they are required
-        names_alone = (
-            config.retain_facts is None and not config.retain_neighbourhood and config.null_space_energy is None
-        )
-        if not mentions and not names_alone:
-            raise ValueError("retain_entities: the statistics corpus holds no capitalised names after a lowercase word")
         if not mentions:
-            log.warning(
-                "retain_entities: the statistics corpus holds no capitalised names after a lowercase word; "
-                "washing without the names' retention term (report.retain['applied'] is False)"
-            )
-            return None
-        if len(mentions) < config.retain_entities:
-            log.warning(
-                "retain_entities: the corpus holds %d name mentions, fewer than %d",
-                len(mentions),
-                config.retain_entities,
-            )
-        for layer, second in key_second_moments(model, adapter, tokenizer, mentions, ["{}"], layers, key_batch_size):
-            parts[layer].append(second)
+            nothing_found("retain_entities", "the statistics corpus holds no capitalised names after a lowercase word")
+        else:
+            if len(mentions) < config.retain_entities:
+                log.warning(
+                    "retain_entities: the corpus holds %d name mentions, fewer than %d",
+                    len(mentions),
+                    config.retain_entities,
+                )
+            for layer, second in key_second_moments(
+                model, adapter, tokenizer, mentions, ["{}"], layers, key_batch_size
+            ):
+                parts[layer].append(second)
+            used.append("names")
     if config.retain_facts is not None:
         kept = load_facts(config.retain_facts)
         washed = {(f.subject, f.template) for f in requests}
@@ -106,18 +114,27 @@ def retained_moments(
             )
         for layer, second in key_second_moments(model, adapter, tokenizer, kept, templates, layers, key_batch_size):
             parts[layer].append(second)
+        used.append("facts")
     if config.retain_neighbourhood:
         prompts = [prompt for fact in requests for prompt, _ in fact.neighbourhood]
-        if not prompts:
-            raise ValueError("retain_neighbourhood: the facts being washed have no neighbourhood prompts")
-        stats = layer_stats(model, adapter, tokenizer, load_corpus(prompts), layers, use_cache=False, progress=False)
-        for layer in layers:
-            parts[layer].append(stats[layer].cov.to(torch.float64))
-    return {layer: sum(m / m.diagonal().sum() for m in ms) / len(ms) for layer, ms in parts.items()}
+        if not prompts:  # the usual case for a user's own facts: an info line when the names are there
+            why = "the facts being washed have no neighbourhood prompts"
+            nothing_found("retain_neighbourhood", why, logging.INFO if used else logging.WARNING)
+        else:
+            stats = layer_stats(
+                model, adapter, tokenizer, load_corpus(prompts), layers, use_cache=False, progress=False
+            )
+            for layer in layers:
+                parts[layer].append(stats[layer].cov.to(torch.float64))
+            used.append("neighbourhood")
+    if not used:
+        log.warning("retention: no source found anything to keep (report.retain['applied'] is False)")
+        return None
+    return {layer: sum(m / m.diagonal().sum() for m in ms) for layer, ms in parts.items()}, used
 
 
 def effective_cov(cov: torch.Tensor, retained: torch.Tensor, weight: float) -> torch.Tensor:
-    """C + weight·tr(C)·C_p (C_p of unit trace), in cov's dtype and device."""
+    """C + weight·tr(C)·C_p, in cov's dtype and device."""
     return cov + weight * cov.diagonal().sum() * retained.to(cov.device, cov.dtype)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
@@ -28,7 +29,7 @@ CORPUS = [
 ]
 
 
-def _wash(tok, tmp_path, method="memit", corpus=CORPUS, **retain):
+def _wash(tok, tmp_path, method="memit", corpus=CORPUS, facts=None, **retain):
     model = make_tiny_model("gpt2", len(tok))
     path = tmp_path / "keep.jsonl"
     save_facts_jsonl(KEPT, path)
@@ -46,7 +47,7 @@ def _wash(tok, tmp_path, method="memit", corpus=CORPUS, **retain):
         stats_max_length=64,
         **retain,
     )
-    result = lf.wash(model, tok, WASHED, config, corpus=corpus, progress=False)
+    result = lf.wash(model, tok, WASHED if facts is None else facts, config, corpus=corpus, progress=False)
     result.revert()
     return model, result
 
@@ -85,6 +86,47 @@ def test_weight_zero_is_the_plain_method_and_sources_are_checked(tiny_tokenizer,
     save_facts_jsonl([WASHED[0]], clash)
     with pytest.raises(ValueError, match="also being washed"):
         _wash(tiny_tokenizer, tmp_path, retain_weight=1.0, retain_facts=str(clash))
+
+
+def test_sources_add_up_and_missing_neighbourhood_prompts_leave_the_names(
+    tiny_tokenizer, tmp_path, caplog, monkeypatch
+):
+    """C_p is one unit-trace term per source, so ν weighs each alike: names + neighbourhood at ν = 1 is the
+    same wash as the two averaged at ν = 2 (bench_retention's default-neigh2 before the sum), bit for bit.
+    Facts without neighbourhood prompts (a user's own facts) keep the names alone — the presets' default
+    with nothing missing is the names-only wash, bit for bit — and the report names the sources used."""
+    from law_fast.washing import closed_form, retain
+
+    names = dict(retain_facts=None, retain_entities=16)
+    _, both = _wash(tiny_tokenizer, tmp_path, retain_weight=1.0, retain_neighbourhood=True, **names)
+    assert both.report.retain["sources"] == ["names", "neighbourhood"]
+
+    def averaged(*args, **kwargs):  # the same sources, averaged instead of added
+        moments, sources = retain.retained_moments(*args, **kwargs)
+        return {layer: c / len(sources) for layer, c in moments.items()}, sources
+
+    with monkeypatch.context() as patched:
+        patched.setattr(closed_form, "retained_moments", averaged)
+        _, mean2 = _wash(tiny_tokenizer, tmp_path, retain_weight=2.0, retain_neighbourhood=True, **names)
+    assert all(torch.equal(both.deltas[layer], mean2.deltas[layer]) for layer in (1, 2))
+
+    bare = [dataclasses.replace(f, neighbourhood=()) for f in WASHED]
+    _, names_only = _wash(tiny_tokenizer, tmp_path, retain_weight=1.0, facts=bare, **names)
+    with caplog.at_level(logging.INFO, logger="law_fast.washing.retain"):
+        _, fallback = _wash(tiny_tokenizer, tmp_path, retain_weight=1.0, retain_neighbourhood=True, facts=bare, **names)
+    assert "no neighbourhood prompts" in caplog.text
+    assert fallback.report.retain["sources"] == ["names"] and fallback.report.retain["applied"] is True
+    assert all(torch.equal(fallback.deltas[layer], names_only.deltas[layer]) for layer in (1, 2))
+    # ... but beside a retain file (or a null space) what was asked cannot be missing
+    with pytest.raises(ValueError, match="retain_neighbourhood: the facts being washed have no neighbourhood"):
+        _wash(tiny_tokenizer, tmp_path, retain_weight=1.0, retain_neighbourhood=True, facts=bare)
+    # the neighbourhood alone, with nothing to take it from: a warning and the plain method
+    _, plain = _wash(tiny_tokenizer, tmp_path, retain_weight=0.0, retain_facts=None, facts=bare)
+    _, nothing = _wash(
+        tiny_tokenizer, tmp_path, retain_weight=1.0, retain_facts=None, retain_neighbourhood=True, facts=bare
+    )
+    assert nothing.report.retain["applied"] is False and nothing.report.retain["sources"] == []
+    assert all(torch.equal(nothing.deltas[layer], plain.deltas[layer]) for layer in (1, 2))
 
 
 def _problem(m=12, f=24, d=8, seed=0):
