@@ -417,7 +417,8 @@ def main(argv=None) -> int:
         "--method",
         choices=METHODS,
         help="memit, law or a fine-tuning baseline (docs/baselines.md); default: the preset's — memit keeping "
-        "names mined from the corpus and the facts' neighbourhood prompts on SmolLM2 and untuned models, law on GPT2-XL/GPT-J (docs/retention.md)",
+        "names mined from the corpus and the facts' neighbourhood prompts on SmolLM2 and untuned models, "
+        "law on GPT2-XL/GPT-J (docs/retention.md)",
     )
     p.add_argument("--layers", type=_layers, help='e.g. "4-8" or "4,6"')
     p.add_argument("--config")

@@ -377,8 +377,8 @@ class RetainConfig(_Section):
     *and* on the retained keys.  Sources: ``retain_facts`` (a fact file of knowledge to keep: keys at the
     subject's last token, averaged over the context templates, as the washed keys),
     ``retain_neighbourhood`` (the inputs of the layer at every token of the washed facts'
-    neighbourhood prompts, where the facts have them) and/or ``retain_entities`` (that many mentions of names mined from the
-    statistics corpus: keys at the name's last token in its own sentence — subjects in general).  ``null_space_energy`` (AlphaEdit's idea, arXiv 2410.02355) restricts Δ to the
+    neighbourhood prompts, where the facts have them) and/or ``retain_entities`` (that many mentions of names
+    mined from the statistics corpus: keys at the name's last token in its own sentence — subjects in general).  ``null_space_energy`` (AlphaEdit's idea, arXiv 2410.02355) restricts Δ to the
     directions outside the top eigen-directions of C_p that hold this fraction of its trace, so that
     ΔK_p ≈ 0.  ``retain_weight`` 0 and ``null_space_energy`` None are the plain method.
     ``null_space_threshold`` (AlphaEdit's P, arXiv 2410.02355, as its ``nullspace_threshold``) restricts Δ to
