@@ -156,11 +156,10 @@ def _wash_layers(
     if retain.uses_sources:
         with timer("retained keys"):
             texts = names.texts if names is not None else ()
-            found = retained_moments(
+            retained, sources = retained_moments(
                 model, adapter, tokenizer, requests, templates, layers, retain, config.key_batch_size, texts
             )
             # None: the automatic sources found nothing (warned): the plain method
-            retained, sources = found if found is not None else (None, [])
             if retained is not None and retain.retain_weight > 0:
                 if retain.retain_budget == "corpus":
                     corpus_covs = covs

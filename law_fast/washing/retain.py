@@ -64,7 +64,7 @@ def retained_moments(
     config: RetainConfig,
     key_batch_size: int,
     corpus_texts: Sequence[str] = (),
-) -> tuple[dict[int, torch.Tensor], list[str]] | None:
+) -> tuple[dict[int, torch.Tensor] | None, list[str]]:
     """({layer: C_p (f×f float64)}, the sources used) from the sources ``config`` names, on the model as
     it is (call before any edit); C_p is the sum of one unit-trace second moment per source, so that
     ``retain_weight`` ν weighs each source alike.  ``corpus_texts``: the statistics corpus, where
@@ -73,10 +73,10 @@ def retained_moments(
     The automatic sources — names mined from the corpus, the washed facts' neighbourhood prompts —
     may find nothing (a corpus without capitalised names; facts without neighbourhood prompts): such
     a source is left out, with a log line, unless the wash also asks for ``retain_facts`` or a null
-    space, which are built from what was asked (then it is an error).  None (a warning) when no source
-    is left: the wash is then the plain method, as the report says."""
+    space, which are built from what was asked (then it is an error).  (None, []) when retention is off,
+    or (a warning) when no source is left: the wash is then the plain method, as the report says."""
     if not config.uses_sources:
-        return None
+        return None, []
     automatic_only = config.retain_facts is None and config.null_space_energy is None
     parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     used = []
@@ -129,7 +129,7 @@ def retained_moments(
             used.append("neighbourhood")
     if not used:
         log.warning("retention: no source found anything to keep (report.retain['applied'] is False)")
-        return None
+        return None, []
     return {layer: sum(m / m.diagonal().sum() for m in ms) for layer, ms in parts.items()}, used
 
 
